@@ -1,0 +1,53 @@
+"""The process default model for backward calls."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from afnio_langchain.models import ModelClient, as_model_client
+
+_LOCK = threading.Lock()
+_BACKWARD_MODEL: ModelClient | None = None
+
+
+def set_backward_model(model: Any, *, model_name: str | None = None) -> None:
+    """Set the model that writes textual gradients when an op was given none.
+
+    Args:
+        model: A LangChain chat model, an openai client (with ``model_name``), a
+            ``dspy.LM`` or a :class:`~afnio_langchain.models.ModelClient`; None unsets.
+        model_name: The model name, needed with an ``openai`` client.
+
+    Example:
+        >>> from afnio_langchain import set_backward_model
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> set_backward_model(ScriptedChatModel(feedback="Be more specific."))
+        >>> set_backward_model(None)
+    """
+    global _BACKWARD_MODEL
+    client = None if model is None else as_model_client(model, model_name)
+    with _LOCK:
+        _BACKWARD_MODEL = client
+
+
+def get_backward_model() -> ModelClient | None:
+    """The process default backward model, or None."""
+    return _BACKWARD_MODEL
+
+
+def resolve_backward_model(model: Any | None, where: str) -> ModelClient:
+    """The backward model for an op: its own, else the process default.
+
+    Raises:
+        RuntimeError: Neither is set; the message names the fix.
+    """
+    if model is not None:
+        return as_model_client(model)
+    if _BACKWARD_MODEL is None:
+        raise RuntimeError(
+            f"{where} needs a model to write feedback, and none is set: call "
+            "afnio_langchain.set_backward_model(chat_model) once, or pass "
+            "backward_model=... to the operation"
+        )
+    return _BACKWARD_MODEL

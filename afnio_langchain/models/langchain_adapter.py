@@ -1,0 +1,114 @@
+"""Adapter: any LangChain ``BaseChatModel`` as a :class:`ModelClient`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig, ensure_config
+
+from afnio_langchain.models.protocol import BaseModelClient, Completion, JsonSchema, Message
+from afnio_langchain.models.retry import RetryPolicy, status_code_of
+
+_MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+PURPOSE_METADATA_KEY = "afnio_purpose"
+
+
+def to_langchain_messages(messages: Sequence[Message]) -> list[BaseMessage]:
+    """Plain ``{"role", "content"}`` dicts to LangChain message objects."""
+    return [_MESSAGE_TYPES[m["role"]](content=m["content"]) for m in messages]
+
+
+def message_text(message: BaseMessage) -> str:
+    """The text of a chat model reply, joining text blocks of multi-part content."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return "".join(parts)
+
+
+def _speaks_openai_json_mode(model: BaseChatModel) -> bool:
+    return type(model).__module__.startswith(("langchain_openai", "langchain_deepseek"))
+
+
+class LangChainChatModelClient(BaseModelClient):
+    """Wraps a LangChain chat model; runs nest in LangChain tracing under the caller.
+
+    Each call carries ``metadata={"afnio_purpose": purpose}`` so callbacks and fakes
+    can tell forward, backward, optimizer and judge calls apart. Completion arguments
+    (``temperature``, ``max_tokens``...) are bound onto the model for the call.
+
+    Args:
+        model: The chat model.
+        retry: Retry policy for transient failures.
+        json_mode: Ask OpenAI-compatible models for ``response_format=json_object``
+            when a JSON reply is needed (``"auto"``: for langchain-openai models).
+
+    Example:
+        >>> from langchain_core.language_models import FakeListChatModel
+        >>> from afnio_langchain.models import LangChainChatModelClient
+        >>> client = LangChainChatModelClient(FakeListChatModel(responses=["hi"]))
+        >>> client.complete([{"role": "user", "content": "hello"}]).text
+        'hi'
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        *,
+        retry: RetryPolicy | None = None,
+        json_mode: bool | str = "auto",
+    ) -> None:
+        super().__init__(retry=retry)
+        if not isinstance(model, BaseChatModel):
+            raise TypeError(f"expected a LangChain BaseChatModel, got {type(model).__name__}")
+        self.model = model
+        self.model_name = str(
+            getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type
+        )
+        self._json_mode = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
+
+    async def _agenerate(
+        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
+    ) -> Completion:
+        params = dict(params)
+        purpose = params.pop("purpose", "forward")
+        config: RunnableConfig = ensure_config(params.pop("config", None))
+        config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
+        use_json_mode = json_schema is not None and self._json_mode
+        try:
+            reply = await self._invoke(messages, params, use_json_mode, config)
+        except Exception as exc:
+            if not (use_json_mode and status_code_of(exc) in (400, 422, 500, 501)):
+                raise
+            self._json_mode = False  # this endpoint refuses JSON mode: prompt and parse instead
+            reply = await self._invoke(messages, params, False, config)
+        usage = getattr(reply, "usage_metadata", None) or {}
+        model = (getattr(reply, "response_metadata", None) or {}).get("model_name")
+        return Completion(
+            text=message_text(reply),
+            model=str(model or self.model_name),
+            input_tokens=int(usage.get("input_tokens", 0) or 0),
+            output_tokens=int(usage.get("output_tokens", 0) or 0),
+            raw=reply,
+        )
+
+    async def _invoke(
+        self,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        json_mode: bool,
+        config: RunnableConfig,
+    ) -> BaseMessage:
+        if json_mode:
+            params = {**params, "response_format": {"type": "json_object"}}
+        runnable = self.model.bind(**params) if params else self.model
+        return await runnable.ainvoke(to_langchain_messages(messages), config=config)

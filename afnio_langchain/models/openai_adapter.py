@@ -1,0 +1,138 @@
+"""Adapter: an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` client as a :class:`ModelClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+
+from afnio_langchain.models.protocol import BaseModelClient, Completion, JsonSchema, Message
+from afnio_langchain.models.retry import RetryPolicy, status_code_of
+
+JSON_MODES = ("json_schema", "json_object", "prompt")
+
+
+class MalformedReplyError(RuntimeError):
+    """The server answered, but not with a usable chat completion. Retried as transient."""
+
+    transient = True
+
+
+class OpenAIClient(BaseModelClient):
+    """Wraps an ``openai`` client (sync or async) and a model name.
+
+    Retries are done by the package's :class:`RetryPolicy` (the client's own retries
+    are switched off on the copy used here, so failures are not retried twice).
+    JSON replies use ``response_format`` of type ``json_schema``; a server that refuses
+    it (llama.cpp's answers HTTP 500) is asked with ``json_object`` plus ``schema``,
+    and failing that, by prompt alone. The mode that worked is remembered.
+
+    Args:
+        client: ``openai.OpenAI`` or ``openai.AsyncOpenAI``.
+        model: The model name sent with each request.
+        retry: Retry policy for transient failures.
+        json_mode: First JSON mode to try: ``json_schema``, ``json_object`` or ``prompt``.
+        **default_params: Sent with every request (``temperature=0``...).
+
+    Example:
+        >>> import openai
+        >>> from afnio_langchain.models import OpenAIClient
+        >>> client = OpenAIClient(openai.AsyncOpenAI(api_key="sk-test"), model="gpt-4o-mini")
+        >>> client.model_name
+        'gpt-4o-mini'
+    """
+
+    def __init__(
+        self,
+        client: openai.OpenAI | openai.AsyncOpenAI,
+        model: str,
+        *,
+        retry: RetryPolicy | None = None,
+        json_mode: str = "json_schema",
+        **default_params: Any,
+    ) -> None:
+        super().__init__(retry=retry)
+        if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+            raise TypeError(f"expected openai.OpenAI or AsyncOpenAI, got {type(client).__name__}")
+        if not isinstance(model, str) or not model:
+            raise TypeError("an openai client needs a model name: pass model='gpt-4o-mini'")
+        if json_mode not in JSON_MODES:
+            raise ValueError(f"json_mode must be one of {JSON_MODES}, got {json_mode!r}")
+        self._client = client.with_options(max_retries=0)
+        self._is_async = isinstance(client, openai.AsyncOpenAI)
+        self.model_name = model
+        self.json_mode = json_mode
+        self.default_params = default_params
+
+    def __repr__(self) -> str:
+        return f"OpenAIClient(model_name={self.model_name!r}, base_url={str(self._client.base_url)!r})"
+
+    async def _agenerate(
+        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
+    ) -> Completion:
+        params = {**self.default_params, **params}
+        params.pop("purpose", None)
+        params.pop("config", None)
+        mode = self.json_mode if json_schema is not None else "prompt"
+        while True:
+            try:
+                response = await self._create(messages, {**params, **_response_format(mode, json_schema)})
+                break
+            except openai.APIStatusError as exc:
+                if mode == "prompt" or status_code_of(exc) not in (400, 422, 500, 501):
+                    raise
+                mode = JSON_MODES[JSON_MODES.index(mode) + 1]
+        if json_schema is not None and JSON_MODES.index(mode) > JSON_MODES.index(self.json_mode):
+            # Remember only a mode that worked (a bad request failing in every mode must
+            # not downgrade the endpoint), and never climb back up (concurrent calls).
+            self.json_mode = mode
+        return _completion_from(response, self.model_name)
+
+    async def _create(self, messages: Sequence[Message], params: dict[str, Any]) -> Any:
+        create = self._client.chat.completions.create
+        try:
+            if self._is_async:
+                return await create(model=self.model_name, messages=list(messages), **params)
+            return await asyncio.to_thread(
+                create, model=self.model_name, messages=list(messages), **params
+            )
+        except json.JSONDecodeError as exc:  # a 200 labelled JSON whose body is not JSON
+            raise MalformedReplyError(f"reply body is not JSON: {exc.doc[:300]!r}") from exc
+
+
+def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:
+    if json_schema is None or mode == "prompt":
+        return {}
+    if mode == "json_schema":
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": json_schema.name, "schema": json_schema.schema},
+            }
+        }
+    return {"response_format": {"type": "json_object", "schema": json_schema.schema}}
+
+
+def _completion_from(response: Any, default_model: str) -> Completion:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedReplyError(f"chat completion without choices: {str(response)[:300]!r}")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if content is None:
+        if message is None:
+            raise MalformedReplyError(f"choice without a message: {str(choices[0])[:300]!r}")
+        content = ""
+    if not isinstance(content, str):
+        raise MalformedReplyError(f"message content is not text: {content!r:.300}")
+    usage = getattr(response, "usage", None)
+    return Completion(
+        text=content,
+        model=str(getattr(response, "model", None) or default_model),
+        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        raw=response,
+    )

@@ -1,0 +1,85 @@
+"""Turning whatever the user passes as a model into a :class:`ModelClient`."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from afnio_langchain.models.protocol import ModelClient
+
+_CACHE: weakref.WeakKeyDictionary[Any, dict[Any, ModelClient]] = weakref.WeakKeyDictionary()
+_STRONG_CACHE: dict[int, tuple[Any, dict[Any, ModelClient]]] = {}
+_LOCK = threading.Lock()
+
+ACCEPTED = (
+    "a LangChain chat model (BaseChatModel), an openai.OpenAI/AsyncOpenAI client with "
+    "model='NAME', a dspy.LM, or an object with `model_name` and `async acomplete(...)`"
+)
+
+
+def _is_model_client(obj: Any) -> bool:
+    return isinstance(obj, ModelClient) and callable(getattr(obj, "acomplete", None))
+
+
+def _is_dspy_lm(obj: Any) -> bool:
+    return any(cls.__module__.startswith("dspy.") for cls in type(obj).__mro__)
+
+
+def _build(obj: Any, model: str | None) -> ModelClient:
+    from langchain_core.language_models import BaseChatModel
+
+    if isinstance(obj, BaseChatModel):
+        from afnio_langchain.models.langchain_adapter import LangChainChatModelClient
+
+        return LangChainChatModelClient(obj)
+    import openai
+
+    if isinstance(obj, (openai.OpenAI, openai.AsyncOpenAI)):
+        from afnio_langchain.models.openai_adapter import OpenAIClient
+
+        if model is None:
+            raise TypeError(
+                "an openai client needs a model name: pass model='gpt-4o-mini' "
+                "(or wrap it yourself: OpenAIClient(client, model='...'))"
+            )
+        return OpenAIClient(obj, model=model)
+    if _is_dspy_lm(obj):
+        from afnio_langchain.models.dspy_adapter import DSPyLMClient
+
+        return DSPyLMClient(obj)
+    raise TypeError(f"expected {ACCEPTED}; got {type(obj).__name__}")
+
+
+def as_model_client(obj: Any, model: str | None = None) -> ModelClient:
+    """Return a :class:`ModelClient` for ``obj``, reusing the adapter made for it before.
+
+    Reuse matters: adapters remember what an endpoint supports (its JSON mode).
+
+    Args:
+        obj: A chat model, client or LM (see ``ACCEPTED``).
+        model: The model name, needed for ``openai`` clients.
+
+    Raises:
+        TypeError: ``obj`` is none of the accepted kinds; the message lists them.
+
+    Example:
+        >>> from langchain_core.language_models import FakeListChatModel
+        >>> from afnio_langchain.models import as_model_client
+        >>> chat = FakeListChatModel(responses=["ok"])
+        >>> as_model_client(chat) is as_model_client(chat)
+        True
+    """
+    if obj is None:
+        raise TypeError(f"no model given: expected {ACCEPTED}")
+    if _is_model_client(obj) and model is None:
+        return obj
+    with _LOCK:
+        try:
+            per_obj = _CACHE.setdefault(obj, {})
+        except TypeError:  # not weak-referenceable
+            per_obj = _STRONG_CACHE.setdefault(id(obj), (obj, {}))[1]
+        client = per_obj.get(model)
+        if client is None:
+            client = per_obj[model] = _build(obj, model)
+        return client

@@ -1,0 +1,120 @@
+"""The one retry policy for model calls: transient failures are retried with backoff.
+
+Transient: HTTP 408/409/429 and 5xx, timeouts, dropped connections. A ``retry-after``
+(or ``retry-after-ms``) header is honoured, capped at ``max_wait``. Anything else
+(bad request, authentication, a model error) surfaces at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+T = TypeVar("T")
+
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+
+
+def status_code_of(exc: BaseException) -> int | None:
+    """The HTTP status carried by a client exception, if any (openai, httpx, litellm)."""
+    for candidate in (exc, getattr(exc, "response", None)):
+        code = getattr(candidate, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: rate limits, server errors, timeouts, resets."""
+    if getattr(exc, "transient", False) or isinstance(
+        exc, (asyncio.TimeoutError, TimeoutError, ConnectionError)
+    ):
+        return True
+    code = status_code_of(exc)
+    if code is not None:
+        return code in TRANSIENT_STATUS or code >= 500
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return any(
+        marker in name
+        for name in names
+        for marker in ("Timeout", "ConnectionError", "ConnectError", "RemoteProtocolError")
+    )
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return float(headers["retry-after-ms"]) / 1000.0
+        if headers.get("retry-after") is not None:
+            return float(headers["retry-after"])
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures of one model call are retried.
+
+    Args:
+        max_attempts: Total tries per call, the first included (1 disables retries).
+        initial_wait: Base of the exponential backoff, in seconds.
+        max_wait: Cap on one wait, also applied to a server's ``retry-after``.
+
+    Example:
+        >>> from afnio_langchain.models import RetryPolicy
+        >>> RetryPolicy(max_attempts=3, initial_wait=0.1).max_attempts
+        3
+    """
+
+    max_attempts: int = 4
+    initial_wait: float = 0.5
+    max_wait: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = retry_after_seconds(exc) if exc else None
+        if hinted is not None:
+            return min(max(hinted, 0.0), self.max_wait)
+        return wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)(state)
+
+    async def call(
+        self,
+        func: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException], Any] | None = None,
+    ) -> T:
+        """Await ``func()`` and retry it on transient failures; re-raise the last error."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None:
+                on_retry(state.outcome.exception())
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await func()
+        raise AssertionError("unreachable: tenacity re-raises the last error")

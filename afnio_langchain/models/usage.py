@@ -1,0 +1,148 @@
+"""Counting every model call: calls, tokens and retries, per model and per purpose.
+
+A process-wide tracker counts everything; :func:`track_usage` opens a scope that
+counts only the calls made inside it (on this task and the tasks and threads it
+starts, since scopes live in contextvars).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+PURPOSES = ("forward", "backward", "optimizer", "judge")
+
+
+@dataclass
+class UsageCounts:
+    """Totals for one (model, purpose) pair."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+
+    def add(self, other: UsageCounts) -> None:
+        self.calls += other.calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.retries += other.retries
+        self.failures += other.failures
+
+
+class UsageTracker:
+    """Thread-safe usage totals keyed by model name and purpose.
+
+    Example:
+        >>> from afnio_langchain.models import UsageTracker
+        >>> tracker = UsageTracker()
+        >>> tracker.record("gpt-4o-mini", "forward", input_tokens=12, output_tokens=3)
+        >>> tracker.total().calls
+        1
+        >>> tracker.by_purpose()["forward"].output_tokens
+        3
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], UsageCounts] = {}
+
+    def record(
+        self,
+        model: str,
+        purpose: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        calls: int = 1,
+        retries: int = 0,
+        failures: int = 0,
+    ) -> None:
+        """Add one call's figures (or retry/failure counts) to the totals."""
+        delta = UsageCounts(calls, input_tokens, output_tokens, retries, failures)
+        with self._lock:
+            self._counts.setdefault((model, purpose), UsageCounts()).add(delta)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+    def _grouped(self, key_index: int) -> dict[str, UsageCounts]:
+        out: dict[str, UsageCounts] = {}
+        with self._lock:
+            for key, counts in self._counts.items():
+                out.setdefault(key[key_index], UsageCounts()).add(counts)
+        return out
+
+    def by_model(self) -> dict[str, UsageCounts]:
+        return self._grouped(0)
+
+    def by_purpose(self) -> dict[str, UsageCounts]:
+        return self._grouped(1)
+
+    def total(self) -> UsageCounts:
+        total = UsageCounts()
+        for counts in self.by_purpose().values():
+            total.add(counts)
+        return total
+
+    def as_dict(self) -> dict:
+        """A JSON-ready summary: totals, by purpose, by model, and each (model, purpose)."""
+        with self._lock:
+            pairs = [
+                {"model": m, "purpose": p, **asdict(c)} for (m, p), c in sorted(self._counts.items())
+            ]
+        return {
+            "total": asdict(self.total()),
+            "by_purpose": {k: asdict(v) for k, v in sorted(self.by_purpose().items())},
+            "by_model": {k: asdict(v) for k, v in sorted(self.by_model().items())},
+            "pairs": pairs,
+        }
+
+    def __repr__(self) -> str:
+        t = self.total()
+        return (
+            f"UsageTracker(calls={t.calls}, input_tokens={t.input_tokens}, "
+            f"output_tokens={t.output_tokens}, retries={t.retries})"
+        )
+
+
+_GLOBAL = UsageTracker()
+_SCOPES: contextvars.ContextVar[tuple[UsageTracker, ...]] = contextvars.ContextVar(
+    "afnio_usage_scopes", default=()
+)
+
+
+def get_usage() -> UsageTracker:
+    """The process-wide tracker that counts every model call made through this package."""
+    return _GLOBAL
+
+
+@contextlib.contextmanager
+def track_usage() -> Iterator[UsageTracker]:
+    """Count the calls made inside the ``with`` block (and the tasks/threads it starts).
+
+    Example:
+        >>> from afnio_langchain.models import track_usage
+        >>> with track_usage() as usage:
+        ...     pass  # run a forward and backward pass here
+        >>> usage.total().calls
+        0
+    """
+    tracker = UsageTracker()
+    token = _SCOPES.set(_SCOPES.get() + (tracker,))
+    try:
+        yield tracker
+    finally:
+        _SCOPES.reset(token)
+
+
+def record_usage(model: str, purpose: str, **figures: int) -> None:
+    """Record figures on the process tracker and on every open scope."""
+    _GLOBAL.record(model, purpose, **figures)
+    for tracker in _SCOPES.get():
+        tracker.record(model, purpose, **figures)
