@@ -1,7 +1,7 @@
 """The textual autodiff engine: Variables, Functions, the backward engine and the ops."""
 
 from afnio_langchain.autodiff.backward_model import get_backward_model, set_backward_model
-from afnio_langchain.autodiff.basic_ops import Add, Split, Sum
+from afnio_langchain.autodiff.basic_ops import Add, ParseJson, Split, Sum, TextTransform
 from afnio_langchain.autodiff.engine import BackwardError, run_backward
 from afnio_langchain.autodiff.evaluators import (
     DeterministicEvaluator,
@@ -31,8 +31,10 @@ __all__ = [
     "LMJudgeEvaluator",
     "MissingInputError",
     "Node",
+    "ParseJson",
     "Split",
     "Sum",
+    "TextTransform",
     "Variable",
     "enable_grad",
     "fill",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from afnio_langchain.autodiff.function import Function, FunctionCtx
@@ -118,3 +119,101 @@ class Split(Function):
             if g is not None and str(g.data)
         ]
         return make_gradient("\n".join(notes), x) if notes else None
+
+
+class TextTransform(Function):
+    """Applies a plain Python ``str -> str`` function to a Variable's text (each item of
+    a minibatch) and passes feedback on the result back to the input, saying which
+    transformation it went through.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff.basic_ops import TextTransform
+        >>> x = Variable("  Answer: 42 ", role="reply", requires_grad=True)
+        >>> y = TextTransform.apply(x, lambda t: t.split(":")[1].strip(), "extract the answer")
+        >>> y.data, y.role
+        ('42', 'reply (after extract the answer)')
+        >>> y.backward("Should be 43.")
+        >>> x.grad[0].data
+        'Feedback on the result of extract the answer applied to this text: Should be 43.'
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Variable, func, description: str = "") -> Variable:
+        if not isinstance(x, Variable):
+            raise TypeError(f"TextTransform expects a Variable, got {type(x).__name__}")
+        if not callable(func):
+            raise TypeError("TextTransform needs a callable str -> str")
+        results = [func(str(item)) for item in x.items()]
+        for r in results:
+            if isinstance(r, bool) or not isinstance(r, (str, int, float)):
+                raise TypeError(
+                    f"the function given to TextTransform must return text, got {type(r).__name__}"
+                )
+        label = description or getattr(func, "__name__", "a function")
+        ctx.label = label
+        ctx.save_for_backward(x)
+        return Variable(results if x.is_batched else results[0], role=f"{x.role} (after {label})")
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_output: Variable) -> Variable:
+        (x,) = ctx.saved_variables
+        prefix = f"Feedback on the result of {ctx.label} applied to this text: "
+        items = [f"{prefix}{t}" if str(t) else "" for t in grad_output.items()]
+        return make_gradient(items if x.is_batched else items[0], x)
+
+
+class ParseJson(Function):
+    """Parses the JSON object in a Variable's text into one output Variable per key (in
+    key order; values that are not text become JSON text). Feedback on any field goes
+    back to the input, labelled with the field's name.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff.basic_ops import ParseJson
+        >>> answer, = ParseJson.apply(Variable('{"answer": "42"}', role="reply"))
+        >>> answer.data, answer.role
+        ('42', 'reply, field "answer"')
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Variable) -> tuple[Variable, ...]:
+        from afnio_langchain.models.structured import parse_json_object
+
+        if not isinstance(x, Variable):
+            raise TypeError(f"ParseJson expects a Variable, got {type(x).__name__}")
+        parsed = []
+        for i, item in enumerate(x.items()):
+            try:
+                parsed.append(parse_json_object(str(item)))
+            except ValueError:
+                where = f" (item {i})" if x.is_batched else ""
+                raise ValueError(f"{x.role or 'text'}{where} holds no JSON object: {str(item)[:300]!r}") from None
+        keys = list(dict.fromkeys(k for obj in parsed for k in obj))
+
+        def text(value: object) -> str:
+            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+        ctx.keys = keys
+        ctx.save_for_backward(x)
+        outputs = []
+        for key in keys:
+            values = [text(obj.get(key, "")) for obj in parsed]
+            outputs.append(Variable(values if x.is_batched else values[0], role=f'{x.role}, field "{key}"'))
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> Variable | None:
+        (x,) = ctx.saved_variables
+        n = len(x.items())
+        notes: list[list[str]] = [[] for _ in range(n)]
+        for key, grad in zip(ctx.keys, grad_outputs):
+            if grad is None:
+                continue
+            for i, t in enumerate(grad.items() if grad.is_batched else [grad.data] * n):
+                if str(t):
+                    notes[i].append(f'Field "{key}": {t}')
+        items = ["\n".join(lines) for lines in notes]
+        if not any(items):
+            return None
+        return make_gradient(items if x.is_batched else items[0], x)

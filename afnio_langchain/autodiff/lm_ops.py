@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from afnio_langchain._aio import gather_all, run_sync
@@ -19,6 +21,39 @@ from afnio_langchain.models import Message, as_model_client
 from afnio_langchain.models.structured import request_fields
 
 DEFAULT_OUTPUT_ROLE = "assistant response"
+
+TextSink = Callable[[str], None]
+_STREAM_SINK: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar(
+    "afnio_stream_sink", default=None
+)
+
+
+@contextlib.contextmanager
+def stream_text_to(sink: TextSink) -> Iterator[None]:
+    """Inside the block, a single (non-minibatch) ChatCompletion forward streams its
+    reply's text chunks to ``sink`` as they arrive; the output Variable is still built
+    once, at the end. Used by the Runnable face for ``stream``/``astream``."""
+    token = _STREAM_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _STREAM_SINK.reset(token)
+
+
+async def _complete_all(
+    client: Any, conversation: Conversation, completion_args: dict[str, Any]
+) -> list[str]:
+    sink = _STREAM_SINK.get()
+    if sink is not None and not conversation.batched and hasattr(client, "astream"):
+        chunks = []
+        async for chunk in client.astream(conversation.items[0], purpose="forward", **completion_args):
+            chunks.append(chunk)
+            sink(chunk)
+        return ["".join(chunks)]
+    replies = await gather_all(
+        [client.acomplete(item, purpose="forward", **completion_args) for item in conversation.items]
+    )
+    return [reply.text for reply in replies]
 
 
 class ChatCompletion(Function):
@@ -83,10 +118,7 @@ class ChatCompletion(Function):
         output_role = completion_args.pop("output_role", DEFAULT_OUTPUT_ROLE)
         client = as_model_client(forward_model_client)
         conversation = build_conversation(messages, inputs)
-        replies = await gather_all(
-            [client.acomplete(item, purpose="forward", **completion_args) for item in conversation.items]
-        )
-        texts = [reply.text for reply in replies]
+        texts = await _complete_all(client, conversation, completion_args)
         ctx.conversation = conversation
         ctx.responses = texts
         ctx.backward_model = backward_model

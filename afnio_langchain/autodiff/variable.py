@@ -47,7 +47,7 @@ class Variable:
         >>> prompt = Variable("You are terse.", role="system instruction", requires_grad=True)
         >>> prompt.is_leaf, prompt.grad
         (True, [])
-        >>> (prompt + Variable(" Answer in French.", role="rule")).data
+        >>> (prompt + " Answer in French.").data
         'You are terse. Answer in French.'
     """
 
@@ -201,10 +201,12 @@ class Variable:
 
         return Add.apply(self, _as_variable(other))
 
-    def __radd__(self, other: str) -> Variable:
-        from afnio_langchain.autodiff.basic_ops import Add
-
-        return Add.apply(_as_variable(other), self)
+    def __deepcopy__(self, memo: dict) -> Variable:
+        # Tracers and config copies deep-copy run inputs: copy the text, never the graph.
+        copy = self.detach()
+        copy._requires_grad = self._requires_grad and self.is_leaf
+        memo[id(self)] = copy
+        return copy
 
     def __repr__(self) -> str:
         extra = ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -99,6 +99,26 @@ class LangChainChatModelClient(BaseModelClient):
             input_tokens=int(usage.get("input_tokens", 0) or 0),
             output_tokens=int(usage.get("output_tokens", 0) or 0),
             raw=reply,
+        )
+
+    async def _astream(
+        self, messages: Sequence[Message], params: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, Completion | None]]:
+        params = dict(params)
+        purpose = params.pop("purpose", "forward")
+        config: RunnableConfig = ensure_config(params.pop("config", None))
+        config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
+        runnable = self.model.bind(**params) if params else self.model
+        merged: BaseMessage | None = None
+        async for chunk in runnable.astream(to_langchain_messages(messages), config=config):
+            merged = chunk if merged is None else merged + chunk  # type: ignore[operator]
+            yield message_text(chunk), None
+        usage = (getattr(merged, "usage_metadata", None) or {}) if merged is not None else {}
+        yield "", Completion(
+            text=message_text(merged) if merged is not None else "",
+            model=self.model_name,
+            input_tokens=int(usage.get("input_tokens", 0) or 0),
+            output_tokens=int(usage.get("output_tokens", 0) or 0),
         )
 
     async def _invoke(

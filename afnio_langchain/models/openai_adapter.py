@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import openai
@@ -63,6 +65,14 @@ class OpenAIClient(BaseModelClient):
             raise ValueError(f"json_mode must be one of {JSON_MODES}, got {json_mode!r}")
         self._client = client.with_options(max_retries=0)
         self._is_async = isinstance(client, openai.AsyncOpenAI)
+        # httpx connection pools belong to the event loop that opened them, and each sync
+        # call runs on a fresh loop: an async client with openai's default HTTP client gets
+        # one copy (with its own pool) per loop. A user-supplied http_client is used as is.
+        self._per_loop = self._is_async and (
+            type(getattr(client, "_client", None)).__name__ == "AsyncHttpxClientWrapper"
+        )
+        self._loop_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._loop_lock = threading.Lock()
         self.model_name = model
         self.json_mode = json_mode
         self.default_params = default_params
@@ -79,7 +89,9 @@ class OpenAIClient(BaseModelClient):
         mode = self.json_mode if json_schema is not None else "prompt"
         while True:
             try:
-                response = await self._create(messages, {**params, **_response_format(mode, json_schema)})
+                response = await self._create(
+                    messages, {**params, **_response_format(mode, json_schema)}
+                )
                 break
             except openai.APIStatusError as exc:
                 if mode == "prompt" or status_code_of(exc) not in (400, 422, 500, 501):
@@ -91,8 +103,23 @@ class OpenAIClient(BaseModelClient):
             self.json_mode = mode
         return _completion_from(response, self.model_name)
 
+    async def _client_for_running_loop(self) -> Any:
+        if not self._per_loop:
+            return self._client
+        loop = asyncio.get_running_loop()
+        with self._loop_lock:
+            entry = self._loop_clients.get(loop)
+            fresh = entry is None
+            if entry is None:
+                http_client = openai.DefaultAsyncHttpxClient(base_url=self._client.base_url)
+                client = self._client.copy(http_client=http_client)
+                entry = self._loop_clients[loop] = (client, _close_with_loop(client))
+        if fresh:
+            await entry[1].__anext__()  # closes the pool when the loop shuts down
+        return entry[0]
+
     async def _create(self, messages: Sequence[Message], params: dict[str, Any]) -> Any:
-        create = self._client.chat.completions.create
+        create = (await self._client_for_running_loop()).chat.completions.create
         try:
             if self._is_async:
                 return await create(model=self.model_name, messages=list(messages), **params)
@@ -101,6 +128,14 @@ class OpenAIClient(BaseModelClient):
             )
         except json.JSONDecodeError as exc:  # a 200 labelled JSON whose body is not JSON
             raise MalformedReplyError(f"reply body is not JSON: {exc.doc[:300]!r}") from exc
+
+
+async def _close_with_loop(client: Any) -> AsyncIterator[None]:
+    """Close ``client`` when its loop shuts down its async generators (``asyncio.run`` does)."""
+    try:
+        yield
+    finally:
+        await client.close()
 
 
 def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:

@@ -8,13 +8,14 @@ LangChain chat model, an ``openai`` client or a ``dspy.LM``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from afnio_langchain._aio import run_sync
 from afnio_langchain.models.limits import call_slot
-from afnio_langchain.models.retry import RetryPolicy
+from afnio_langchain.models.retry import RetryPolicy, is_transient
 from afnio_langchain.models.usage import PURPOSES, record_usage
 
 Message = dict[str, str]
@@ -118,6 +119,50 @@ class BaseModelClient(abc.ABC):
             output_tokens=result.output_tokens,
         )
         return result
+
+    async def _astream(
+        self, messages: Sequence[Message], params: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, Completion | None]]:
+        """Stream one attempt as ``(text_chunk, None)`` pairs and end with ``("", total)``.
+
+        The default makes one non-streaming call; adapters override it to stream."""
+        completion = await self._agenerate(messages, None, params)
+        yield completion.text, None
+        yield "", completion
+
+    async def astream(
+        self, messages: Sequence[Message], *, purpose: str = "forward", **params: Any
+    ) -> AsyncIterator[str]:
+        """Stream the reply's text. Transient failures before the first chunk are
+        retried like :meth:`acomplete`; usage is counted once the stream ends."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        messages = validate_messages(messages)
+        params = {**params, "purpose": purpose}
+        async with call_slot():
+            attempts = 0
+            while True:
+                attempts += 1
+                started = False
+                try:
+                    async for chunk, total in self._astream(messages, params):
+                        if total is not None:
+                            record_usage(
+                                self.model_name,
+                                purpose,
+                                input_tokens=total.input_tokens,
+                                output_tokens=total.output_tokens,
+                            )
+                        elif chunk:
+                            started = True
+                            yield chunk
+                    return
+                except Exception as exc:
+                    if started or attempts >= self.retry.max_attempts or not is_transient(exc):
+                        record_usage(self.model_name, purpose, calls=0, failures=1)
+                        raise
+                    record_usage(self.model_name, purpose, calls=0, retries=1)
+                    await asyncio.sleep(self.retry.backoff(attempts, exc))
 
     def complete(self, messages: Sequence[Message], **kwargs: Any) -> Completion:
         """Synchronous :meth:`acomplete` (works inside a running event loop too)."""

@@ -8,6 +8,7 @@ Transient: HTTP 408/409/429 and 5xx, timeouts, dropped connections. A ``retry-af
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,15 +45,30 @@ def is_transient(exc: BaseException) -> bool:
     if code is not None:
         return code in TRANSIENT_STATUS or code >= 500
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return any(
-        marker in name
-        for name in names
-        for marker in ("Timeout", "ConnectionError", "ConnectError", "RemoteProtocolError")
-    )
+    return any(marker in name for name in names for marker in _TRANSIENT_NAME_MARKERS)
+
+
+# Class-name markers for errors that carry no ``status_code``. Besides httpx/openai
+# names, these cover DSPy's retryable errors exactly (``dspy.utils.exceptions.
+# is_retryable_lm_error``: LMRateLimitError, LMServerError, LMTimeoutError,
+# LMLockTimeoutError, LMTransportError) and lm15's RateLimitError/ServerError.
+_TRANSIENT_NAME_MARKERS = (
+    "Timeout",
+    "ConnectionError",
+    "ConnectError",
+    "RemoteProtocolError",
+    "RateLimit",
+    "ServerError",
+    "LMTransportError",
+)
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``."""
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``
+    (or an error's own ``retry_after`` in seconds, as DSPy's errors carry it)."""
+    hint = getattr(exc, "retry_after", None)
+    if isinstance(hint, (int, float)) and not isinstance(hint, bool):
+        return float(hint)
     headers = getattr(getattr(exc, "response", None), "headers", None)
     if not headers:
         return None
@@ -95,6 +111,13 @@ class RetryPolicy:
         if hinted is not None:
             return min(max(hinted, 0.0), self.max_wait)
         return wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)(state)
+
+    def backoff(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        hinted = retry_after_seconds(exc) if exc is not None else None
+        if hinted is not None:
+            return min(max(hinted, 0.0), self.max_wait)
+        return random.uniform(0, min(self.max_wait, self.initial_wait * 2**attempt))
 
     async def call(
         self,

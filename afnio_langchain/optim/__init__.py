@@ -1,0 +1,26 @@
+"""Optimizers: rewrite trainable Variables from their textual gradients.
+
+``TGD`` is textual gradient descent; ``Optimizer`` is the base class (parameter
+groups, per-parameter state, ``zero_grad``, ``step(closure)``, JSON state dicts).
+Every step leaves a :class:`StepReport` in ``optimizer.last_step``.
+"""
+
+from afnio_langchain.optim.optimizer import (
+    REJECTED,
+    SKIPPED,
+    UPDATED,
+    Optimizer,
+    ParamStep,
+    StepReport,
+)
+from afnio_langchain.optim.tgd import TGD
+
+__all__ = [
+    "REJECTED",
+    "SKIPPED",
+    "TGD",
+    "UPDATED",
+    "Optimizer",
+    "ParamStep",
+    "StepReport",
+]

@@ -1,0 +1,1 @@
+pytest_plugins = ["afnio_langchain.testing.fixtures"]
