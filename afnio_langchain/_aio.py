@@ -10,27 +10,76 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``coro_factory()`` to completion and return its result.
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_THREAD: threading.Thread | None = None
+_LOOP_LOCK = threading.Lock()
 
-    Without a running loop in this thread the coroutine runs under ``asyncio.run``.
-    Inside a running loop (a notebook, an async framework) it runs on a fresh loop in
-    a worker thread, with a copy of the caller's contextvars, while the caller waits.
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """One long-lived event loop in a daemon thread, shared by every sync entry point.
+
+    Clients keep connection pools bound to the loop that opened them (openai, httpx,
+    langchain-openai), so sync calls must not each start a fresh loop.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_factory())
+    global _LOOP, _LOOP_THREAD
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed() or not (_LOOP_THREAD and _LOOP_THREAD.is_alive()):
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="afnio-loop", daemon=True)
+            thread.start()
+            _LOOP, _LOOP_THREAD = loop, thread
+        return _LOOP
+
+
+def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``coro_factory()`` to completion from synchronous code and return its result.
+
+    The coroutine runs on the package's background event loop with a copy of the
+    caller's contextvars (grad mode, usage scopes, LangChain's run tree), so it works
+    the same from a script, a thread pool or inside a running loop (a notebook).
+    """
+    loop = _background_loop()
+    if threading.current_thread() is _LOOP_THREAD:
+        # Called from code already running on the background loop: use a fresh one.
+        context = contextvars.copy_context()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(context.run, lambda: asyncio.run(coro_factory())).result()
     context = contextvars.copy_context()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(context.run, lambda: asyncio.run(coro_factory()))
-        return future.result()
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+    task_box: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        try:
+            task = context.run(loop.create_task, coro_factory())
+        except BaseException as exc:  # the factory itself failed
+            result.set_exception(exc)
+            return
+        task_box.append(task)
+
+        def done(t: asyncio.Task[T]) -> None:
+            if t.cancelled():
+                result.cancel()
+            elif t.exception() is not None:
+                result.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                result.set_result(t.result())
+
+        task.add_done_callback(done)
+
+    loop.call_soon_threadsafe(start)
+    try:
+        return result.result()
+    except BaseException:
+        if task_box:  # interrupted (Ctrl-C) or failed: make sure nothing keeps running
+            loop.call_soon_threadsafe(task_box[0].cancel)
+        raise
 
 
 async def run_in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

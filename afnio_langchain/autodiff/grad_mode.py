@@ -20,8 +20,49 @@ def is_grad_enabled() -> bool:
     return _GRAD_ENABLED.get()
 
 
-class set_grad_enabled:
-    """Enable or disable graph recording: a plain call, a context manager or a decorator.
+class _GradMode:
+    """A context manager and decorator that sets grad mode inside its scope. Reusable,
+    and nestable: each ``with`` restores what was in force before it."""
+
+    mode: bool
+
+    def __init__(self, mode: bool) -> None:
+        if not isinstance(mode, bool):
+            raise TypeError(f"grad mode must be a bool, got {type(mode).__name__}")
+        self.mode = mode
+        self._tokens: list[contextvars.Token[bool]] = []
+
+    def __enter__(self) -> _GradMode:
+        self._tokens.append(_GRAD_ENABLED.set(self.mode))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _GRAD_ENABLED.reset(self._tokens.pop())
+
+    def __call__(self, func: F) -> F:
+        mode = self.mode
+
+        if _is_coroutine_function(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with _GradMode(mode):
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _GradMode(mode):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class set_grad_enabled(_GradMode):
+    """Enable or disable graph recording: as a plain call it sets the mode for the
+    current context at once (like PyTorch); as a context manager or decorator it
+    applies inside the scope only.
 
     Example:
         >>> from afnio_langchain import set_grad_enabled, is_grad_enabled
@@ -35,44 +76,20 @@ class set_grad_enabled:
     def __init__(self, mode: bool) -> None:
         if not isinstance(mode, bool):
             raise TypeError(f"set_grad_enabled expects a bool, got {type(mode).__name__}")
-        self.mode = mode
-        self._tokens: list[contextvars.Token[bool]] = []
-        self._plain_call_token = _GRAD_ENABLED.set(mode)
-
-    def __enter__(self) -> set_grad_enabled:
-        return self
+        super().__init__(mode)
+        self._previous = _GRAD_ENABLED.get()
+        _GRAD_ENABLED.set(mode)
 
     def __exit__(self, *exc: object) -> None:
-        _GRAD_ENABLED.reset(self._plain_call_token)
+        super().__exit__(*exc)
+        _GRAD_ENABLED.set(self._previous)
 
     def __call__(self, func: F) -> F:
-        _GRAD_ENABLED.reset(self._plain_call_token)
-        mode = self.mode
-
-        if _is_coroutine_function(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = _GRAD_ENABLED.set(mode)
-                try:
-                    return await func(*args, **kwargs)
-                finally:
-                    _GRAD_ENABLED.reset(token)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = _GRAD_ENABLED.set(mode)
-            try:
-                return func(*args, **kwargs)
-            finally:
-                _GRAD_ENABLED.reset(token)
-
-        return wrapper  # type: ignore[return-value]
+        _GRAD_ENABLED.set(self._previous)  # used as a decorator: only the function is affected
+        return super().__call__(func)
 
 
-class no_grad(set_grad_enabled):
+class no_grad(_GradMode):
     """Disable graph recording inside a ``with`` block or a decorated function.
 
     Example:
@@ -88,7 +105,7 @@ class no_grad(set_grad_enabled):
         super().__init__(False)
 
 
-class enable_grad(set_grad_enabled):
+class enable_grad(_GradMode):
     """Re-enable graph recording inside a ``no_grad`` region."""
 
     def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from afnio_langchain.models.retry import RetryPolicy, status_code_of
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 PURPOSE_METADATA_KEY = "afnio_purpose"
+_JSON_MODE_REFUSED: set[int] = set()
 
 
 def to_langchain_messages(messages: Sequence[Message]) -> list[BaseMessage]:
@@ -74,7 +76,16 @@ class LangChainChatModelClient(BaseModelClient):
         self.model_name = str(
             getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type
         )
-        self._json_mode = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
+        wanted = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
+        self._json_mode = wanted and id(model) not in _JSON_MODE_REFUSED
+
+    def _refuse_json_mode(self) -> None:
+        # Remembered per model object (not per adapter), forgotten when the model dies.
+        self._json_mode = False
+        key = id(self.model)
+        if key not in _JSON_MODE_REFUSED:
+            _JSON_MODE_REFUSED.add(key)
+            weakref.finalize(self.model, _JSON_MODE_REFUSED.discard, key)
 
     async def _agenerate(
         self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
@@ -89,7 +100,7 @@ class LangChainChatModelClient(BaseModelClient):
         except Exception as exc:
             if not (use_json_mode and status_code_of(exc) in (400, 422, 500, 501)):
                 raise
-            self._json_mode = False  # this endpoint refuses JSON mode: prompt and parse instead
+            self._refuse_json_mode()  # this endpoint refuses JSON mode: prompt and parse instead
             reply = await self._invoke(messages, params, False, config)
         usage = getattr(reply, "usage_metadata", None) or {}
         model = (getattr(reply, "response_metadata", None) or {}).get("model_name")

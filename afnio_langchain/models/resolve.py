@@ -8,8 +8,10 @@ from typing import Any
 
 from afnio_langchain.models.protocol import ModelClient
 
-_CACHE: weakref.WeakKeyDictionary[Any, dict[Any, ModelClient]] = weakref.WeakKeyDictionary()
-_STRONG_CACHE: dict[int, tuple[Any, dict[Any, ModelClient]]] = {}
+# id(obj) -> (reference to obj, adapters by model name). Chat models are unhashable
+# pydantic objects, so a WeakKeyDictionary cannot hold them: entries are keyed by id and
+# dropped by a weakref callback when the object is collected.
+_CACHE: dict[int, tuple[Any, dict[Any, ModelClient]]] = {}
 _LOCK = threading.Lock()
 
 ACCEPTED = (
@@ -51,10 +53,15 @@ def _build(obj: Any, model: str | None) -> ModelClient:
     raise TypeError(f"expected {ACCEPTED}; got {type(obj).__name__}")
 
 
+def _referent(ref: Any) -> Any:
+    return ref() if isinstance(ref, weakref.ref) else ref
+
+
 def as_model_client(obj: Any, model: str | None = None) -> ModelClient:
     """Return a :class:`ModelClient` for ``obj``, reusing the adapter made for it before.
 
-    Reuse matters: adapters remember what an endpoint supports (its JSON mode).
+    Adapters of openai clients and DSPy LMs are reused (they remember what an endpoint
+    supports, such as its JSON mode); LangChain chat models get a fresh, cheap adapter.
 
     Args:
         obj: A chat model, client or LM (see ``ACCEPTED``).
@@ -67,18 +74,29 @@ def as_model_client(obj: Any, model: str | None = None) -> ModelClient:
         >>> from langchain_core.language_models import FakeListChatModel
         >>> from afnio_langchain.models import as_model_client
         >>> chat = FakeListChatModel(responses=["ok"])
-        >>> as_model_client(chat) is as_model_client(chat)
-        True
+        >>> as_model_client(chat).model_name
+        'fake-list-chat-model'
     """
     if obj is None:
         raise TypeError(f"no model given: expected {ACCEPTED}")
     if _is_model_client(obj) and model is None:
         return obj
+    from langchain_core.language_models import BaseChatModel
+
+    if isinstance(obj, BaseChatModel):
+        # A cached adapter would keep the model alive forever (it references it);
+        # adapters are cheap and what they learn is remembered per model object.
+        return _build(obj, model)
     with _LOCK:
-        try:
-            per_obj = _CACHE.setdefault(obj, {})
-        except TypeError:  # not weak-referenceable
-            per_obj = _STRONG_CACHE.setdefault(id(obj), (obj, {}))[1]
+        key = id(obj)
+        entry = _CACHE.get(key)
+        if entry is None or _referent(entry[0]) is not obj:
+            try:
+                ref: Any = weakref.ref(obj, lambda _r, key=key, cache=_CACHE: cache.pop(key, None))
+            except TypeError:  # not weak-referenceable: keep it alive with its adapter
+                ref = obj
+            entry = _CACHE[key] = (ref, {})
+        per_obj = entry[1]
         client = per_obj.get(model)
         if client is None:
             client = per_obj[model] = _build(obj, model)

@@ -44,8 +44,10 @@ class _Player:
 
     def __init__(self, script: Script) -> None:
         self._callable = script if callable(script) else None
-        items = [script] if isinstance(script, str) else list(script or [])
-        self._cycle = itertools.cycle(items) if items else None
+        self._cycle = None
+        if self._callable is None:
+            items = [script] if isinstance(script, str) else list(script or [])
+            self._cycle = itertools.cycle(items) if items else None
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:

@@ -70,16 +70,13 @@ def test_add_with_a_str_and_apply_form():
     assert [g.data for g in x.grad] == ["f"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Variable defines __add__ but no __radd__, so 'str' + Variable raises TypeError",
-)
-def test_str_plus_variable_radd():
+def test_str_plus_variable_is_a_type_error_so_stream_aggregation_adds_no_node():
+    # LangChain adds streamed chunks with `+`; a str chunk followed by the final Variable
+    # must not create an Add node (the aggregator falls back on TypeError).
     x = Variable("world", role="noun", requires_grad=True)
-    z = "Hello, " + x
-    assert z.data == "Hello, world"
-    z.backward("f")
-    assert [g.data for g in x.grad] == ["f"]
+    with pytest.raises(TypeError):
+        "Hello, " + x  # noqa: B018
+    assert (Variable("Hello, ") + x).data == "Hello, world"
 
 
 def test_add_rejects_other_types():

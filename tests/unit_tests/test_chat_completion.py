@@ -500,11 +500,6 @@ def test_messages_reach_the_model_as_langchain_messages():
     assert [m.content for m in call.messages] == ["S", "U", "A", "U2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/resolve.py as_model_client keeps every unhashable object (all "
-    "pydantic LangChain chat models) in _STRONG_CACHE forever: models are never freed",
-)
 def test_chat_model_can_be_garbage_collected_after_use():
     import gc
     import weakref

@@ -419,16 +419,6 @@ async def test_chat_openai_transient_errors_are_retried_by_the_package(openai_se
     assert usage.total().retries == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason=(
-        "afnio_langchain._aio.run_sync runs each sync call on a fresh event loop, and "
-        "langchain-openai's async httpx pool is bound to the loop that opened it: the "
-        "second sync call fails with 'Event loop is closed'. Remove this marker once "
-        "run_sync uses one long-lived loop."
-    ),
-)
 def test_chat_openai_sync_complete_called_repeatedly(openai_server):
     model = chat_openai_model(openai_server)
     assert [model.complete(HELLO).text for _ in range(3)] == ["echo: hello there"] * 3

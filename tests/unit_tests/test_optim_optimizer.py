@@ -87,7 +87,7 @@ def test_any_langchain_chat_model_and_model_clients_are_accepted():
     p = param("old")
     feedback(p, "change")
     optimizer = TGD([p], model=chat)
-    assert optimizer.param_groups[0]["model"] is as_model_client(chat)
+    assert optimizer.param_groups[0]["model"].model is as_model_client(chat).model
     optimizer.step()
     assert p.data == "from a plain LangChain model"
     client = as_model_client(chat)

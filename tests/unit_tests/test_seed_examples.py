@@ -80,11 +80,6 @@ def seed_messages():
     return system, messages
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: testing/scripted.py _Player.__init__ calls list(script) on a callable "
-    "script -> TypeError: 'function' object is not iterable",
-)
 def test_scripted_model_accepts_a_plain_function():
     """DESIGN: each ScriptedChatModel script may be "a callable taking the request's text"."""
     model = ScriptedChatModel(forward=translate)

@@ -555,11 +555,6 @@ def test_set_grad_enabled_context_and_plain_call():
     assert is_grad_enabled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: grad_mode.set_grad_enabled.__init__ switches the mode at construction, so "
-    "no_grad() disables grad before __enter__ (and forever if never entered)",
-)
 def test_constructing_no_grad_does_not_switch_the_mode():
     cm = no_grad()
     try:
@@ -570,11 +565,6 @@ def test_constructing_no_grad_does_not_switch_the_mode():
     assert is_grad_enabled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a no_grad instance can be entered once only: the second `with` leaves grad "
-    "enabled inside and its __exit__ raises 'Token has already been used once'",
-)
 def test_a_no_grad_instance_can_be_reused():
     inference = no_grad()
     with inference:
