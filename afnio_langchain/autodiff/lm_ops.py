@@ -56,6 +56,11 @@ async def _complete_all(
     return [reply.text for reply in replies]
 
 
+def _is_openai_client(obj: Any) -> bool:
+    """An ``openai.OpenAI``/``AsyncOpenAI`` client, which needs ``model=`` to name its model."""
+    return type(obj).__module__.startswith("openai") and hasattr(obj, "chat")
+
+
 class ChatCompletion(Function):
     """A chat completion whose messages and inputs receive textual gradients.
 
@@ -67,7 +72,9 @@ class ChatCompletion(Function):
     gradient per Variable in ``messages`` and ``inputs`` that requires grad.
 
     Reserved keyword arguments (not sent to the model): ``backward_model`` (the model
-    writing gradients; default: :func:`set_backward_model`) and ``output_role``.
+    writing gradients; default: :func:`set_backward_model`) and ``output_role``. With an
+    ``openai.OpenAI``/``AsyncOpenAI`` client, ``model="NAME"`` names the model (also used
+    for an openai ``backward_model``).
     Everything else in ``completion_args`` (``temperature``, ``max_tokens``...) is
     passed to the model.
 
@@ -116,7 +123,10 @@ class ChatCompletion(Function):
     ) -> Variable:
         backward_model = completion_args.pop("backward_model", None)
         output_role = completion_args.pop("output_role", DEFAULT_OUTPUT_ROLE)
-        client = as_model_client(forward_model_client)
+        model_name = completion_args.pop("model", None) if _is_openai_client(forward_model_client) else None
+        client = as_model_client(forward_model_client, model_name)
+        if model_name is not None and _is_openai_client(backward_model):
+            backward_model = as_model_client(backward_model, model_name)
         conversation = build_conversation(messages, inputs)
         texts = await _complete_all(client, conversation, completion_args)
         ctx.conversation = conversation

@@ -21,20 +21,6 @@ from afnio_langchain.autodiff.basic_ops import TextTransform
 from afnio_langchain.testing import ScriptedChatModel
 
 
-class ScriptFn:
-    """A callable script (also emptily iterable: works around the ScriptedChatModel
-    callable-script bug reported in test_seed_examples.py)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, text: str) -> str:
-        return self.fn(text)
-
-    def __iter__(self):
-        return iter(())
-
-
 @pytest.fixture(autouse=True)
 def _reset_backward_model():
     yield
@@ -183,7 +169,7 @@ def test_split_rejects_minibatches():
 def _pipeline(answers: dict[str, str], questions: list[str]):
     """system prompt -> ChatCompletion over a minibatch of questions."""
     forward = ScriptedChatModel(
-        forward=ScriptFn(lambda t: next(a for q, a in answers.items() if q in t)),
+        forward=lambda t: next(a for q, a in answers.items() if q in t),
         feedback="The system prompt should demand the exact answer.",
     )
     system = Variable("Answer the question.", role="system instruction", requires_grad=True)
@@ -292,7 +278,7 @@ def test_lm_judge_parses_fraction_scores_and_backpropagates():
             return '{"score": "10/10", "explanation": "Perfect."}'
         return '{"score": "8/10", "explanation": "Too long, trim it."}'
 
-    judge = ScriptedChatModel(judge=ScriptFn(verdict), feedback="Make the answer shorter.")
+    judge = ScriptedChatModel(judge=verdict, feedback="Make the answer shorter.")
     answers = Variable(["GOOD ANSWER", "a long rambling answer"], role="answer", requires_grad=True)
     messages = [{"role": "user", "content": [Variable("Rate this: {prediction}", role="rubric")]}]
     score, explanation = LMJudgeEvaluator.apply(
@@ -348,7 +334,7 @@ def test_lm_judge_custom_success_fn_and_upstream_chat_completion():
             return '{"score": 3, "explanation": "Way too wordy."}'
         return '{"score": 9, "explanation": "Good."}'
 
-    judge = ScriptedChatModel(judge=ScriptFn(verdict), feedback="Answer in one word.")
+    judge = ScriptedChatModel(judge=verdict, feedback="Answer in one word.")
     _, explanation = LMJudgeEvaluator.apply(
         judge,
         [{"role": "user", "content": ["Rate 0-10: {prediction}"]}],

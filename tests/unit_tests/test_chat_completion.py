@@ -16,20 +16,6 @@ from afnio_langchain.models import StructuredOutputError
 from afnio_langchain.testing import ScriptedChatModel
 
 
-class ScriptFn:
-    """A callable script (also emptily iterable: works around the ScriptedChatModel
-    callable-script bug reported in test_seed_examples.py)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, text: str) -> str:
-        return self.fn(text)
-
-    def __iter__(self):
-        return iter(())
-
-
 class Replies(BaseChatModel):
     """A plain LangChain chat model answering from a list (last reply repeats) and
     recording the text of every request."""
@@ -132,14 +118,14 @@ def test_plain_str_content_and_multiple_parts():
 
 
 def test_minibatch_from_list_inputs():
-    model = ScriptedChatModel(forward=ScriptFn(lambda t: t.upper()))
+    model = ScriptedChatModel(forward=lambda t: t.upper())
     out = ChatCompletion.apply(model, [user("say {w}")], inputs={"w": ["a", Variable("b"), "c"]})
     assert out.data == ["SAY A", "SAY B", "SAY C"]
     assert out.role == "assistant response"
 
 
 def test_minibatch_from_variables_holding_lists():
-    model = ScriptedChatModel(forward=ScriptFn(lambda t: t.upper()))
+    model = ScriptedChatModel(forward=lambda t: t.upper())
     out = ChatCompletion.apply(
         model, [user("say {w} {z}")], inputs={"w": Variable(["a", "b"]), "z": ["1", "2"]}
     )
@@ -199,7 +185,7 @@ def test_one_gradient_per_differentiable_variable_in_order():
 def test_variable_inside_an_input_list_gets_only_its_own_items_gradient():
     model = ScriptedChatModel(
         forward="answer",
-        feedback=ScriptFn(lambda t: "about Italian" if "Italian" in t else "about Spanish"),
+        feedback=lambda t: "about Italian" if "Italian" in t else "about Spanish",
     )
     italian = Variable("Italian", role="language", requires_grad=True)
     spanish = Variable("Spanish", role="language", requires_grad=True)
@@ -217,7 +203,7 @@ def test_variable_inside_an_input_list_gets_only_its_own_items_gradient():
 
 def test_batched_variable_gets_one_list_gradient():
     model = ScriptedChatModel(
-        forward="answer", feedback=ScriptFn(lambda t: "about one" if "q-one" in t else "about three")
+        forward="answer", feedback=lambda t: "about one" if "q-one" in t else "about three"
     )
     questions = Variable(["q-one", "q-two", "q-three"], role="questions", requires_grad=True)
     out = ChatCompletion.apply(model, [user("{q}")], inputs={"q": questions}, backward_model=model)
@@ -229,7 +215,7 @@ def test_batched_variable_gets_one_list_gradient():
 
 
 def test_batched_variable_in_message_content_makes_a_minibatch():
-    model = ScriptedChatModel(forward=ScriptFn(lambda t: t.upper()), feedback="shorter")
+    model = ScriptedChatModel(forward=lambda t: t.upper(), feedback="shorter")
     prompts = Variable(["p1", "p2"], role="prompts", requires_grad=True)
     out = ChatCompletion.apply(
         model, [{"role": "user", "content": [prompts]}], backward_model=model
@@ -336,7 +322,7 @@ def test_well_formed_scripted_feedback_needs_no_retry():
         count["n"] += 1
         return "ok"
 
-    model = ScriptedChatModel(forward="answer", feedback=ScriptFn(feedback))
+    model = ScriptedChatModel(forward="answer", feedback=feedback)
     system = Variable("sys", role="system instruction", requires_grad=True)
     out = ChatCompletion.apply(
         model, [{"role": "system", "content": [system]}, user("hi")], backward_model=model
@@ -452,7 +438,7 @@ def test_bad_model_raises_type_error_listing_what_is_accepted():
 
 
 async def test_aapply_and_abackward():
-    model = ScriptedChatModel(forward=ScriptFn(lambda t: t[-2:]), feedback="async feedback")
+    model = ScriptedChatModel(forward=lambda t: t[-2:], feedback="async feedback")
     system = Variable("sys", role="system instruction", requires_grad=True)
     with track_usage() as usage:
         out = await ChatCompletion.aapply(
@@ -533,7 +519,7 @@ def test_a_failing_forward_item_raises_its_error():
             raise ValueError("item failed")
         return "ok"
 
-    model = ScriptedChatModel(forward=ScriptFn(answer))
+    model = ScriptedChatModel(forward=answer)
     system = Variable("sys", role="system instruction", requires_grad=True)
     with pytest.raises(ValueError, match="item failed"):
         ChatCompletion.apply(

@@ -16,20 +16,6 @@ from afnio_langchain.autodiff import BackwardError, ChatCompletion, Sum
 from afnio_langchain.testing import ScriptedChatModel
 
 
-class ScriptFn:
-    """A callable script (also emptily iterable: works around the ScriptedChatModel
-    callable-script bug reported in test_seed_examples.py)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, text: str) -> str:
-        return self.fn(text)
-
-    def __iter__(self):
-        return iter(())
-
-
 class Gauge(BaseChatModel):
     """A plain async chat model that measures how many calls are in flight at once."""
 
@@ -163,7 +149,7 @@ def test_backward_call_order_follows_the_graph():
         order.append("?")
         return "feedback"
 
-    set_backward_model(ScriptedChatModel(feedback=ScriptFn(feedback)))
+    set_backward_model(ScriptedChatModel(feedback=feedback))
     system, a = branch(forward, "A")
     b = ChatCompletion.apply(
         forward, [{"role": "user", "content": [Variable("B reads {x}")]}], inputs={"x": a}
@@ -219,7 +205,7 @@ def test_failing_node_raises_backward_error_and_commits_nothing():
             raise ValueError("the feedback model broke")
         return "late feedback"
 
-    bad = ScriptedChatModel(feedback=ScriptFn(flaky), latency=0.2)  # fails after others finish
+    bad = ScriptedChatModel(feedback=flaky, latency=0.2)  # fails after others finish
     s1, o1 = branch(forward, "1", backward_model=good)
     s2, o2 = branch(forward, "2", backward_model=bad)
     s3, o3 = branch(forward, "3", backward_model=good)

@@ -22,24 +22,6 @@ from afnio_langchain.testing import ScriptedChatModel
 SEED_GRADIENT = "The system instruction should enforce the use of capital letters only."
 
 
-class ScriptFn:
-    """A callable script for ScriptedChatModel.
-
-    It is also (emptily) iterable so it works around the ScriptedChatModel callable
-    bug (see ``test_scripted_model_accepts_a_plain_function``); behaviour is that of
-    a plain callable.
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, text: str) -> str:
-        return self.fn(text)
-
-    def __iter__(self):
-        return iter(())
-
-
 def translate(text: str) -> str:
     if "Italian" in text:
         return "Ciao"
@@ -87,7 +69,7 @@ def test_scripted_model_accepts_a_plain_function():
 
 
 def test_scalar_example_as_written():
-    model_client = ScriptedChatModel(forward=ScriptFn(translate), feedback=SEED_GRADIENT)
+    model_client = ScriptedChatModel(forward=translate, feedback=SEED_GRADIENT)
     set_backward_model(model_client)
 
     system, messages = seed_messages()
@@ -122,7 +104,7 @@ def test_scalar_example_as_written():
 
 
 def test_batched_example_as_written():
-    model_client = ScriptedChatModel(forward=ScriptFn(translate), feedback=SEED_GRADIENT)
+    model_client = ScriptedChatModel(forward=translate, feedback=SEED_GRADIENT)
     set_backward_model(model_client)
 
     system, messages = seed_messages()
