@@ -14,10 +14,12 @@ from afnio_langchain.autodiff import (
     set_grad_enabled,
 )
 from afnio_langchain.models import concurrency_limit, get_usage, track_usage
+from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChatCompletionRunnable",
     "Variable",
     "__version__",
     "concurrency_limit",
@@ -25,7 +27,9 @@ __all__ = [
     "get_backward_model",
     "get_usage",
     "is_grad_enabled",
+    "make_trainable",
     "no_grad",
+    "parameters",
     "set_backward_model",
     "set_grad_enabled",
     "track_usage",

@@ -28,6 +28,7 @@ _ROLE_ALIASES = {
 }
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELD_LIKE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TEMPLATE_TOKEN = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _role(role: Any, where: str) -> str:
@@ -94,12 +95,14 @@ def from_fstring(template: str) -> str:
 
     Example:
         >>> from afnio_langchain.runnables.messages import from_fstring
-        >>> from_fstring('Answer {question} as {{"answer": ...}}')
-        'Answer {question} as {"answer": ...}'
+        >>> from_fstring('Answer {question} as {{"answer": ...}}, not {{question}}')
+        'Answer {question} as {"answer": ...}, not {{question}}'
     """
-    out = []
+    out: list[str] = []
+    emitted = 0
+    literal_text: list[str] = []  # literal pieces between fields (Formatter splits at "{{")
     for literal, field, spec, conversion in string.Formatter().parse(template):
-        out.append(escape_fields(literal))
+        literal_text.append(literal)
         if field is None:
             continue
         if not _IDENT.fullmatch(field) or spec or conversion:
@@ -107,8 +110,19 @@ def from_fstring(template: str) -> str:
                 f"template field {{{field}}} is not a plain variable name; only {{name}} "
                 "fields can be converted"
             )
+        out.append(escape_fields("".join(literal_text)))
+        literal_text = []
         out.append("{" + field + "}")
-    return "".join(out)
+        emitted += 1
+    out.append(escape_fields("".join(literal_text)))
+    converted = "".join(out)
+    if sum(1 for m in _TEMPLATE_TOKEN.finditer(converted) if m.group(2)) != emitted:
+        # A literal "{" right before a field and "}" right after it would read as "{{name}}".
+        raise ValueError(
+            f"template {template!r} puts literal braces directly around a field "
+            "('{{{name}}}'); put a character between the brace and the field"
+        )
+    return converted
 
 
 def to_fstring(template: str, fields: Sequence[str]) -> str:
@@ -122,8 +136,7 @@ def to_fstring(template: str, fields: Sequence[str]) -> str:
     """
     allowed = set(fields)
     out, pos = [], 0
-    pattern = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
-    for match in pattern.finditer(template):
+    for match in _TEMPLATE_TOKEN.finditer(template):
         out.append(_escape_braces(template[pos : match.start()]))
         if match.group(2) and match.group(2) in allowed:
             out.append("{" + match.group(2) + "}")

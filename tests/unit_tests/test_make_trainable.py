@@ -1,0 +1,303 @@
+"""make_trainable: chain shapes, bindings, template variables and braces, gradients,
+export back to plain LangChain, and save/load of the learned prompts."""
+
+from __future__ import annotations
+
+import json
+from operator import itemgetter
+
+import pytest
+from langchain_core.messages import AIMessage, SystemMessage
+from langchain_core.output_parsers import (
+    CommaSeparatedListOutputParser,
+    JsonOutputParser,
+    StrOutputParser,
+)
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_core.runnables.retry import RunnableRetry
+
+from afnio_langchain import ChatCompletionRunnable, Variable, make_trainable, set_backward_model
+from afnio_langchain.optim import TGD
+from afnio_langchain.runnables import TrainableChain
+from afnio_langchain.testing import ScriptedChatModel
+
+
+@pytest.fixture(autouse=True)
+def _reset_backward_model():
+    yield
+    set_backward_model(None)
+
+
+def qa_prompt(system: str = "Answer briefly.") -> ChatPromptTemplate:
+    return ChatPromptTemplate.from_messages([("system", system), ("human", "{question}")])
+
+
+def sent(model: ScriptedChatModel, kind: str = "forward") -> list[list[tuple[str, str]]]:
+    return [[(m.type, m.content) for m in call.messages] for call in model.calls_of(kind)]
+
+
+def contains(runnable, cls) -> bool:
+    from afnio_langchain.runnables.structure import children
+
+    return isinstance(runnable, cls) or any(contains(c, cls) for c in children(runnable))
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_prompt_model_parser_becomes_trainable_and_gets_gradients():
+    model = ScriptedChatModel(forward="Paris", feedback="Name the country.")
+    set_backward_model(model)
+    original = qa_prompt() | model | StrOutputParser()
+    chain = make_trainable(original)
+    assert isinstance(chain, TrainableChain)
+    (system,) = chain.parameters()
+    assert system.data == "Answer briefly." and system.role == "system prompt"
+    out = chain.invoke({"question": "Capital of France?"})
+    assert isinstance(out, Variable) and out.data == "Paris"
+    assert sent(model) == [[("system", "Answer briefly."), ("human", "Capital of France?")]]
+    out.backward("Too terse.")
+    assert [g.data for g in system.grad] == ["Name the country."]
+    assert original.steps[0] is not None and original.invoke({"question": "x"}) == "Paris"
+
+
+def test_nested_sequences_in_parallel_and_assign_get_one_parameter_each():
+    model = ScriptedChatModel(forward="text", feedback="fb")
+    set_backward_model(model)
+    draft = qa_prompt("You draft.") | model | StrOutputParser()
+    review = (
+        ChatPromptTemplate.from_messages([("system", "You review."), ("human", "{draft}")])
+        | model
+        | StrOutputParser()
+    )
+    original = (
+        RunnableParallel(question=itemgetter("question"), context=RunnableLambda(lambda d: "ctx"))
+        | RunnablePassthrough.assign(draft=draft)
+        | RunnablePassthrough.assign(review=review)
+        | itemgetter("review")
+    )
+    chain = make_trainable(original)
+    drafted, reviewed = chain.parameters()
+    assert (drafted.data, reviewed.data) == ("You draft.", "You review.")
+    assert drafted.role == "system prompt of LLM step 1"
+    out = chain.invoke({"question": "q"})
+    out.backward("bad")
+    assert drafted.grad and reviewed.grad
+    assert original.invoke({"question": "q"}) == "text"
+
+
+def test_bindings_around_model_and_chain_are_kept():
+    model = ScriptedChatModel(forward="ok")
+    bound_model = model.bind(temperature=0.1).with_config(run_name="llm").with_retry(
+        stop_after_attempt=2
+    )
+    original = (qa_prompt() | bound_model | StrOutputParser()).with_config(tags=["qa"])
+    chain = make_trainable(original)
+    assert len(chain.parameters()) == 1
+    assert contains(chain.bound, RunnableRetry)
+    out = chain.invoke({"question": "q"})
+    assert out.data == "ok"
+    assert model.calls[0].kwargs.get("temperature") == 0.1
+
+
+def test_template_variables_partials_and_literal_braces():
+    model = ScriptedChatModel(forward='{"answer": "4"}', feedback="fb")
+    set_backward_model(model)
+    template = ChatPromptTemplate.from_messages(
+        [
+            ("system", 'You are a {domain} tutor. Reply as {{"answer": ...}} in {lang}.'),
+            ("human", "{question} (literal {{question}})"),
+        ]
+    ).partial(lang="English")
+    original = template | model | JsonOutputParser()
+    chain = make_trainable(original)
+    (system,) = chain.parameters()
+    assert system.data == 'You are a {domain} tutor. Reply as {"answer": ...} in {lang}.'
+    assert "keep {domain}, {lang} as written" in system.role
+    fields = chain.invoke({"domain": "math", "question": "2+2?"})
+    assert fields["answer"].data == "4"
+    expected = [
+        ("system", 'You are a math tutor. Reply as {"answer": ...} in English.'),
+        ("human", "2+2? (literal {question})"),
+    ]
+    assert sent(model) == [expected]
+    original.invoke({"domain": "math", "question": "2+2?"})
+    assert sent(model)[1] == expected  # the original chain renders the same messages
+    fields["answer"].backward("should be 5")
+    assert system.grad
+
+
+def test_literal_system_message_and_a_template_used_twice_share_one_variable():
+    model = ScriptedChatModel(forward="ok")
+    template = ChatPromptTemplate.from_messages(
+        [SystemMessage(content="Reply as {json}"), ("human", "{question}")]
+    )
+    original = RunnableParallel(a=template | model, b=template | model)
+    chain = make_trainable(original)
+    (system,) = chain.parameters()
+    out = chain.invoke({"question": "q"})
+    assert isinstance(out["a"], Variable) and isinstance(out["b"], Variable)
+    assert sent(model)[0][0] == ("system", "Reply as {json}")
+    exported = chain.to_langchain().invoke({"question": "q"})
+    assert isinstance(exported["a"], AIMessage)
+    assert sent(model)[-1][0] == ("system", "Reply as {json}")
+
+
+def test_user_messages_can_be_trained_too():
+    model = ScriptedChatModel(forward="ok")
+    template = ChatPromptTemplate.from_messages([("human", "Please answer: {question}")])
+    chain = make_trainable(template | model, roles=("system", "user"))
+    (user,) = chain.parameters()
+    assert user.data == "Please answer: {question}" and user.role.startswith("user prompt")
+    chain.invoke({"question": "q"})
+    assert sent(model) == [[("human", "Please answer: q")]]
+
+
+def test_single_value_input_and_non_text_values_format_like_the_template():
+    model = ScriptedChatModel(forward="ok")
+    chain = make_trainable(qa_prompt() | model)
+    chain.invoke("just text")
+    chain.invoke({"question": ["a", 1]})
+    assert [call[1][1] for call in sent(model)] == ["just text", "['a', 1]"]
+
+
+async def test_async_batch_and_stream_of_a_trainable_chain():
+    model = ScriptedChatModel(forward="one two")
+    chain = make_trainable(qa_prompt() | model | StrOutputParser())
+    outs = await chain.abatch([{"question": "a"}, {"question": "b"}])
+    assert [o.data for o in outs] == ["one two", "one two"]
+    assert [o.data for o in chain.batch([{"question": "c"}])] == ["one two"]
+    chunks = list(chain.stream({"question": "s"}))
+    assert "".join(chunks[:-1]) == "one two" and isinstance(chunks[-1], Variable)
+    achunks = [c async for c in chain.astream({"question": "s"})]
+    assert achunks[-1].data == "one two"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        (RunnableLambda(lambda x: x), "found no ChatPromptTemplate"),
+        (
+            ChatPromptTemplate.from_messages([("human", "{q}")]) | ScriptedChatModel(forward="x"),
+            "none has a message of roles",
+        ),
+        (
+            ChatPromptTemplate.from_messages(
+                [("system", "s"), MessagesPlaceholder("history"), ("human", "{q}")]
+            )
+            | ScriptedChatModel(forward="x"),
+            "MessagesPlaceholder",
+        ),
+        (
+            ChatPromptTemplate.from_messages(
+                [("system", "s {{x}}"), ("human", "{{q}}")], template_format="mustache"
+            )
+            | ScriptedChatModel(forward="x"),
+            "mustache templates are not supported",
+        ),
+        (
+            qa_prompt() | ScriptedChatModel(forward="x") | CommaSeparatedListOutputParser(),
+            "cannot run on Variables",
+        ),
+    ],
+    ids=["no-pair", "no-system", "placeholder", "mustache", "list-parser"],
+)
+def test_chains_that_cannot_be_converted_say_why(chain, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainable(chain)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="Runnable"):
+        make_trainable("not a chain")
+    with pytest.raises(ValueError, match="roles"):
+        make_trainable(qa_prompt() | ScriptedChatModel(forward="x"), roles="system")
+
+
+# --------------------------------------------------------------------------- export, save, load
+
+
+def test_export_before_training_behaves_exactly_like_the_original():
+    model = ScriptedChatModel(forward="Paris")
+    template = ChatPromptTemplate.from_messages(
+        [("system", 'Be {style}. Format: {{"a": 1}}'), ("human", "{question}")]
+    )
+    original = template | model | StrOutputParser()
+    exported = make_trainable(original).to_langchain()
+    assert not contains(exported, ChatCompletionRunnable)
+    inputs = {"style": "brief", "question": "q"}
+    assert exported.invoke(inputs) == original.invoke(inputs) == "Paris"
+    first, second = sent(model)
+    assert first == second
+
+
+def test_export_after_training_uses_learned_text_with_braces_and_keeps_variables():
+    model = ScriptedChatModel(forward="ok")
+    template = ChatPromptTemplate.from_messages([("system", "Be {style}."), ("human", "{question}")])
+    chain = make_trainable(template | model | StrOutputParser())
+    (system,) = chain.parameters()
+    system.data = 'Be {style}. Reply as {"answer": "..."}; never print {secret} or {{x}}.'
+    inputs = {"style": "brief", "question": "q"}
+    trained_out = chain.invoke(inputs)
+    exported = chain.to_langchain()
+    assert exported.invoke(inputs) == "ok" and isinstance(trained_out, Variable)
+    trained, served = sent(model)
+    assert trained == served
+    assert served[0] == ("system", 'Be brief. Reply as {"answer": "..."}; never print {secret} or {x}.')
+    assert template.messages[0].prompt.template == "Be {style}."  # original untouched
+
+
+def test_optimizer_step_then_export(tmp_path):
+    model = ScriptedChatModel(
+        forward="ok", feedback="Ask for the country.", optimizer='Name city and country as {"city": ...}.'
+    )
+    set_backward_model(model)
+    chain = make_trainable(qa_prompt() | model | StrOutputParser())
+    optimizer = TGD(chain.parameters(), model=model)
+    chain.invoke({"question": "q"}).backward("Too terse.")
+    optimizer.step()
+    (system,) = chain.parameters()
+    assert system.data == 'Name city and country as {"city": ...}.'
+    chain.to_langchain().invoke({"question": "q"})
+    assert sent(model)[-1][0] == ("system", 'Name city and country as {"city": ...}.')
+
+
+def test_save_load_round_trip(tmp_path):
+    model = ScriptedChatModel(forward="ok")
+    make = lambda: make_trainable(  # noqa: E731
+        RunnableParallel(
+            a=qa_prompt("First {tone}.") | model, b=qa_prompt("Second.") | model | StrOutputParser()
+        )
+    )
+    chain = make()
+    first, second = chain.parameters()
+    first.data = "Learned {tone} with {braces}."
+    second.data = "Also learned."
+    path = tmp_path / "prompts.json"
+    chain.save(path)
+    state = json.loads(path.read_text())
+    assert state["version"] == 1 and state["format"] == "afnio-langchain/trainable-chain"
+    assert [p["key"] for p in state["prompts"]] == ["prompt_0.message_0", "prompt_1.message_0"]
+    fresh = make()
+    assert fresh.load(path) is fresh
+    assert [p.data for p in fresh.parameters()] == ["Learned {tone} with {braces}.", "Also learned."]
+    fresh.to_langchain().invoke({"question": "q", "tone": "calm"})
+    systems = [call[0][1] for call in sent(model)]
+    assert sorted(systems) == ["Also learned.", "Learned calm with {braces}."]
+
+
+def test_load_rejects_other_files(tmp_path):
+    chain = make_trainable(qa_prompt() | ScriptedChatModel(forward="x"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a saved trainable chain"):
+        chain.load(bad)
+    state = chain.state_dict()
+    with pytest.raises(ValueError, match="version"):
+        chain.load_state_dict({**state, "version": 99})
+    with pytest.raises(ValueError, match="do not match"):
+        chain.load_state_dict({**state, "prompts": []})
