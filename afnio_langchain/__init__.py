@@ -15,10 +15,12 @@ from afnio_langchain.autodiff import (
 )
 from afnio_langchain.models import concurrency_limit, get_usage, track_usage
 from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
+from afnio_langchain.runnables.agent import AgentRunnable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentRunnable",
     "ChatCompletionRunnable",
     "Variable",
     "__version__",

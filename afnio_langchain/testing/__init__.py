@@ -2,5 +2,6 @@
 forward, backward, optimizer and judge calls, and a loopback OpenAI-compatible server."""
 
 from afnio_langchain.testing.scripted import ScriptedCall, ScriptedChatModel
+from afnio_langchain.testing.tool_calling import AgentTurnRequest, ToolCallingChatModel
 
-__all__ = ["ScriptedCall", "ScriptedChatModel"]
+__all__ = ["AgentTurnRequest", "ScriptedCall", "ScriptedChatModel", "ToolCallingChatModel"]
