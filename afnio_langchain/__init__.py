@@ -12,6 +12,7 @@ from afnio_langchain.autodiff import (
     no_grad,
     set_backward_model,
     set_grad_enabled,
+    use_backward_model,
 )
 from afnio_langchain.models import concurrency_limit, get_usage, track_usage
 from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
@@ -35,4 +36,5 @@ __all__ = [
     "set_backward_model",
     "set_grad_enabled",
     "track_usage",
+    "use_backward_model",
 ]

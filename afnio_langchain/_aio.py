@@ -57,7 +57,7 @@ def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
     def start() -> None:
         try:
-            task = context.run(loop.create_task, coro_factory())
+            task = context.run(loop.create_task, _shielding_the_loop(coro_factory()))
         except BaseException as exc:  # the factory itself failed
             result.set_exception(exc)
             return
@@ -76,10 +76,29 @@ def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     loop.call_soon_threadsafe(start)
     try:
         return result.result()
+    except _LoopExit as exit_:
+        raise exit_.original from None
     except BaseException:
         if task_box:  # interrupted (Ctrl-C) or failed: make sure nothing keeps running
             loop.call_soon_threadsafe(task_box[0].cancel)
         raise
+
+
+class _LoopExit(Exception):
+    """Carries a KeyboardInterrupt/SystemExit raised inside a task to the waiting caller."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+async def _shielding_the_loop(coro: Coroutine[Any, Any, T]) -> T:
+    # asyncio lets KeyboardInterrupt and SystemExit escape run_forever(): on the shared
+    # loop that would kill its thread and leave the caller waiting forever.
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _LoopExit(exc) from exc
 
 
 async def run_in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

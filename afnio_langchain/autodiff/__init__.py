@@ -1,6 +1,10 @@
 """The textual autodiff engine: Variables, Functions, the backward engine and the ops."""
 
-from afnio_langchain.autodiff.backward_model import get_backward_model, set_backward_model
+from afnio_langchain.autodiff.backward_model import (
+    get_backward_model,
+    set_backward_model,
+    use_backward_model,
+)
 from afnio_langchain.autodiff.basic_ops import Add, ParseJson, Split, Sum, TextTransform
 from afnio_langchain.autodiff.engine import BackwardError, run_backward
 from afnio_langchain.autodiff.evaluators import (
@@ -45,4 +49,5 @@ __all__ = [
     "run_backward",
     "set_backward_model",
     "set_grad_enabled",
+    "use_backward_model",
 ]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from afnio_langchain.models import ModelClient, as_model_client
 
 _LOCK = threading.Lock()
 _BACKWARD_MODEL: ModelClient | None = None
+# A scoped override (``use_backward_model``): follows threads and tasks LangChain starts,
+# and leaves other concurrent runs (two ``fit`` calls in two threads) alone.
+_SCOPED_MODEL: contextvars.ContextVar[ModelClient | None] = contextvars.ContextVar(
+    "afnio_backward_model", default=None
+)
 
 
 def set_backward_model(model: Any, *, model_name: str | None = None) -> None:
@@ -32,8 +40,30 @@ def set_backward_model(model: Any, *, model_name: str | None = None) -> None:
 
 
 def get_backward_model() -> ModelClient | None:
-    """The process default backward model, or None."""
-    return _BACKWARD_MODEL
+    """The backward model in force here: the one of an enclosing
+    :func:`use_backward_model` block, else the process default, else None."""
+    return _SCOPED_MODEL.get() or _BACKWARD_MODEL
+
+
+@contextlib.contextmanager
+def use_backward_model(model: Any, *, model_name: str | None = None) -> Iterator[None]:
+    """Use ``model`` for backward calls inside the block only (in this context and the
+    threads and tasks started from it), without touching the process default.
+
+    Example:
+        >>> from afnio_langchain import get_backward_model, use_backward_model
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> with use_backward_model(ScriptedChatModel(feedback="Be specific.")):
+        ...     get_backward_model() is not None
+        True
+        >>> get_backward_model() is None
+        True
+    """
+    token = _SCOPED_MODEL.set(as_model_client(model, model_name))
+    try:
+        yield
+    finally:
+        _SCOPED_MODEL.reset(token)
 
 
 def resolve_backward_model(model: Any | None, where: str) -> ModelClient:
@@ -44,10 +74,11 @@ def resolve_backward_model(model: Any | None, where: str) -> ModelClient:
     """
     if model is not None:
         return as_model_client(model)
-    if _BACKWARD_MODEL is None:
+    default = get_backward_model()
+    if default is None:
         raise RuntimeError(
             f"{where} needs a model to write feedback, and none is set: call "
             "afnio_langchain.set_backward_model(chat_model) once, or pass "
             "backward_model=... to the operation"
         )
-    return _BACKWARD_MODEL
+    return default

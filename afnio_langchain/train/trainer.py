@@ -27,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from afnio_langchain._aio import run_sync
-from afnio_langchain.autodiff.backward_model import get_backward_model, set_backward_model
+from afnio_langchain.autodiff.backward_model import use_backward_model
 from afnio_langchain.autodiff.engine import run_backward
 from afnio_langchain.autodiff.variable import Variable
 from afnio_langchain.models.limits import concurrency_limit
@@ -351,7 +351,7 @@ class Trainer:
             if self.max_concurrency is not None:
                 stack.enter_context(concurrency_limit(self.max_concurrency))
             if self.backward_model is not None:
-                stack.enter_context(_backward_model(self.backward_model))
+                stack.enter_context(use_backward_model(self.backward_model))
             yield
 
 
@@ -785,11 +785,4 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-@contextlib.contextmanager
-def _backward_model(model: Any) -> Iterator[None]:
-    previous = get_backward_model()
-    set_backward_model(model)
-    try:
-        yield
-    finally:
-        set_backward_model(previous)
+
