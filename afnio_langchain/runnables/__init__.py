@@ -1,5 +1,6 @@
 """The LangChain face: differentiable Runnables, glue for LCEL chains, chain conversion."""
 
+from afnio_langchain.runnables.agent import AgentRunnable
 from afnio_langchain.runnables.chat import ChatCompletionRunnable
 from afnio_langchain.runnables.glue import TextFunction, as_differentiable
 from afnio_langchain.runnables.parameters import parameters
@@ -7,6 +8,7 @@ from afnio_langchain.runnables.parsers import VariableJsonOutputParser, Variable
 from afnio_langchain.runnables.trainable import TrainableChain, make_trainable
 
 __all__ = [
+    "AgentRunnable",
     "ChatCompletionRunnable",
     "TextFunction",
     "TrainableChain",
