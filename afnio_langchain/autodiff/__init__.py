@@ -6,7 +6,12 @@ from afnio_langchain.autodiff.backward_model import (
     use_backward_model,
 )
 from afnio_langchain.autodiff.basic_ops import Add, ParseJson, Split, Sum, TextTransform
-from afnio_langchain.autodiff.engine import BackwardError, run_backward
+from afnio_langchain.autodiff.engine import (
+    BackwardError,
+    BackwardFailure,
+    BackwardReport,
+    run_backward,
+)
 from afnio_langchain.autodiff.evaluators import (
     DeterministicEvaluator,
     ExactMatchEvaluator,
@@ -20,6 +25,7 @@ from afnio_langchain.autodiff.grad_mode import (
     set_grad_enabled,
 )
 from afnio_langchain.autodiff.lm_ops import ChatCompletion
+from afnio_langchain.autodiff.partial import ItemFailureWarning, MinibatchError, failed_items
 from afnio_langchain.autodiff.templating import MissingInputError, fill, placeholders
 from afnio_langchain.autodiff.variable import Variable
 
@@ -27,12 +33,16 @@ __all__ = [
     "AccumulateGrad",
     "Add",
     "BackwardError",
+    "BackwardFailure",
+    "BackwardReport",
     "ChatCompletion",
     "DeterministicEvaluator",
     "ExactMatchEvaluator",
     "Function",
     "FunctionCtx",
+    "ItemFailureWarning",
     "LMJudgeEvaluator",
+    "MinibatchError",
     "MissingInputError",
     "Node",
     "ParseJson",
@@ -41,6 +51,7 @@ __all__ = [
     "TextTransform",
     "Variable",
     "enable_grad",
+    "failed_items",
     "fill",
     "get_backward_model",
     "is_grad_enabled",

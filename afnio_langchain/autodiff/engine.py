@@ -6,6 +6,10 @@
    the concurrency limit of ``afnio_langchain.models.concurrency_limit``.
 3. Commit: gradients reach leaves' ``grad`` only once the whole pass succeeded, so a
    failed pass leaves no gradient on some Variables and not on others.
+
+A best-effort pass (``best_effort=True``) instead lets the nodes and minibatch items
+that failed drop out, commits every other gradient, and returns a
+:class:`BackwardReport` naming exactly what failed.
 """
 
 from __future__ import annotations
@@ -14,28 +18,103 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from afnio_langchain.autodiff.function import AccumulateGrad, GradientResult, Node
+from afnio_langchain.autodiff.partial import (
+    MinibatchError,
+    collect_item_failures,
+    describe_error,
+)
 from afnio_langchain.autodiff.variable import Variable, make_gradient
 from afnio_langchain.models.limits import concurrency_limit
+from afnio_langchain.models.secrets import redact
 
 RootGradient = Variable | str | Sequence[str] | None
 
 
 class BackwardError(RuntimeError):
-    """A node's backward failed; ``node`` names it. No gradient was committed."""
+    """A node's backward failed; ``node`` names it. No gradient was committed.
+
+    Attributes:
+        node: The failing node's name (``"ChatCompletionBackward0"``).
+        items: The minibatch items that failed (empty when the node failed as a whole).
+    """
 
     def __init__(self, node: str, cause: BaseException) -> None:
         self.node = node
-        super().__init__(f"backward of {node} failed: {type(cause).__name__}: {cause}")
+        self.items = cause.failed_items if isinstance(cause, MinibatchError) else []
+        super().__init__(redact(f"backward of {node} failed: {type(cause).__name__}: {cause}"))
+
+
+@dataclass(frozen=True)
+class BackwardFailure:
+    """One thing a best-effort backward pass could not do.
+
+    Attributes:
+        node: The node's name (``"ChatCompletionBackward0"``).
+        item: The minibatch item whose gradient call failed, or None when the whole
+            node failed (then none of its inputs got a gradient through it).
+        error: The exception.
+    """
+
+    node: str
+    item: int | None
+    error: BaseException
+
+    @property
+    def reason(self) -> str:
+        """The error as ``"TypeName: message"`` (secrets masked)."""
+        return describe_error(self.error)
+
+    def __str__(self) -> str:
+        where = self.node if self.item is None else f"{self.node} item {self.item}"
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class BackwardReport:
+    """What a best-effort backward pass did: gradients committed and what failed.
+
+    Example:
+        >>> from afnio_langchain.autodiff import BackwardFailure, BackwardReport
+        >>> report = BackwardReport(gradients=2, failures=(
+        ...     BackwardFailure("ChatCompletionBackward0", 1, TimeoutError("slow")),))
+        >>> report.ok, [str(f) for f in report.failures]
+        (False, ['ChatCompletionBackward0 item 1: TimeoutError: slow'])
+    """
+
+    gradients: int = 0
+    failures: tuple[BackwardFailure, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary."""
+        return {
+            "gradients": self.gradients,
+            "failures": [
+                {"node": f.node, "item": f.item, "error": f.reason} for f in self.failures
+            ],
+        }
 
 
 async def run_backward(
     roots: Sequence[tuple[Variable, RootGradient]],
     retain_graph: bool = False,
     max_concurrency: int | None = None,
-) -> None:
-    """Propagate each root's feedback to every leaf that requires grad."""
+    best_effort: bool = False,
+) -> BackwardReport | None:
+    """Propagate each root's feedback to every leaf that requires grad.
+
+    By default the pass is all or nothing: if any node fails, :class:`BackwardError`
+    is raised and no gradient is committed (the graph is kept, so it can be retried).
+    With ``best_effort=True`` failed nodes and items drop out, every other gradient is
+    committed, and a :class:`BackwardReport` lists exactly what failed.
+    """
     seeds: list[tuple[Node, int, Variable]] = []
     for variable, gradient in roots:
         if not variable.requires_grad or variable.grad_fn is None:
@@ -45,13 +124,17 @@ async def run_backward(
             )
         seeds.append((variable.grad_fn, variable.output_nr, root_gradient(variable, gradient)))
     limit = concurrency_limit(max_concurrency) if max_concurrency else contextlib.nullcontext()
+    failures: list[BackwardFailure] | None = [] if best_effort else None
     with limit:
-        staged = await _propagate(seeds)
+        staged = await _propagate(seeds, failures)
     for variable, gradient in staged:  # commit only after every node succeeded
         variable.append_grad(gradient)
     if not retain_graph:
         for node in _reachable(node for node, _, _ in seeds):
             node.release()
+    if failures is None:
+        return None
+    return BackwardReport(gradients=len(staged), failures=tuple(failures))
 
 
 def root_gradient(variable: Variable, gradient: RootGradient) -> Variable:
@@ -113,7 +196,11 @@ def merge_gradients(gradients: list[Variable]) -> Variable | None:
     return Variable("\n\n".join(str(g.data) for g in gradients if str(g.data)), role=first.role)
 
 
-async def _propagate(seeds: list[tuple[Node, int, Variable]]) -> list[tuple[Variable, Variable]]:
+async def _propagate(
+    seeds: list[tuple[Node, int, Variable]], failures: list[BackwardFailure] | None = None
+) -> list[tuple[Variable, Variable]]:
+    """Run the pass; with a ``failures`` list (best effort), a failing node is recorded
+    there and treated as sending no gradient, instead of failing the pass."""
     # 1. Order: how many incoming edges each reachable node waits for.
     nodes = _reachable(node for node, _, _ in seeds)
     for node in nodes:
@@ -135,12 +222,18 @@ async def _propagate(seeds: list[tuple[Node, int, Variable]]) -> list[tuple[Vari
     try:
         while ready or running:
             for node in ready:
-                running[asyncio.ensure_future(_run_node(node, inbox.pop(node), staged))] = node
+                run = _run_node(node, inbox.pop(node), staged, failures)
+                running[asyncio.ensure_future(run)] = node
             ready = []
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 node = running.pop(task)
-                for (child, output_nr), result in zip(node.next_functions, task.result()):
+                if failures is not None and isinstance(task.exception(), BackwardError):
+                    failures.append(BackwardFailure(node.name(), None, task.exception().__cause__))
+                    results: list[GradientResult] = [None] * len(node.next_functions)
+                else:
+                    results = task.result()
+                for (child, output_nr), result in zip(node.next_functions, results):
                     if child is None:
                         continue
                     inbox[child][output_nr].extend(_as_list(result))
@@ -156,7 +249,10 @@ async def _propagate(seeds: list[tuple[Node, int, Variable]]) -> list[tuple[Vari
 
 
 async def _run_node(
-    node: Node, received: list[list[Variable]], staged: list[tuple[Variable, Variable]]
+    node: Node,
+    received: list[list[Variable]],
+    staged: list[tuple[Variable, Variable]],
+    failures: list[BackwardFailure] | None = None,
 ) -> list[GradientResult]:
     if isinstance(node, AccumulateGrad):
         staged.extend((node.variable, g) for g in received[0])
@@ -167,7 +263,12 @@ async def _run_node(
     if all(g is None for g in grad_outputs):
         return [None] * len(node.next_functions)
     try:
-        return await node.run(grad_outputs)
+        if failures is None:
+            return await node.run(grad_outputs)
+        with collect_item_failures() as item_failures:  # best effort: items may drop out
+            results = await node.run(grad_outputs)
+        failures.extend(BackwardFailure(node.name(), i, exc) for i, exc in item_failures)
+        return results
     except asyncio.CancelledError:
         raise
     except BackwardError:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from afnio_langchain._aio import gather_all, run_sync
+from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff.backward_model import resolve_backward_model
 from afnio_langchain.autodiff.conversation import (
     Conversation,
@@ -15,6 +16,16 @@ from afnio_langchain.autodiff.conversation import (
     gradients_for_slots,
 )
 from afnio_langchain.autodiff.function import Function, FunctionCtx
+from afnio_langchain.autodiff.partial import (
+    ITEM_ERROR_POLICIES,
+    ItemFailureWarning,
+    MinibatchError,
+    describe_error,
+    gather_items,
+    mark_failed_items,
+    record_item_failures,
+    tolerating_item_failures,
+)
 from afnio_langchain.autodiff.prompts import chat_backward_messages
 from afnio_langchain.autodiff.variable import Variable
 from afnio_langchain.models import Message, as_model_client
@@ -42,18 +53,36 @@ def stream_text_to(sink: TextSink) -> Iterator[None]:
 
 async def _complete_all(
     client: Any, conversation: Conversation, completion_args: dict[str, Any]
-) -> list[str]:
+) -> tuple[list[str | None], dict[int, BaseException]]:
+    """Every item's reply text (None where it failed) and the failed items' errors."""
     sink = _STREAM_SINK.get()
     if sink is not None and not conversation.batched and hasattr(client, "astream"):
-        chunks = []
-        async for chunk in client.astream(conversation.items[0], purpose="forward", **completion_args):
-            chunks.append(chunk)
-            sink(chunk)
-        return ["".join(chunks)]
-    replies = await gather_all(
-        [client.acomplete(item, purpose="forward", **completion_args) for item in conversation.items]
-    )
-    return [reply.text for reply in replies]
+
+        async def streamed() -> str:
+            chunks = []
+            async for chunk in client.astream(
+                conversation.items[0], purpose="forward", **completion_args
+            ):
+                chunks.append(chunk)
+                sink(chunk)
+            return "".join(chunks)
+
+        return await gather_items([streamed()])
+
+    async def one(item: list[Message]) -> str:
+        return (await client.acomplete(item, purpose="forward", **completion_args)).text
+
+    return await gather_items([one(item) for item in conversation.items])
+
+
+def _item_error_policy(completion_args: dict[str, Any]) -> tuple[str, str]:
+    policy = completion_args.pop("on_item_error", "raise")
+    placeholder = completion_args.pop("item_placeholder", "")
+    if policy not in ITEM_ERROR_POLICIES:
+        raise ValueError(f"on_item_error must be one of {ITEM_ERROR_POLICIES}, got {policy!r}")
+    if not isinstance(placeholder, str):
+        raise TypeError(f"item_placeholder must be a str, got {type(placeholder).__name__}")
+    return policy, placeholder
 
 
 def _is_openai_client(obj: Any) -> bool:
@@ -77,6 +106,16 @@ class ChatCompletion(Function):
     for an openai ``backward_model``).
     Everything else in ``completion_args`` (``temperature``, ``max_tokens``...) is
     passed to the model.
+
+    When minibatch items fail (after the client's retries), the other items still
+    complete. ``on_item_error`` (reserved) says what happens then: ``"raise"`` (the
+    default) raises :class:`~afnio_langchain.autodiff.MinibatchError`, naming every
+    failed item and its error and carrying the other items' replies in ``.results``
+    (a single, non-minibatch call raises its own error unchanged);
+    ``"placeholder"`` puts ``item_placeholder`` (reserved, default ``""``) in each
+    failed item's place, warns with an ``ItemFailureWarning``, records the items
+    (:func:`~afnio_langchain.autodiff.failed_items`) and makes no backward call for
+    them.
 
     Example:
         >>> from afnio_langchain import Variable, set_backward_model
@@ -123,17 +162,34 @@ class ChatCompletion(Function):
     ) -> Variable:
         backward_model = completion_args.pop("backward_model", None)
         output_role = completion_args.pop("output_role", DEFAULT_OUTPUT_ROLE)
+        policy, placeholder = _item_error_policy(completion_args)
         model_name = completion_args.pop("model", None) if _is_openai_client(forward_model_client) else None
         client = as_model_client(forward_model_client, model_name)
         if model_name is not None and _is_openai_client(backward_model):
             backward_model = as_model_client(backward_model, model_name)
         conversation = build_conversation(messages, inputs)
-        texts = await _complete_all(client, conversation, completion_args)
+        replies, errors = await _complete_all(client, conversation, completion_args)
+        if errors and policy == "raise":
+            if not conversation.batched:
+                raise errors[0]
+            raise MinibatchError("ChatCompletion forward", replies, errors)
+        texts = [placeholder if reply is None else reply for reply in replies]
         ctx.conversation = conversation
         ctx.responses = texts
+        ctx.failed_items = frozenset(errors)
         ctx.backward_model = backward_model
         ctx.output_role = output_role
-        return Variable(texts if conversation.batched else texts[0], role=output_role)
+        output = Variable(texts if conversation.batched else texts[0], role=output_role)
+        if errors:
+            mark_failed_items(output, errors)
+            listed = "; ".join(f"item {i}: {describe_error(e)}" for i, e in sorted(errors.items()))
+            warnings.warn(
+                f"ChatCompletion forward: {len(errors)} of {conversation.size} items failed "
+                f"and hold a placeholder ({listed})",
+                ItemFailureWarning,
+                stacklevel=2,
+            )
+        return output
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad_output: Variable) -> tuple:
@@ -148,9 +204,9 @@ class ChatCompletion(Function):
                 conversation.items[i], ctx.responses[i], ctx.output_role, feedback, variables
             )
 
-        return await item_gradients(
-            ctx, conversation, [str(t) for t in grad_output.items()], request, "ChatCompletion"
-        )
+        failed = getattr(ctx, "failed_items", frozenset())
+        feedback = ["" if i in failed else str(t) for i, t in enumerate(grad_output.items())]
+        return await item_gradients(ctx, conversation, feedback, request, "ChatCompletion")
 
 
 async def item_gradients(
@@ -184,5 +240,12 @@ async def item_gradients(
         )
         return {j: fields[keys[j]] for j in wanted}
 
-    per_item = await gather_all([one_item(i) for i in range(conversation.size)])
+    per_item, errors = await gather_items([one_item(i) for i in range(conversation.size)])
+    if errors:
+        if not conversation.batched:
+            raise errors[0]  # a single call: the node itself failed
+        if tolerating_item_failures():  # best-effort backward: the others' gradients stand
+            record_item_failures(errors)
+        else:
+            raise MinibatchError(f"{op_name}Backward0", per_item, errors)
     return tuple(gradients_for_slots(slots, needs, per_item))

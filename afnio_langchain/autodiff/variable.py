@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Union
 from afnio_langchain._aio import run_sync
 
 if TYPE_CHECKING:
+    from afnio_langchain.autodiff.engine import BackwardReport
     from afnio_langchain.autodiff.function import Node
 
 Scalar = Union[str, int, float]
@@ -168,7 +169,8 @@ class Variable:
         retain_graph: bool = False,
         *,
         max_concurrency: int | None = None,
-    ) -> None:
+        best_effort: bool = False,
+    ) -> BackwardReport | None:
         """Send ``gradient`` (feedback text) back through the graph to every leaf that
         requires grad. Works inside a running event loop too.
 
@@ -178,8 +180,19 @@ class Variable:
                 evaluators need none: their explanation is the feedback.
             retain_graph: Keep the graph for another backward pass.
             max_concurrency: Cap on model calls in flight during this pass.
+            best_effort: By default a pass is all or nothing: any failure raises
+                ``BackwardError`` and commits no gradient. With True, failed nodes and
+                minibatch items drop out, the other gradients are committed, and a
+                ``BackwardReport`` naming what failed is returned.
+
+        Returns:
+            None, or with ``best_effort=True`` the pass's ``BackwardReport``.
         """
-        run_sync(lambda: self.abackward(gradient, retain_graph, max_concurrency=max_concurrency))
+        return run_sync(
+            lambda: self.abackward(
+                gradient, retain_graph, max_concurrency=max_concurrency, best_effort=best_effort
+            )
+        )
 
     async def abackward(
         self,
@@ -187,12 +200,16 @@ class Variable:
         retain_graph: bool = False,
         *,
         max_concurrency: int | None = None,
-    ) -> None:
+        best_effort: bool = False,
+    ) -> BackwardReport | None:
         """Async :meth:`backward`."""
         from afnio_langchain.autodiff.engine import run_backward
 
-        await run_backward(
-            [(self, gradient)], retain_graph=retain_graph, max_concurrency=max_concurrency
+        return await run_backward(
+            [(self, gradient)],
+            retain_graph=retain_graph,
+            max_concurrency=max_concurrency,
+            best_effort=best_effort,
         )
 
     # -- operators --------------------------------------------------------------------

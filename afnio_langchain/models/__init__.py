@@ -6,18 +6,21 @@ from afnio_langchain.models.openai_adapter import MalformedReplyError, OpenAICli
 from afnio_langchain.models.protocol import (
     BaseModelClient,
     Completion,
+    InputTooLongError,
     JsonSchema,
     Message,
     ModelClient,
 )
 from afnio_langchain.models.resolve import as_model_client
 from afnio_langchain.models.retry import RetryPolicy, is_transient
+from afnio_langchain.models.secrets import redact
 from afnio_langchain.models.structured import StructuredOutputError, request_fields
 from afnio_langchain.models.usage import UsageCounts, UsageTracker, get_usage, track_usage
 
 __all__ = [
     "BaseModelClient",
     "Completion",
+    "InputTooLongError",
     "JsonSchema",
     "LangChainChatModelClient",
     "MalformedReplyError",
@@ -33,6 +36,7 @@ __all__ = [
     "get_concurrency_limit",
     "get_usage",
     "is_transient",
+    "redact",
     "request_fields",
     "track_usage",
 ]

@@ -30,7 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from afnio_langchain.models.protocol import BaseModelClient, Completion, JsonSchema, Message
-from afnio_langchain.models.retry import RetryPolicy, status_code_of
+from afnio_langchain.models.retry import RetryPolicy, refuses_json_mode, status_code_of
+from afnio_langchain.models.secrets import register_secrets_of
 
 INSTALL_HINT = "pip install 'afnio-langchain[dspy]'"
 
@@ -104,6 +105,8 @@ class DSPyLMClient(BaseModelClient):
         retry: Retry policy for transient failures.
         json_mode: Send JSON schemas as ``response_format``: ``"auto"`` (when the LM
             reports support), ``True`` or ``False``.
+        max_input_chars: Refuse longer requests before sending (see
+            :class:`~afnio_langchain.models.BaseModelClient`).
 
     Raises:
         TypeError: ``lm`` is not a ``dspy.BaseLM``.
@@ -132,10 +135,12 @@ class DSPyLMClient(BaseModelClient):
         *,
         retry: RetryPolicy | None = None,
         json_mode: bool | str = "auto",
+        max_input_chars: int | None = None,
     ) -> None:
-        super().__init__(retry=retry)
+        super().__init__(retry=retry, max_input_chars=max_input_chars)
         if not isinstance(lm, dspy.BaseLM):
             raise TypeError(f"expected a dspy.LM (dspy.BaseLM), got {type(lm).__name__}")
+        register_secrets_of(lm)  # masked in every error this client raises
         if json_mode not in ("auto", True, False):
             raise ValueError(f"json_mode must be 'auto', True or False, got {json_mode!r}")
         self.lm = lm
@@ -314,7 +319,7 @@ def _refuses_response_format(exc: BaseException) -> bool:
     status = getattr(exc, "status", None)
     if not isinstance(status, int):
         status = status_code_of(exc)
-    return status in (400, 422, 500, 501)
+    return refuses_json_mode(exc, status)
 
 
 __all__ = ["DSPyLMClient", "INSTALL_HINT", "response_text", "to_request"]

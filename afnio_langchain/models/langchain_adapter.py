@@ -6,12 +6,19 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, ensure_config
 
 from afnio_langchain.models.protocol import BaseModelClient, Completion, JsonSchema, Message
-from afnio_langchain.models.retry import RetryPolicy, status_code_of
+from afnio_langchain.models.retry import RetryPolicy, refuses_json_mode
+from afnio_langchain.models.secrets import (
+    known_secrets,
+    redact_exception,
+    redact_value,
+    register_secrets_of,
+)
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 PURPOSE_METADATA_KEY = "afnio_purpose"
@@ -37,6 +44,45 @@ def message_text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
+class _RedactErrors(AsyncCallbackHandler):
+    """Masks secrets in a failed chat model run before any tracer records it.
+
+    Runs inline and first: providers may echo the API key in an error body, which
+    langchain-openai also hands to callbacks as the run's response metadata.
+    """
+
+    run_inline = True
+
+    async def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        redact_exception(error)
+        response = kwargs.get("response")
+        secrets = known_secrets()
+        for generations in getattr(response, "generations", None) or []:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                metadata = getattr(message, "response_metadata", None)
+                if isinstance(metadata, dict):
+                    metadata.update(redact_value(metadata, secrets))
+                info = getattr(generation, "generation_info", None)
+                if isinstance(info, dict):
+                    info.update(redact_value(info, secrets))
+
+
+_REDACT_ERRORS = _RedactErrors()
+
+
+def _with_redaction(config: RunnableConfig) -> RunnableConfig:
+    """``config`` whose callbacks start with the secret-masking handler."""
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.handlers = [_REDACT_ERRORS, *manager.handlers]
+        config["callbacks"] = manager
+    else:
+        config["callbacks"] = [_REDACT_ERRORS, *(callbacks or [])]
+    return config
+
+
 def _speaks_openai_json_mode(model: BaseChatModel) -> bool:
     return type(model).__module__.startswith(("langchain_openai", "langchain_deepseek"))
 
@@ -53,6 +99,8 @@ class LangChainChatModelClient(BaseModelClient):
         retry: Retry policy for transient failures.
         json_mode: Ask OpenAI-compatible models for ``response_format=json_object``
             when a JSON reply is needed (``"auto"``: for langchain-openai models).
+        max_input_chars: Refuse longer requests before sending (see
+            :class:`~afnio_langchain.models.BaseModelClient`).
 
     Example:
         >>> from langchain_core.language_models import FakeListChatModel
@@ -68,10 +116,12 @@ class LangChainChatModelClient(BaseModelClient):
         *,
         retry: RetryPolicy | None = None,
         json_mode: bool | str = "auto",
+        max_input_chars: int | None = None,
     ) -> None:
-        super().__init__(retry=retry)
+        super().__init__(retry=retry, max_input_chars=max_input_chars)
         if not isinstance(model, BaseChatModel):
             raise TypeError(f"expected a LangChain BaseChatModel, got {type(model).__name__}")
+        register_secrets_of(model)  # masked in every error this client raises
         self.model = model
         self.model_name = str(
             getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type
@@ -92,13 +142,13 @@ class LangChainChatModelClient(BaseModelClient):
     ) -> Completion:
         params = dict(params)
         purpose = params.pop("purpose", "forward")
-        config: RunnableConfig = ensure_config(params.pop("config", None))
+        config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
         config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
         use_json_mode = json_schema is not None and self._json_mode
         try:
             reply = await self._invoke(messages, params, use_json_mode, config)
         except Exception as exc:
-            if not (use_json_mode and status_code_of(exc) in (400, 422, 500, 501)):
+            if not (use_json_mode and refuses_json_mode(exc)):
                 raise
             self._refuse_json_mode()  # this endpoint refuses JSON mode: prompt and parse instead
             reply = await self._invoke(messages, params, False, config)
@@ -117,7 +167,7 @@ class LangChainChatModelClient(BaseModelClient):
     ) -> AsyncIterator[tuple[str, Completion | None]]:
         params = dict(params)
         purpose = params.pop("purpose", "forward")
-        config: RunnableConfig = ensure_config(params.pop("config", None))
+        config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
         config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
         runnable = self.model.bind(**params) if params else self.model
         merged: BaseMessage | None = None

@@ -12,7 +12,8 @@ from typing import Any
 import openai
 
 from afnio_langchain.models.protocol import BaseModelClient, Completion, JsonSchema, Message
-from afnio_langchain.models.retry import RetryPolicy, status_code_of
+from afnio_langchain.models.retry import RetryPolicy, refuses_json_mode
+from afnio_langchain.models.secrets import register_secrets_of
 
 JSON_MODES = ("json_schema", "json_object", "prompt")
 
@@ -37,6 +38,8 @@ class OpenAIClient(BaseModelClient):
         model: The model name sent with each request.
         retry: Retry policy for transient failures.
         json_mode: First JSON mode to try: ``json_schema``, ``json_object`` or ``prompt``.
+        max_input_chars: Refuse longer requests before sending (see
+            :class:`~afnio_langchain.models.BaseModelClient`).
         **default_params: Sent with every request (``temperature=0``...).
 
     Example:
@@ -54,11 +57,13 @@ class OpenAIClient(BaseModelClient):
         *,
         retry: RetryPolicy | None = None,
         json_mode: str = "json_schema",
+        max_input_chars: int | None = None,
         **default_params: Any,
     ) -> None:
-        super().__init__(retry=retry)
+        super().__init__(retry=retry, max_input_chars=max_input_chars)
         if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
             raise TypeError(f"expected openai.OpenAI or AsyncOpenAI, got {type(client).__name__}")
+        register_secrets_of(client)  # masked in every error this client raises
         if not isinstance(model, str) or not model:
             raise TypeError("an openai client needs a model name: pass model='gpt-4o-mini'")
         if json_mode not in JSON_MODES:
@@ -94,7 +99,7 @@ class OpenAIClient(BaseModelClient):
                 )
                 break
             except openai.APIStatusError as exc:
-                if mode == "prompt" or status_code_of(exc) not in (400, 422, 500, 501):
+                if mode == "prompt" or not refuses_json_mode(exc):
                     raise
                 mode = JSON_MODES[JSON_MODES.index(mode) + 1]
         if json_schema is not None and JSON_MODES.index(mode) > JSON_MODES.index(self.json_mode):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -16,10 +17,29 @@ from typing import Any, Protocol, runtime_checkable
 from afnio_langchain._aio import run_sync
 from afnio_langchain.models.limits import call_slot
 from afnio_langchain.models.retry import RetryPolicy, is_transient
+from afnio_langchain.models.secrets import redact_exception
 from afnio_langchain.models.usage import PURPOSES, record_usage
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+
+class InputTooLongError(ValueError):
+    """A request is longer than the client's ``max_input_chars``; nothing was sent.
+
+    Attributes:
+        chars: The request's length in characters (all message contents).
+        limit: The limit it exceeds.
+    """
+
+    def __init__(self, chars: int, limit: int, detail: str) -> None:
+        self.chars = chars
+        self.limit = limit
+        super().__init__(
+            f"request of {chars} characters exceeds max_input_chars={limit} ({detail}); "
+            "nothing was sent. Shorten the input (or the feedback), or raise the client's "
+            "max_input_chars"
+        )
 
 
 @dataclass
@@ -65,12 +85,34 @@ class BaseModelClient(abc.ABC):
     """Shared behaviour of the adapters: concurrency slot, retries and usage counting.
 
     Subclasses implement :meth:`_agenerate`, one attempt of one call.
+
+    Args:
+        retry: Retry policy for transient failures.
+        max_input_chars: Refuse (with :class:`InputTooLongError`, before sending) any
+            request whose message contents add up to more characters than this; None
+            (the default) sends everything and leaves the limit to the provider.
     """
 
     model_name: str = "unknown"
 
-    def __init__(self, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, *, retry: RetryPolicy | None = None, max_input_chars: int | None = None
+    ) -> None:
         self.retry = retry or RetryPolicy()
+        self.max_input_chars = max_input_chars
+
+    @property
+    def max_input_chars(self) -> int | None:
+        """The longest request (in characters of message content) this client sends."""
+        return self._max_input_chars
+
+    @max_input_chars.setter
+    def max_input_chars(self, value: int | None) -> None:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"max_input_chars must be a positive int or None, got {value!r}")
+        self._max_input_chars = value
 
     @abc.abstractmethod
     async def _agenerate(
@@ -99,6 +141,8 @@ class BaseModelClient(abc.ABC):
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
         messages = validate_messages(messages)
+        limit = getattr(self, "_max_input_chars", None)
+        check_input_length(messages, limit, self.model_name, purpose)
 
         def count_retry(_exc: BaseException) -> None:
             record_usage(self.model_name, purpose, calls=0, retries=1)
@@ -109,8 +153,9 @@ class BaseModelClient(abc.ABC):
         async with call_slot():
             try:
                 result = await self.retry.call(attempt, on_retry=count_retry)
-            except BaseException:
+            except BaseException as exc:
                 record_usage(self.model_name, purpose, calls=0, failures=1)
+                redact_exception(exc)  # providers may echo the key in error bodies
                 raise
         record_usage(
             self.model_name,
@@ -138,6 +183,8 @@ class BaseModelClient(abc.ABC):
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
         messages = validate_messages(messages)
+        limit = getattr(self, "_max_input_chars", None)
+        check_input_length(messages, limit, self.model_name, purpose)
         params = {**params, "purpose": purpose}
         async with call_slot():
             attempts = 0
@@ -160,6 +207,7 @@ class BaseModelClient(abc.ABC):
                 except Exception as exc:
                     if started or attempts >= self.retry.max_attempts or not is_transient(exc):
                         record_usage(self.model_name, purpose, calls=0, failures=1)
+                        redact_exception(exc)
                         raise
                     record_usage(self.model_name, purpose, calls=0, retries=1)
                     await asyncio.sleep(self.retry.backoff(attempts, exc))
@@ -172,8 +220,47 @@ class BaseModelClient(abc.ABC):
         return f"{type(self).__name__}(model_name={self.model_name!r})"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    r"""Text as it can be sent: surrogate pairs joined, lone surrogates (from bytes
+    decoded with ``surrogateescape``) replaced by U+FFFD, NUL characters removed.
+    Every other character, control characters included, is kept.
+
+    Example:
+        >>> from afnio_langchain.models.protocol import clean_text
+        >>> clean_text("caf\udce9\x00 ok\t") == "caf\ufffd ok\t"
+        True
+    """
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text
+
+
+def check_input_length(
+    messages: Sequence[Message], limit: int | None, model: str, purpose: str
+) -> None:
+    """Raise :class:`InputTooLongError` when ``messages`` exceed ``limit`` characters."""
+    if limit is None:
+        return
+    sizes = [len(m["content"]) for m in messages]
+    total = sum(sizes)
+    if total > limit:
+        k = max(range(len(sizes)), key=sizes.__getitem__)
+        raise InputTooLongError(
+            total,
+            limit,
+            f"model {model!r}, {purpose} call; the longest is message {k} "
+            f"({messages[k]['role']}, {sizes[k]} characters)",
+        )
+
+
 def validate_messages(messages: Sequence[Message]) -> list[Message]:
-    """Check the plain-message shape and return it as a list."""
+    """Check the plain-message shape and return it as a list of clean messages
+    (see :func:`clean_text`)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError(
             f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
@@ -186,5 +273,5 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
             )
         if message.get("role") not in ("system", "user", "assistant"):
             raise ValueError(f"message {i} has unknown role {message.get('role')!r}")
-        out.append({"role": message["role"], "content": message["content"]})
+        out.append({"role": message["role"], "content": clean_text(message["content"])})
     return out

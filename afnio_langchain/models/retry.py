@@ -63,6 +63,26 @@ _TRANSIENT_NAME_MARKERS = (
 )
 
 
+JSON_MODE_MARKERS = ("response_format", "json_schema", "json_object", "schema")
+
+
+def refuses_json_mode(exc: BaseException, status: int | None = None) -> bool:
+    """True when a failed JSON-mode request looks like the endpoint refusing JSON mode.
+
+    A 400 or 422 is a refusal. A 500 or 501 counts only when its message is about
+    the response format (llama.cpp answers 500 ``response_format type must be one
+    of ...``): any other server error is transient and is retried, never taken as a
+    reason to give up JSON mode for good.
+    """
+    code = status if status is not None else status_code_of(exc)
+    if code in (400, 422):
+        return True
+    if code in (500, 501):
+        text = str(exc).lower()
+        return any(marker in text for marker in JSON_MODE_MARKERS)
+    return False
+
+
 def retry_after_seconds(exc: BaseException) -> float | None:
     """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``
     (or an error's own ``retry_after`` in seconds, as DSPy's errors carry it)."""

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from afnio_langchain.models.protocol import JsonSchema, Message, ModelClient
+from afnio_langchain.models.secrets import redact
 
 JSON_INSTRUCTION = "Reply with only a JSON object with exactly these keys: {keys}."
 _KEYS_LINE = re.compile(r"Reply with only a JSON object with exactly these keys: (.+?)\.\s*$", re.M)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_JSON_START = re.compile(r'\s*(\{\s*"|```)')
 
 
 class StructuredOutputError(RuntimeError):
@@ -29,8 +31,10 @@ class StructuredOutputError(RuntimeError):
         self.replies = replies
         last = replies[-1] if replies else ""
         super().__init__(
-            f"{where}: no usable JSON after {len(replies)} attempt(s) ({reason}). "
-            f"Last reply: {last[:500]!r}"
+            redact(
+                f"{where}: no usable JSON after {len(replies)} attempt(s) ({reason}). "
+                f"Last reply: {last[:500]!r}"
+            )
         )
 
 
@@ -84,11 +88,18 @@ def parse_json_object(text: str) -> dict[str, Any]:
     raise ValueError("the reply contains no JSON object")
 
 
+def _attempts_json(text: str, key: str) -> bool:
+    """Whether ``text`` looks like a (broken) JSON reply rather than a bare value."""
+    return bool(_JSON_START.match(text)) or json.dumps(key) + ":" in text.replace('" :', '":')
+
+
 def extract_fields(text: str, keys: Sequence[str]) -> dict[str, str]:
     """Read string fields ``keys`` from a reply.
 
     A reply that is not JSON at all is accepted as the value of the only field when
-    exactly one is asked for (small models often drop the wrapper).
+    exactly one is asked for (small models often drop the wrapper). A reply that
+    attempts JSON but is broken (cut off, unbalanced) is refused, never taken as the
+    value: a truncated ``{"improved_value": "...`` must not become a learned prompt.
 
     Raises:
         ValueError: Fields are missing or the reply is unusable.
@@ -96,6 +107,8 @@ def extract_fields(text: str, keys: Sequence[str]) -> dict[str, str]:
     try:
         data = parse_json_object(text)
     except ValueError:
+        if len(keys) == 1 and _attempts_json(text, keys[0]):
+            raise ValueError("the reply is broken JSON (cut off or malformed)") from None
         if len(keys) == 1 and text.strip():
             return {keys[0]: text.strip()}
         raise

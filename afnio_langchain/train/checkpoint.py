@@ -268,6 +268,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
         raise
     except OSError as exc:
         raise CheckpointError(f"{source}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{source}: not a JSON text file (byte {exc.start} is not UTF-8)"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from afnio_langchain.models.secrets import redact
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|password|authorization|access_token)($|_)", re.I)
 
 
@@ -60,12 +61,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically, secrets redacted."""
-    return atomic_write_bytes(path, redact(text).encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically, secrets redacted (characters that
+    UTF-8 cannot hold, lone surrogates, are written as backslash escapes)."""
+    return atomic_write_bytes(path, redact(text).encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically, without secret fields or
     values (fails before writing anything if ``data`` is not JSON-serialisable)."""
     text = json.dumps(drop_secret_fields(data), indent=2, ensure_ascii=False) + "\n"
+    # Lone surrogates (text decoded with "surrogateescape") cannot be UTF-8: write them
+    # as JSON escapes, which read back as the same characters.
+    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return atomic_write_text(path, text)

@@ -11,7 +11,12 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from afnio_langchain import Variable, set_backward_model, track_usage
-from afnio_langchain.autodiff import BackwardError, ChatCompletion, MissingInputError
+from afnio_langchain.autodiff import (
+    BackwardError,
+    ChatCompletion,
+    MinibatchError,
+    MissingInputError,
+)
 from afnio_langchain.models import StructuredOutputError
 from afnio_langchain.testing import ScriptedChatModel
 
@@ -521,9 +526,10 @@ def test_a_failing_forward_item_raises_its_error():
 
     model = ScriptedChatModel(forward=answer)
     system = Variable("sys", role="system instruction", requires_grad=True)
-    with pytest.raises(ValueError, match="item failed"):
+    with pytest.raises(MinibatchError, match="item 1: ValueError: item failed") as info:
         ChatCompletion.apply(
             model,
             [{"role": "system", "content": [system]}, user("{q}")],
             inputs={"q": ["a", "bad", "c"]},
         )
+    assert info.value.results == ["ok", None, "ok"]  # the other items' replies are kept

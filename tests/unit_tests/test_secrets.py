@@ -1,0 +1,286 @@
+"""Secrets: an API key never appears in a log line, a repr, a trace, a report, a saved
+state or an exception message, even when the provider echoes it back in an error.
+
+Each test runs a real pipeline (forward, backward, optimizer step) through the real
+clients against the loopback server, collects every artifact it produced, and
+searches all of them for the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import dspy
+import openai
+import pytest
+from dspy.clients.cache import Cache
+from dspy.utils.exceptions import LMAuthError
+from langchain_core.tracers.context import collect_runs
+from langchain_openai import ChatOpenAI
+
+from afnio_langchain import Variable, get_usage, set_backward_model, track_usage
+from afnio_langchain.autodiff import BackwardError, ChatCompletion, MinibatchError
+from afnio_langchain.models import (
+    LangChainChatModelClient,
+    OpenAIClient,
+    RetryPolicy,
+    as_model_client,
+    redact,
+)
+from afnio_langchain.models.secrets import REDACTED, redact_exception, register_secret
+from afnio_langchain.optim import TGD
+from afnio_langchain.testing.server import Fault, OpenAICompatServer
+
+KEY = "sk-proj-SECRETKEY-4f9a1c2e7b3d5a6f8e0c"
+ENV_KEY = "sk-env-ENVSECRET-1b2c3d4e5f6a7b8c9d0e"
+FAST = RetryPolicy(max_attempts=3, initial_wait=0.01, max_wait=0.1)
+
+
+def echoing_401(key: str) -> Fault:
+    """An authentication error whose body repeats the key, as some proxies do."""
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {key}. You can find your API key at ...",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+            "key": key,
+        }
+    }
+    return Fault.http(401, body=json.dumps(body))
+
+
+class Artifacts:
+    """Everything a run left behind that a user could print, log, save or send."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    def add(self, what: str, value: Any) -> None:
+        if isinstance(value, BaseException):
+            self.texts.append((f"{what} str", str(value)))
+            self.texts.append((f"{what} repr", repr(value)))
+            self.texts.append((f"{what} traceback", "".join(traceback.format_exception(value))))
+            for attr in ("message", "body"):
+                if hasattr(value, attr):
+                    self.texts.append((f"{what}.{attr}", repr(getattr(value, attr))))
+        elif isinstance(value, str):
+            self.texts.append((what, value))
+        else:
+            self.texts.append((what, repr(value)))
+
+    def leaks(self, secret: str) -> list[str]:
+        return [what for what, text in self.texts if secret in text]
+
+
+@pytest.fixture
+def logs(caplog) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG)  # every logger: openai, httpx, langchain, ours
+    for name in ("openai", "httpx", "httpcore", "langchain", "afnio_langchain", "dspy", "LiteLLM"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    yield caplog
+
+
+def log_text(caplog: pytest.LogCaptureFixture) -> str:
+    lines = []
+    for record in caplog.records:
+        lines.append(record.getMessage())
+        lines.append(repr(record.args))
+        lines.append(repr(getattr(record, "__dict__", {})))
+    return "\n".join(lines)
+
+
+def run_pipeline(
+    model: Any,
+    server: OpenAICompatServer,
+    artifacts: Artifacts,
+    auth_error: type[BaseException] = openai.AuthenticationError,
+) -> None:
+    """Forward, backward and an optimizer step with transient faults on the way, then
+    the same with the provider rejecting the key (and echoing it) in every phase."""
+    system = Variable("Answer briefly.", role="system prompt", requires_grad=True)
+    optimizer = TGD([system], model=model)
+    messages = [{"role": "system", "content": [system]}, {"role": "user", "content": "{q}"}]
+    with track_usage() as usage:
+        server.inject(Fault.rate_limit(retry_after=0.01))
+        server.inject(Fault.http(503))
+        out = ChatCompletion.apply(model, messages, inputs={"q": "hi"}, backward_model=model)
+        out.backward("too short")
+        optimizer.step()
+        artifacts.add("output", out)
+        artifacts.add("gradients", system.grad)
+        artifacts.add("optimizer repr", optimizer)
+        artifacts.add("optimizer state", json.dumps(optimizer.state_dict()))
+        artifacts.add("step report", json.dumps(optimizer.last_step.to_dict()))
+
+        # the provider now rejects the key, echoing it: in forward, backward and step
+        server.inject(echoing_401(KEY), times=100)
+        with pytest.raises(auth_error) as forward_error:
+            ChatCompletion.apply(model, messages, inputs={"q": "hi"})
+        artifacts.add("forward error", forward_error.value)
+        with pytest.raises(MinibatchError) as batch_error:
+            ChatCompletion.apply(model, messages, inputs={"q": ["a", "b"]})
+        artifacts.add("minibatch error", batch_error.value)
+        server.reset()
+        out = ChatCompletion.apply(model, messages, inputs={"q": ["a", "b"]}, backward_model=model)
+        server.inject(echoing_401(KEY), times=100)
+        with pytest.raises(BackwardError) as backward_error:
+            out.backward("bad", retain_graph=True)
+        artifacts.add("backward error", backward_error.value)
+        report = out.backward("bad", best_effort=True)
+        artifacts.add("best-effort report", json.dumps(report.to_dict()))
+        artifacts.add("best-effort failures", [str(f) for f in report.failures])
+        with pytest.raises(auth_error) as step_error:
+            optimizer.step()
+        artifacts.add("step error", step_error.value)
+        server.reset()
+    artifacts.add("usage", json.dumps(usage.as_dict()))
+    artifacts.add("usage repr", usage)
+    artifacts.add("global usage", json.dumps(get_usage().as_dict()))
+    artifacts.add("model repr", model)
+    artifacts.add("model str", str(model))
+
+
+def test_openai_client_run_leaks_the_key_nowhere(openai_server, logs):
+    raw = openai.AsyncOpenAI(base_url=openai_server.base_url, api_key=KEY)
+    model = OpenAIClient(raw, model="fake-model", retry=FAST)
+    artifacts = Artifacts()
+    run_pipeline(model, openai_server, artifacts)
+    artifacts.add("logs", log_text(logs))
+    assert artifacts.leaks(KEY) == []
+    # the error still says what went wrong, with the key masked
+    forward_error = next(text for what, text in artifacts.texts if what == "forward error str")
+    assert f"Incorrect API key provided: {REDACTED}" in forward_error
+    assert logs.records, "the run should have logged something at DEBUG"
+
+
+def test_chat_openai_run_leaks_the_key_nowhere_including_traces(openai_server, logs):
+    chat = ChatOpenAI(
+        base_url=openai_server.base_url, api_key=KEY, model="fake-model", max_retries=0
+    )
+    model = as_model_client(chat)
+    assert isinstance(model, LangChainChatModelClient)
+    model.retry = FAST
+    artifacts = Artifacts()
+    with collect_runs() as collector:
+        run_pipeline(model, openai_server, artifacts)
+    assert collector.traced_runs
+    for run in collector.traced_runs:
+        artifacts.add(f"trace {run.name}", run.model_dump_json())
+    artifacts.add("chat model repr", chat)
+    artifacts.add("logs", log_text(logs))
+    assert artifacts.leaks(KEY) == []
+
+
+def test_key_from_the_environment_is_masked_too(openai_server, monkeypatch, logs):
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    chat = ChatOpenAI(base_url=openai_server.base_url, model="fake-model", max_retries=0)
+    model = as_model_client(chat)
+    model.retry = FAST
+    openai_server.inject(echoing_401(ENV_KEY), times=5)
+    system = Variable("sys", role="system prompt", requires_grad=True)
+    with pytest.raises(openai.AuthenticationError) as info:
+        ChatCompletion.apply(model, [{"role": "system", "content": [system]}])
+    artifacts = Artifacts()
+    artifacts.add("error", info.value)
+    artifacts.add("logs", log_text(logs))
+    assert artifacts.leaks(ENV_KEY) == []
+
+
+def test_dspy_lm_run_leaks_the_key_nowhere(openai_server, monkeypatch, logs):
+    monkeypatch.setitem(vars(dspy), "cache", Cache(False, True, None))
+    lm = dspy.LM("openai/fake-model", api_base=openai_server.base_url, api_key=KEY, cache=False)
+    model = as_model_client(lm)
+    model.retry = FAST
+    artifacts = Artifacts()
+    run_pipeline(model, openai_server, artifacts, auth_error=LMAuthError)
+    artifacts.add("lm repr", lm)
+    artifacts.add("logs", log_text(logs))
+    assert artifacts.leaks(KEY) == []
+
+
+def test_reprs_of_clients_never_show_the_key():
+    register_secret(KEY)
+    clients = [
+        OpenAIClient(openai.AsyncOpenAI(api_key=KEY), model="m"),
+        OpenAIClient(openai.OpenAI(api_key=KEY), model="m"),
+        LangChainChatModelClient(ChatOpenAI(api_key=KEY, model="m")),
+    ]
+    for client in clients:
+        assert KEY not in repr(client) and KEY not in str(client)
+    assert KEY not in repr(TGD([Variable("x", requires_grad=True)], model=clients[0]))
+
+
+def test_local_model_server_repr_holds_no_key():
+    pytest.importorskip("llama_cpp")
+    from afnio_langchain.models.local import LocalModelServer, local_model_available
+
+    if not local_model_available():
+        pytest.skip("the packaged GGUF model is not installed")
+    server = LocalModelServer()
+    assert "api_key" not in repr(server).lower()
+
+
+# -- the redaction helpers --------------------------------------------------------------------
+
+
+def test_redact_masks_registered_and_environment_secrets(monkeypatch):
+    register_secret("sk-registered-0123456789")
+    monkeypatch.setenv("SOME_PROVIDER_API_KEY", "env-secret-value-42")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false-but-long-value")  # not a secret name
+    monkeypatch.setenv("MAX_TOKEN", "123456789")  # digits only: not a secret
+    text = "a sk-registered-0123456789 b env-secret-value-42 c false-but-long-value 123456789"
+    assert redact(text) == f"a {REDACTED} b {REDACTED} c false-but-long-value 123456789"
+
+
+def test_short_values_are_never_treated_as_secrets():
+    register_secret("abc")
+    register_secret("")
+    register_secret(None)
+    assert redact("abc def") == "abc def"
+
+
+def test_redact_exception_rewrites_the_chain_in_place_and_keeps_the_type():
+    secret = "sk-chained-" + "secret-987654321"  # built at run time: not in the source
+    register_secret(secret)
+    try:
+        try:
+            raise KeyError(f"inner {secret}")
+        except KeyError as inner:
+            raise ValueError({"detail": ["outer", secret]}) from inner
+    except ValueError as exc:
+        assert redact_exception(exc) is exc
+        text = "".join(traceback.format_exception(exc))
+    assert secret not in text
+    assert text.count(REDACTED) == 2
+
+
+def test_backward_error_message_is_redacted_even_for_custom_errors():
+    secret = "sk-custom-node-" + "secret-55555"
+    register_secret(secret)
+    from afnio_langchain.autodiff import Function
+
+    class Leaky(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return Variable("y")
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            raise RuntimeError(f"used key {secret}")
+
+    x = Variable("x", requires_grad=True)
+    with pytest.raises(BackwardError) as info:
+        Leaky.apply(x).backward("f")
+    assert secret not in str(info.value)
+    assert f"used key {REDACTED}" in str(info.value)
+
+
+@pytest.fixture(autouse=True)
+def _reset_backward_model():
+    yield
+    set_backward_model(None)
