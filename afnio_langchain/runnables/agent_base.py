@@ -13,20 +13,20 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.pydantic import create_model_v2
 from pydantic import ConfigDict
 
-from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.runnables.agent_ops import DEFAULT_AGENT_OUTPUT_ROLE, AgentRun, AgentTask
 from afnio_langchain.runnables.agent_trajectory import Trajectory
+from afnio_langchain.runnables.base import VariableRunnable
 from afnio_langchain.runnables.chat import VariableSchema
 
 TASK_ROLE = "task"
 
 
-class AgentRunnableBase(RunnableSerializable[Any, Variable]):
+class AgentRunnableBase(VariableRunnable):
     """Base of trainable agents (see :class:`~afnio_langchain.runnables.agent.AgentRunnable`).
 
     The input is a task: a ``str``, a ``Variable`` (one task or a minibatch), a dict
@@ -44,10 +44,6 @@ class AgentRunnableBase(RunnableSerializable[Any, Variable]):
     input_key: str = "input"
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
 
     @abc.abstractmethod
     def prompt_variables(self) -> tuple[Variable, dict[str, Variable]]:
@@ -111,34 +107,6 @@ class AgentRunnableBase(RunnableSerializable[Any, Variable]):
             descriptions,
             self.task_of(input),
             **kwargs,
-        )
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        def call(value: Any, config: RunnableConfig) -> Variable:
-            return run_sync(lambda: self._ainvoke(value, config))
-
-        return self._call_with_config(call, input, config, run_type="chain")
-
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Variable:
-        return await self._acall_with_config(self._ainvoke, input, config, run_type="chain")
-
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        """Runs every input concurrently on the package's event loop (at most the
-        config's ``max_concurrency`` at a time) rather than in a thread pool; each
-        output is its own graph."""
-        if not inputs:
-            return []
-        return run_sync(
-            lambda: self.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         )
 
 

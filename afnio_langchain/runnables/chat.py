@@ -9,13 +9,14 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any, Union
 
-from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.pydantic import create_model_v2
 from pydantic import ConfigDict, Field, WithJsonSchema
 
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import ChatCompletion, Variable, placeholders
 from afnio_langchain.autodiff.lm_ops import DEFAULT_OUTPUT_ROLE, stream_text_to
+from afnio_langchain.runnables.base import VariableRunnable
 from afnio_langchain.runnables.messages import normalize_messages
 
 _DONE = object()
@@ -54,7 +55,7 @@ def _accumulate(chunks: list[Any]) -> Any:
     return chunks[-1] if chunks else None
 
 
-class ChatCompletionRunnable(RunnableSerializable[dict[str, Any], Variable]):
+class ChatCompletionRunnable(VariableRunnable):
     """A differentiable LLM step for LCEL pipelines.
 
     The input is a dict of Variables or strings (strings become non-trainable
@@ -130,10 +131,6 @@ class ChatCompletionRunnable(RunnableSerializable[dict[str, Any], Variable]):
         if kwargs.get("inputs") is None:
             kwargs.pop("inputs", None)
         super().__init__(**kwargs)
-
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
 
     # -- introspection ----------------------------------------------------------------
     def parameters(self) -> list[Variable]:
@@ -226,37 +223,9 @@ class ChatCompletionRunnable(RunnableSerializable[dict[str, Any], Variable]):
             return as_model_client(self.model, self.model_name)
         return self.model
 
-    async def _ainvoke(self, input: Any) -> Variable:
+    async def _ainvoke(self, input: Any, config: RunnableConfig | None = None) -> Variable:
         return await ChatCompletion.aapply(
             self._model(), self.messages, inputs=self._prepare_inputs(input), **self._apply_kwargs()
-        )
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        def call(value: Any) -> Variable:
-            return run_sync(lambda: self._ainvoke(value))
-
-        return self._call_with_config(call, input, config, run_type="chain")
-
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Variable:
-        return await self._acall_with_config(self._ainvoke, input, config, run_type="chain")
-
-    def batch(
-        self,
-        inputs: list[Any],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        """Runs every input concurrently on the package's event loop (at most the
-        config's ``max_concurrency`` at a time) rather than in a small thread pool, so
-        the batch takes about as long as its slowest call, not its thread count."""
-        if not inputs:
-            return []
-        return run_sync(
-            lambda: self.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         )
 
     # -- streaming --------------------------------------------------------------------
