@@ -143,6 +143,21 @@ def find_target(example: Mapping[str, Any], target_key: str | None = None) -> An
     )
 
 
+def optional_reference(example: Mapping[str, Any], target_key: str | None = None) -> str | None:
+    """The expected output as text for a judge, or None when the example has none and no
+    ``target_key`` asked for one (a judge can grade without a reference).
+
+    Raises:
+        KeyError: ``target_key`` was given and the example lacks it.
+    """
+    try:
+        return str(find_target(example, target_key))
+    except KeyError:
+        if target_key is not None:
+            raise
+        return None
+
+
 _PUNCTUATION = string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb"
 
 
@@ -293,17 +308,9 @@ class LMJudge:
         self.scale = scale
         self.completion_args = completion_args
 
-    def _reference(self, example: Example) -> str | None:
-        try:
-            return str(find_target(example, self.target_key))
-        except KeyError:
-            if self.target_key is not None:
-                raise
-            return None
-
     async def ascore(self, example: Example, prediction: Any) -> MetricResult:
         """Grade one output (one ``"judge"`` call, re-asked if the reply is unusable)."""
-        reference = self._reference(example)
+        reference = optional_reference(example, self.target_key)
         reference_key = self.target_key or next((k for k in TARGET_KEYS if k in example), None)
         keys = self.input_keys or [k for k in example if k != reference_key]
         inputs = {k: str(example[k]) for k in keys if k in example}

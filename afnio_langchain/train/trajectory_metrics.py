@@ -39,8 +39,8 @@ from afnio_langchain.train.metrics import (
     Metric,
     MetricResult,
     ascore,
-    find_target,
     metric_name,
+    optional_reference,
 )
 
 ARG_MODES = ("subset", "exact", "ignore")
@@ -377,20 +377,12 @@ class TrajectoryJudge:
         self.target_key = target_key
         self.completion_args = completion_args
 
-    def _reference(self, example: Example) -> str | None:
-        try:
-            return str(find_target(example, self.target_key))
-        except KeyError:
-            if self.target_key is not None:
-                raise
-            return None
-
     async def ascore(self, example: Example, prediction: Any) -> MetricResult:
         """Judge one run (one ``"judge"`` call, re-asked if the reply is unusable)."""
         run = as_trajectory(prediction)
         fields = await request_fields(
             self.client,
-            prompts.trajectory_judge_messages(run, self.criteria, self._reference(example)),
+            prompts.trajectory_judge_messages(run, self.criteria, optional_reference(example, self.target_key)),
             {"score": "a number from 0 to 1", "explanation": "why, naming the steps at fault"},
             purpose="judge",
             where="TrajectoryJudge metric",
