@@ -21,6 +21,17 @@ class Slot:
 
     ``item`` is the index of the only item it feeds (a Variable inside an input list),
     or None when it feeds every item (its value per item is ``value(i)``).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff.conversation import build_conversation
+        >>> system = Variable("Greet {name}.", role="system prompt", requires_grad=True)
+        >>> names = ["Ada", Variable("Bob", role="name")]
+        >>> conversation = build_conversation([{"role": "system", "content": [system]}],
+        ...                                   inputs={"name": names})
+        >>> shared, own = conversation.slots
+        >>> shared.feeds(0), shared.feeds(1), own.item, own.feeds(0), own.value(1)
+        (True, True, 1, False, 'Bob')
     """
 
     variable: Variable
@@ -36,7 +47,20 @@ class Slot:
 
 @dataclass
 class Conversation:
-    """The rendered conversations of a minibatch and the Variable slots behind them."""
+    """The rendered conversations of a minibatch and the Variable slots behind them.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff.conversation import build_conversation
+        >>> system = Variable("Translate to {language}.", role="system prompt", requires_grad=True)
+        >>> conversation = build_conversation(
+        ...     [{"role": "system", "content": [system]}, {"role": "user", "content": ["{word}"]}],
+        ...     inputs={"language": "Italian", "word": ["cat", "dog"]})
+        >>> conversation.size, conversation.batched, [s.variable.role for s in conversation.slots]
+        (2, True, ['system prompt'])
+        >>> conversation.items[1]
+        [{'role': 'system', 'content': 'Translate to Italian.'}, {'role': 'user', 'content': 'dog'}]
+    """
 
     items: list[list[Message]]
     batched: bool

@@ -37,7 +37,28 @@ def iter_variables(value: Any) -> Iterator[Variable]:
 
 
 class FunctionCtx:
-    """What ``forward`` leaves for ``backward``."""
+    """What ``forward`` leaves for ``backward``.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import Function
+        >>> class Join(Function):
+        ...     @staticmethod
+        ...     def forward(ctx, a, b):
+        ...         ctx.save_for_backward(a)
+        ...         return Variable(f"{a.data} {b.data}", role="greeting")
+        ...     @staticmethod
+        ...     def backward(ctx, grad_output):
+        ...         (a,) = ctx.saved_variables
+        ...         return Variable(f"{grad_output.data} (about {a.data!r})"), None
+        >>> first = Variable("Hi", role="salutation", requires_grad=True)
+        >>> out = Join.apply(first, Variable("there"))
+        >>> out.grad_fn.ctx.needs_input_grad
+        (True, False)
+        >>> out.backward("Too informal.")
+        >>> first.grad[0].data
+        "Too informal. (about 'Hi')"
+    """
 
     def __init__(self) -> None:
         self.needs_input_grad: tuple[bool, ...] = ()
@@ -75,6 +96,16 @@ class Node:
 
     ``next_functions`` holds one ``(node, output_nr)`` edge per Variable input, with
     ``node`` None where that input needs no gradient.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> x = Variable("Hello", role="greeting", requires_grad=True)
+        >>> y = x + Variable(" world")
+        >>> y.grad_fn, y.grad_fn.next_functions
+        (<AddBackward0>, ((<AccumulateGrad>, 0), (None, 0)))
+        >>> y.backward("Add a comma.")
+        >>> y.grad_fn.freed  # its saved state was released (retain_graph=False)
+        True
     """
 
     def __init__(
@@ -133,7 +164,20 @@ class Node:
 
 
 class AccumulateGrad(Node):
-    """The node that appends incoming gradients to a leaf Variable's ``grad``."""
+    """The node that appends incoming gradients to a leaf Variable's ``grad``.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> x = Variable("Hello", role="greeting", requires_grad=True)
+        >>> first, second = x + Variable(" world"), x + Variable(" there")
+        >>> leaf = first.grad_fn.next_functions[0][0]
+        >>> leaf.name(), leaf.variable is x, leaf is second.grad_fn.next_functions[0][0]
+        ('AccumulateGrad', True, True)
+        >>> first.backward("Add a comma.")
+        >>> second.backward("Say it warmly.")
+        >>> [g.data for g in x.grad]
+        ['Add a comma.', 'Say it warmly.']
+    """
 
     def __init__(self, variable: Variable) -> None:
         super().__init__(type(self), FunctionCtx(), (), 1)

@@ -106,7 +106,18 @@ class no_grad(_GradMode):
 
 
 class enable_grad(_GradMode):
-    """Re-enable graph recording inside a ``no_grad`` region."""
+    """Re-enable graph recording inside a ``no_grad`` region.
+
+    Example:
+        >>> from afnio_langchain import Variable, enable_grad, no_grad
+        >>> x = Variable("a", requires_grad=True)
+        >>> with no_grad():
+        ...     with enable_grad():
+        ...         y = x + Variable("b")
+        ...     z = x + Variable("c")
+        >>> y.requires_grad, z.requires_grad
+        (True, False)
+    """
 
     def __init__(self) -> None:
         super().__init__(True)

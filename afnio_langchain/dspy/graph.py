@@ -44,6 +44,20 @@ class CallRecord:
         outputs: The output fields it produced (in signature order).
         messages: The conversation DSPy's adapter sent for it (plain chat messages).
         response: Its outputs as the adapter formats an assistant reply.
+
+    Example:
+        >>> import dspy
+        >>> from afnio_langchain.dspy.graph import record_call
+        >>> qa = dspy.Predict("question -> answer")
+        >>> record = record_call("qa", qa, {"question": "2+2?"}, dspy.Prediction(answer="4"))
+        >>> record.name, record.inputs, record.outputs
+        ('qa', {'question': '2+2?'}, {'answer': '4'})
+        >>> [m["role"] for m in record.messages]
+        ['system', 'user']
+        >>> print(record.response)
+        [[ ## answer ## ]]
+        4
+        ...
     """
 
     name: str
@@ -62,6 +76,25 @@ class ProgramGraph:
         outputs: Per call, its output-field Variables (in signature order).
         roots: The output Variables the program's final prediction came from, each
             once; the metric's feedback is the gradient on each of them.
+
+    Example:
+        >>> import dspy
+        >>> from dspy.utils import DummyLM
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.dspy.graph import build_graph
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> qa = dspy.Predict("question -> answer")
+        >>> instructions = Variable(qa.signature.instructions, role="instructions", requires_grad=True)
+        >>> coach = ScriptedChatModel(feedback="Check the sum.")
+        >>> with dspy.context(lm=DummyLM([{"answer": "5"}]), trace=[]):
+        ...     prediction = qa(question="2+2?")
+        ...     graph = build_graph(dspy.settings.trace, prediction, {id(qa): instructions},
+        ...                         {id(qa): "qa"}, backward_model=coach)
+        >>> [call.name for call in graph.calls], [root.data for root in graph.roots]
+        (['qa'], ['5'])
+        >>> graph.roots[0].backward("Wrong: 2+2 is 4.")
+        >>> instructions.grad[0].data
+        'Check the sum.'
     """
 
     calls: list[CallRecord] = field(default_factory=list)

@@ -39,7 +39,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExampleRun:
-    """One example run through the program: prediction, trace, score and any error."""
+    """One example run through the program: prediction, trace, score and any error.
+
+    Example:
+        >>> import dspy
+        >>> from afnio_langchain.dspy.metric import call_metric
+        >>> from afnio_langchain.dspy.teleprompter import ExampleRun
+        >>> example = dspy.Example(country="France", capital="Paris").with_inputs("country")
+        >>> run = ExampleRun(example, prediction=dspy.Prediction(capital="Lyon"))
+        >>> run.result = call_metric(lambda gold, pred, trace=None: gold.capital == pred.capital,
+        ...                          example, run.prediction)
+        >>> run.result.score, run.error, run.trace
+        (0.0, None, [])
+    """
 
     example: Any
     prediction: Any = None
@@ -63,6 +75,24 @@ class StepRecord:
         val_score: Validation score of the rewritten program (None: not validated).
         accepted: Whether the rewrite was kept (None: nothing was rewritten).
         note: Why nothing happened, when nothing did.
+
+    Example:
+        >>> import dspy
+        >>> from dspy.utils import DummyLM
+        >>> from afnio_langchain.dspy import TextualGradientDescent
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> coach = ScriptedChatModel(feedback="Ask for the capital city.",
+        ...                           optimizer="Answer with the name of the capital city.")
+        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
+        >>> def metric(gold, pred, trace=None):
+        ...     return gold.capital == pred.capital
+        >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
+        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]
+        >>> with dspy.context(lm=DummyLM(replies)):
+        ...     _ = optimizer.compile(dspy.Predict("country -> capital"), trainset=trainset)
+        >>> step = optimizer.last_report.steps[0]
+        >>> step.train_score, step.with_feedback, step.updated, step.val_score, step.accepted
+        (0.0, 1, ['self'], 1.0, True)
     """
 
     step: int
@@ -91,6 +121,26 @@ class CompileReport:
             :meth:`~afnio_langchain.models.UsageTracker.as_dict` (calls through this
             package's clients: backward, optimizer, and the program's own calls when
             it runs on :func:`~afnio_langchain.dspy.as_dspy_lm`).
+
+    Example:
+        >>> import dspy
+        >>> from dspy.utils import DummyLM
+        >>> from afnio_langchain.dspy import TextualGradientDescent
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> coach = ScriptedChatModel(feedback="Ask for the capital city.",
+        ...                           optimizer="Answer with the name of the capital city.")
+        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
+        >>> def metric(gold, pred, trace=None):
+        ...     return gold.capital == pred.capital
+        >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
+        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]  # before, during, after
+        >>> with dspy.context(lm=DummyLM(replies)):
+        ...     _ = optimizer.compile(dspy.Predict("country -> capital"), trainset=trainset)
+        >>> report = optimizer.last_report
+        >>> report.initial_score, report.best_score, report.program_calls, report.instructions
+        (0.0, 1.0, 3, {'self': 'Answer with the name of the capital city.'})
+        >>> report.usage["by_purpose"]["optimizer"]["calls"], len(report.steps)
+        (1, 1)
     """
 
     initial_score: float | None

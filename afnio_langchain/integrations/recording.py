@@ -33,6 +33,18 @@ class ModelCallRecord:
         messages: The messages sent after the system prompt.
         response: The model's reply, when the integration sees it (the middleware does;
             a LangGraph callable prompt does not).
+
+    Example:
+        >>> from langchain_core.messages import HumanMessage
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.integrations.recording import TrainablePromptSource, recording
+        >>> source = TrainablePromptSource(Variable("Be brief.", requires_grad=True),
+        ...                                {"lookup": Variable("Look an order up.", requires_grad=True)})
+        >>> with recording(source) as run:
+        ...     _ = source.read_prompt([HumanMessage("Where is order 7?")])
+        >>> call = run.calls[0]
+        >>> call.system_prompt, call.tool_descriptions, call.messages[0].content, call.response
+        ('Be brief.', {'lookup': 'Look an order up.'}, 'Where is order 7?', None)
     """
 
     system_prompt: str
@@ -42,7 +54,20 @@ class ModelCallRecord:
 
 
 class RunRecorder:
-    """The model calls of one run, in order (thread-safe)."""
+    """The model calls of one run, in order (thread-safe).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.integrations.recording import TrainablePromptSource, recording
+        >>> source = TrainablePromptSource(Variable("Be brief.", requires_grad=True))
+        >>> with recording(source) as outer:
+        ...     _ = source.read_prompt([])
+        ...     with recording(source) as inner:  # a nested run records only its own calls
+        ...         source.system_prompt.data = "Be kind."
+        ...         _ = source.read_prompt([])
+        >>> [c.system_prompt for c in outer.calls], [c.system_prompt for c in inner.calls]
+        (['Be brief.'], ['Be kind.'])
+    """
 
     def __init__(self) -> None:
         self._calls: list[ModelCallRecord] = []

@@ -44,7 +44,16 @@ class InputTooLongError(ValueError):
 
 @dataclass
 class Completion:
-    """One model reply, with the figures needed for usage counting."""
+    """One model reply, with the figures needed for usage counting.
+
+    Example:
+        >>> from afnio_langchain.models import as_model_client
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> client = as_model_client(ScriptedChatModel(forward="Paris"))
+        >>> reply = client.complete([{"role": "user", "content": "Capital of France?"}])
+        >>> reply
+        Completion(text='Paris', model='scripted', input_tokens=3, output_tokens=1)
+    """
 
     text: str
     model: str
@@ -67,6 +76,19 @@ class ModelClient(Protocol):
 
     Any object with this method and a ``model_name`` can be passed wherever a model
     is expected, with no wrapper.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion
+        >>> from afnio_langchain.models import Completion, ModelClient
+        >>> class Echo:  # no base class needed: a model_name and an async acomplete
+        ...     model_name = "echo"
+        ...     async def acomplete(self, messages, *, purpose="forward", json_schema=None, **params):
+        ...         return Completion(messages[-1]["content"].upper(), self.model_name)
+        >>> isinstance(Echo(), ModelClient)
+        True
+        >>> ChatCompletion.apply(Echo(), [{"role": "user", "content": [Variable("hi")]}]).data
+        'HI'
     """
 
     model_name: str
@@ -91,6 +113,20 @@ class BaseModelClient(abc.ABC):
         max_input_chars: Refuse (with :class:`InputTooLongError`, before sending) any
             request whose message contents add up to more characters than this; None
             (the default) sends everything and leaves the limit to the provider.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion
+        >>> from afnio_langchain.models import BaseModelClient, Completion, track_usage
+        >>> class Shouter(BaseModelClient):
+        ...     model_name = "shouter"
+        ...     async def _agenerate(self, messages, json_schema, params):
+        ...         text = messages[-1]["content"].upper()
+        ...         return Completion(text, self.model_name, input_tokens=1, output_tokens=1)
+        >>> with track_usage() as usage:
+        ...     reply = ChatCompletion.apply(Shouter(), [{"role": "user", "content": [Variable("hi")]}])
+        >>> reply.data, usage.by_model()["shouter"].calls
+        ('HI', 1)
     """
 
     model_name: str = "unknown"

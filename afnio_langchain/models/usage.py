@@ -18,7 +18,18 @@ PURPOSES = ("forward", "backward", "optimizer", "judge")
 
 @dataclass
 class UsageCounts:
-    """Totals for one (model, purpose) pair."""
+    """Totals for one (model, purpose) pair.
+
+    Example:
+        >>> from afnio_langchain.models import as_model_client, track_usage
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> client = as_model_client(ScriptedChatModel(forward="Paris"))
+        >>> with track_usage() as usage:
+        ...     _ = client.complete([{"role": "user", "content": "Capital of France?"}])
+        >>> counts = usage.by_purpose()["forward"]
+        >>> counts
+        UsageCounts(calls=1, input_tokens=3, output_tokens=1, retries=0, failures=0)
+    """
 
     calls: int = 0
     input_tokens: int = 0

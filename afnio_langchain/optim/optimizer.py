@@ -42,6 +42,20 @@ class ParamStep:
         gradients: How many feedback texts the parameter held.
         condensed: Whether those were condensed into one before the update.
         param: The parameter itself (not compared, not serialised).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.optim import TGD
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> prompt = Variable("Be brief.", role="system prompt", requires_grad=True)
+        >>> optimizer = TGD([prompt], model=ScriptedChatModel(optimizer="Be brief and polite."))
+        >>> prompt.grad = [Variable("Sounds rude.", role="feedback to system prompt")]
+        >>> optimizer.step()
+        >>> step = optimizer.last_step[0]
+        >>> step.status, step.old_value, step.new_value, step.gradients
+        ('updated', 'Be brief.', 'Be brief and polite.', 1)
+        >>> step.to_dict()["proposals"]
+        1
     """
 
     index: int

@@ -37,6 +37,23 @@ class AgentRunnableBase(VariableRunnable):
         backward_model: Model that writes gradients (default: the process one).
         output_role: Role of the output Variable.
         input_key: Key of the task in dict inputs.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables.agent_base import AgentRunnableBase
+        >>> from afnio_langchain.runnables.agent_trajectory import trajectory_from_messages
+        >>> class EchoAgent(AgentRunnableBase):
+        ...     prompt: Variable
+        ...     def prompt_variables(self):
+        ...         return self.prompt, {}
+        ...     async def run_task(self, item, config):
+        ...         return trajectory_from_messages(item.task, [AIMessage(item.task.upper())])
+        >>> agent = EchoAgent(prompt=Variable("Shout.", role="system prompt", requires_grad=True))
+        >>> [answer.data for answer in agent.batch(["hi", {"input": "bye"}])]
+        ['HI', 'BYE']
+        >>> agent.parameters() == [agent.prompt]
+        True
     """
 
     backward_model: Any = None

@@ -36,6 +36,23 @@ class AgentTask:
         system_prompt: The current value of the system prompt.
         tool_descriptions: Tool name -> current value of its trainable description.
         index: The item's position in the minibatch (0 for a single task).
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables.agent_ops import AgentRun
+        >>> from afnio_langchain.runnables.agent_trajectory import trajectory_from_messages
+        >>> seen = []
+        >>> async def runner(item):  # receives one AgentTask per minibatch item
+        ...     seen.append(item)
+        ...     return trajectory_from_messages(item.task, [AIMessage("On its way.")])
+        >>> prompt = Variable("Be brief.", role="system prompt", requires_grad=True)
+        >>> tools = {"lookup": Variable("Look an order up.", role="tool description")}
+        >>> _ = AgentRun.apply(runner, prompt, tools, Variable(["Order 7?", "Order 8?"]))
+        >>> [(t.index, t.task) for t in sorted(seen, key=lambda t: t.index)]
+        [(0, 'Order 7?'), (1, 'Order 8?')]
+        >>> seen[0].system_prompt, seen[0].tool_descriptions
+        ('Be brief.', {'lookup': 'Look an order up.'})
     """
 
     task: str

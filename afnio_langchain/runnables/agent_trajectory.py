@@ -36,6 +36,19 @@ class ToolCallRecord:
             None when the call was not run.
         status: ``"success"``, ``"error"`` (the tool raised, or does not exist, or its
             arguments were invalid), or ``"not_run"`` (the run stopped first).
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, ToolMessage
+        >>> from afnio_langchain.runnables.agent_trajectory import trajectory_from_messages
+        >>> run = trajectory_from_messages("Where are orders 7 and 8?", [
+        ...     AIMessage("", tool_calls=[{"name": "lookup", "args": {"id": 7}, "id": "c1"},
+        ...                               {"name": "lookup", "args": {"id": 8}, "id": "c2"}]),
+        ...     ToolMessage("Error: no order 7", tool_call_id="c1", status="error"),
+        ... ])
+        >>> [(c.args, c.status, c.output) for c in run.tool_calls]
+        [({'id': 7}, 'error', 'Error: no order 7'), ({'id': 8}, 'not_run', None)]
+        >>> run.errors[0].id, run.stopped
+        ('c1', 'step_limit')
     """
 
     name: str
@@ -47,7 +60,19 @@ class ToolCallRecord:
 
 @dataclass(frozen=True)
 class AgentStep:
-    """One model call of the run: its text and the tool calls it asked for."""
+    """One model call of the run: its text and the tool calls it asked for.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, ToolMessage
+        >>> from afnio_langchain.runnables.agent_trajectory import trajectory_from_messages
+        >>> run = trajectory_from_messages("Where is order 7?", [
+        ...     AIMessage("Let me check.", tool_calls=[{"name": "lookup", "args": {}, "id": "c1"}]),
+        ...     ToolMessage("shipped", tool_call_id="c1"),
+        ...     AIMessage("Order 7 has shipped."),
+        ... ])
+        >>> [(step.text, [c.name for c in step.tool_calls]) for step in run.steps]
+        [('Let me check.', ['lookup']), ('Order 7 has shipped.', [])]
+    """
 
     text: str
     tool_calls: tuple[ToolCallRecord, ...] = ()

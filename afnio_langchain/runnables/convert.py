@@ -46,6 +46,19 @@ class TrainablePrompt:
         messages: The seed-form messages of the trainable step.
         defaults: String partial variables of the template (default inputs).
         partials: Message index -> partial variables of that message's own template.
+
+    Example:
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> template = ChatPromptTemplate.from_messages(
+        ...     [("system", "Answer in {language}."), ("human", "{question}")])
+        >>> prompt = make_trainable(template | ScriptedChatModel(forward="Parigi")).prompts[0]
+        >>> prompt.fields, prompt.variables[0].role
+        ({0: ['language']}, 'system prompt (a template: keep {language} as written)')
+        >>> prompt.variables[0].data = "Answer in {language}, in one word {no braces}."
+        >>> prompt.export().messages[0].prompt.template
+        'Answer in {language}, in one word {{no braces}}.'
     """
 
     template: ChatPromptTemplate

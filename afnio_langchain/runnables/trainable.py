@@ -41,6 +41,21 @@ class TrainableChain(RunnableSerializable[Any, Any]):
         bound: The converted, differentiable chain (what runs).
         original: The chain given to :func:`make_trainable` (left unchanged).
         prompts: One entry per converted ``ChatPromptTemplate``, in the chain's order.
+
+    Example:
+        >>> from langchain_core.output_parsers import StrOutputParser
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> template = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
+        >>> chain = make_trainable(template | ScriptedChatModel(forward="Paris") | StrOutputParser())
+        >>> chain.invoke({"q": "Capital of France?"}).data
+        'Paris'
+        >>> saved = chain.state_dict()
+        >>> chain.named_prompts()["prompt_0.message_0"].data = "Be verbose."
+        >>> chain.load_state_dict(saved)
+        >>> [p.data for p in chain.parameters()]
+        ['Be brief.']
     """
 
     bound: Runnable

@@ -28,7 +28,20 @@ SCRIPT_FOR_KIND = {"forward": "forward", "backward": "feedback", "optimizer": "o
 
 @dataclass
 class ScriptedCall:
-    """One request received by a :class:`ScriptedChatModel`."""
+    """One request received by a :class:`ScriptedChatModel`.
+
+    Example:
+        >>> from afnio_langchain.models import as_model_client
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> model = ScriptedChatModel(forward="Paris", feedback="Name the country too.")
+        >>> _ = model.invoke("Capital of France?", temperature=0)
+        >>> client = as_model_client(model)
+        >>> _ = client.complete([{"role": "user", "content": "Critique: Paris"}], purpose="backward")
+        >>> [(call.kind, call.text) for call in model.calls]
+        [('forward', 'Capital of France?'), ('backward', 'Critique: Paris')]
+        >>> model.calls[0].kwargs
+        {'temperature': 0}
+    """
 
     kind: str
     messages: list[BaseMessage]

@@ -46,6 +46,22 @@ class AgentTurnRequest:
     Attributes:
         messages: The LangChain messages of the call (system prompt included when sent).
         tools: The tool schemas bound with ``bind_tools`` (OpenAI format).
+
+    Example:
+        >>> from langchain_core.tools import tool
+        >>> from afnio_langchain.runnables.agent import AgentRunnable
+        >>> from afnio_langchain.testing import ToolCallingChatModel
+        >>> @tool
+        ... def lookup(order_id: int) -> str:
+        ...     '''Look an order up.'''
+        ...     return "shipped"
+        >>> def turn(request):  # an AgentTurnRequest: messages, tools, step, tool results...
+        ...     if not request.tool_results:
+        ...         return {"name": "lookup", "args": {"order_id": 7}}
+        ...     return f"{request.task} {request.tool_results[-1].content} (step {request.step})"
+        >>> agent = AgentRunnable(model=ToolCallingChatModel(turns=turn), tools=[lookup])
+        >>> agent.invoke("Order 7:").data
+        'Order 7: shipped (step 1)'
     """
 
     messages: list[BaseMessage]

@@ -53,6 +53,23 @@ class TrainingState:
         sessions: How many times :meth:`~afnio_langchain.train.Trainer.fit` ran on it.
         stopped: Why training ended early (None if it did not).
         info: Free-form run description (model specs, metric name...).
+
+    Example:
+        >>> import tempfile
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train import exact_match, fit
+        >>> from afnio_langchain.train.checkpoint import load_checkpoint
+        >>> model = ScriptedChatModel(forward="four", feedback="Ask for digits.", optimizer="Use digits.")
+        >>> system = Variable("Answer the question.", role="system prompt", requires_grad=True)
+        >>> chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{q}")])
+        >>> data = [{"q": "2+2?", "answer": "4"}]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = fit(chain, data, metric=exact_match, optimizer_model=model, backward_model=model,
+        ...             progress=False, checkpoint_path=f"{folder}/run.json")
+        ...     state = load_checkpoint(f"{folder}/run.json")  # a TrainingState
+        >>> state.stage, state.steps_done, state.roles, state.initial_values, state.values
+        ('finished', 1, ['system prompt'], ['Answer the question.'], ['Use digits.'])
     """
 
     fingerprint: dict[str, Any]

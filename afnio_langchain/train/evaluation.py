@@ -45,6 +45,19 @@ class ItemResult:
         output: The text of the chain's output ("" on error).
         error: What went wrong, or None.
         prediction: The chain's output itself (not serialised).
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.train import evaluate, exact_match
+        >>> chain = RunnableLambda(lambda x: {"a": "A", "b": "C"}[x["question"]])
+        >>> examples = [{"question": q, "answer": q.upper()} for q in ("a", "b", "z")]
+        >>> ok, wrong, failed = evaluate(chain, examples, exact_match).items
+        >>> ok.score, ok.output, ok.error
+        (1.0, 'A', None)
+        >>> wrong.score, wrong.feedback
+        (0.0, "The expected output was exactly 'B', but the output was 'C'.")
+        >>> failed.score, failed.error
+        (0.0, "KeyError: 'z'")
     """
 
     score: float

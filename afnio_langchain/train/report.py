@@ -33,7 +33,25 @@ PLOT_HINT = "pip install 'afnio-langchain[plot]'"
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """Paths of the files :func:`write_report` wrote (``plot`` is None without matplotlib)."""
+    """Paths of the files :func:`write_report` wrote (``plot`` is None without matplotlib).
+
+    Example:
+        >>> import json, tempfile
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train import exact_match, fit, write_report
+        >>> model = ScriptedChatModel(forward="four", feedback="Ask for digits.", optimizer="Use digits.")
+        >>> system = Variable("Answer the question.", role="system prompt", requires_grad=True)
+        >>> chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{q}")])
+        >>> result = fit(chain, [{"q": "2+2?", "answer": "4"}], metric=exact_match,
+        ...              optimizer_model=model, backward_model=model, progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     files = write_report(result, folder)
+        ...     title = files.summary.read_text(encoding="utf-8").splitlines()[0]
+        ...     saved = json.loads(files.prompts.read_text(encoding="utf-8"))
+        >>> files.report.name, title, [entry["value"] for entry in saved["params"]]
+        ('report.json', '# afnio-langchain optimization report', ['Use digits.'])
+    """
 
     report: Path
     summary: Path

@@ -83,6 +83,22 @@ class TrainResult:
         wall_time_s: Wall time of the whole run (all sessions).
         checkpoint_path: Where the checkpoint is (None if not written).
         config: The run's settings, for reports.
+
+    Example:
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train import exact_match, fit
+        >>> model = ScriptedChatModel(forward=lambda text: "4" if "digits" in text else "four",
+        ...                           feedback="Ask for digits.", optimizer="Answer with digits.")
+        >>> system = Variable("Answer the question.", role="system prompt", requires_grad=True)
+        >>> chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{q}")])
+        >>> data = [{"q": "2+2?", "answer": "4"}]
+        >>> result = fit(chain, data, val=data, metric=exact_match, optimizer_model=model,
+        ...              backward_model=model, progress=False)
+        >>> result.baseline["val"], result.final["val"], [p.data for p in result.params]
+        (0.0, 1.0, ['Answer with digits.'])
+        >>> result.usage.total().calls, result.eval_usage.total().calls, result.cost.total
+        (7, 4, 0.0)
     """
 
     chain: Any
