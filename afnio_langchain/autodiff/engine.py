@@ -56,6 +56,22 @@ class BackwardFailure:
         item: The minibatch item whose gradient call failed, or None when the whole
             node failed (then none of its inputs got a gradient through it).
         error: The exception.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import Function
+        >>> class Fragile(Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         return Variable(x.data + "!", role=x.role)
+        ...     @staticmethod
+        ...     def backward(ctx, grad_output):
+        ...         raise TimeoutError("the backward model timed out")
+        >>> x = Variable("hi", role="greeting", requires_grad=True)
+        >>> report = Fragile.apply(x).backward("Too loud.", best_effort=True)
+        >>> failure = report.failures[0]
+        >>> failure.node, failure.item, failure.reason, x.grad
+        ('FragileBackward0', None, 'TimeoutError: the backward model timed out', [])
     """
 
     node: str
@@ -221,9 +237,11 @@ async def _propagate(
     running: dict[asyncio.Task, Node] = {}
     try:
         while ready or running:
-            for node in ready:
+            for i, node in enumerate(ready):
                 run = _run_node(node, inbox.pop(node), staged, failures)
                 running[asyncio.ensure_future(run)] = node
+                if i < len(ready) - 1:
+                    await asyncio.sleep(0)  # let it send its request before the next is built
             ready = []
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:

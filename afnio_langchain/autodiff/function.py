@@ -13,6 +13,7 @@ Variables (several contributions, each appended to the input's ``grad``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -257,7 +258,7 @@ class Function:
     def _ordered_arguments(cls, args: tuple, kwargs: dict) -> list[Any]:
         """Arguments in the order of forward's parameters, however they were passed."""
         forward = cls.forward if "forward" in _defined(cls) else cls.aforward  # type: ignore[attr-defined]
-        signature = inspect.signature(forward)
+        signature = _signature(forward)
         takes_ctx = not cls._uses_setup_context()
         try:
             bound = signature.bind(None, *args, **kwargs) if takes_ctx else signature.bind(
@@ -332,6 +333,13 @@ class Function:
             out.grad_fn = node
             out.output_nr = i
         return tuple(outputs) if isinstance(output, tuple) else outputs[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(function: Any) -> inspect.Signature:
+    """``inspect.signature``, computed once per forward function (it costs more than
+    the rest of ``apply``'s bookkeeping)."""
+    return inspect.signature(function)
 
 
 def _defined(cls: type) -> set[str]:

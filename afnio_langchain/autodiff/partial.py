@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from afnio_langchain._aio import start_each
 from afnio_langchain.autodiff.variable import Variable
 from afnio_langchain.models.secrets import redact
 
@@ -87,7 +88,7 @@ async def gather_items(awaitables: Sequence[Awaitable[T]]) -> tuple[list[T | Non
     Returns ``(results, errors)``: one result per item (None where it failed) and the
     failed items' exceptions by index. Cancellation of the caller cancels every item.
     """
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    tasks = await start_each(awaitables)  # each item's request leaves as soon as it is built
     try:
         await asyncio.wait(tasks) if tasks else None
     except BaseException:

@@ -16,6 +16,14 @@ from afnio_langchain.models.retry import RetryPolicy, refuses_json_mode
 from afnio_langchain.models.secrets import register_secrets_of
 
 JSON_MODES = ("json_schema", "json_object", "prompt")
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+# ``chat.completions.create`` keywords that are request options rather than body fields.
+_REQUEST_OPTIONS = {
+    "extra_headers": "headers",
+    "extra_query": "params",
+    "extra_body": "extra_json",
+    "timeout": "timeout",
+}
 
 
 class MalformedReplyError(RuntimeError):
@@ -124,15 +132,38 @@ class OpenAIClient(BaseModelClient):
         return entry[0]
 
     async def _create(self, messages: Sequence[Message], params: dict[str, Any]) -> Any:
-        create = (await self._client_for_running_loop()).chat.completions.create
-        try:
-            if self._is_async:
-                return await create(model=self.model_name, messages=list(messages), **params)
-            return await asyncio.to_thread(
-                create, model=self.model_name, messages=list(messages), **params
+        """POST one chat completion and return the reply body as a dict.
+
+        Uses the client's documented raw-request API (``client.post``) rather than
+        ``chat.completions.create``: our parameters are plain JSON, so create's typed
+        transform of the request and its pydantic reply models only cost CPU (about a
+        third of the client's time per call, measured in ``benchmarks/``). Same
+        transport, headers, timeouts and errors.
+        """
+        client = await self._client_for_running_loop()
+        body = {"model": self.model_name, "messages": list(messages)}
+        options: dict[str, Any] = {}
+        for key, value in params.items():
+            if key in _REQUEST_OPTIONS:
+                options[_REQUEST_OPTIONS[key]] = value
+            else:
+                body[key] = value
+        if self._is_async:
+            response = await client.post(
+                CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=str
             )
-        except json.JSONDecodeError as exc:  # a 200 labelled JSON whose body is not JSON
-            raise MalformedReplyError(f"reply body is not JSON: {exc.doc[:300]!r}") from exc
+        else:
+            response = await asyncio.to_thread(
+                client.post,
+                CHAT_COMPLETIONS_PATH,
+                body=body,
+                options=options,
+                cast_to=str,
+            )
+        try:
+            return json.loads(response)
+        except json.JSONDecodeError as exc:  # a 200 whose body is not JSON
+            raise MalformedReplyError(f"reply body is not JSON: {response[:300]!r}") from exc
 
 
 async def _close_with_loop(client: Any) -> AsyncIterator[None]:
@@ -156,23 +187,29 @@ def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any
     return {"response_format": {"type": "json_object", "schema": json_schema.schema}}
 
 
+def _field(value: Any, key: str) -> Any:
+    """``value[key]`` of a JSON object (None for anything else or a missing key)."""
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def _completion_from(response: Any, default_model: str) -> Completion:
-    choices = getattr(response, "choices", None)
-    if not choices:
+    """A :class:`Completion` from a chat-completion reply body (a dict)."""
+    choices = _field(response, "choices")
+    if not choices or not isinstance(choices, list):
         raise MalformedReplyError(f"chat completion without choices: {str(response)[:300]!r}")
-    message = getattr(choices[0], "message", None)
-    content = getattr(message, "content", None)
+    message = _field(choices[0], "message")
+    content = _field(message, "content")
     if content is None:
-        if message is None:
+        if not isinstance(message, dict):
             raise MalformedReplyError(f"choice without a message: {str(choices[0])[:300]!r}")
         content = ""
     if not isinstance(content, str):
         raise MalformedReplyError(f"message content is not text: {content!r:.300}")
-    usage = getattr(response, "usage", None)
+    usage = _field(response, "usage")
     return Completion(
         text=content,
-        model=str(getattr(response, "model", None) or default_model),
-        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        model=str(_field(response, "model") or default_model),
+        input_tokens=int(_field(usage, "prompt_tokens") or 0),
+        output_tokens=int(_field(usage, "completion_tokens") or 0),
         raw=response,
     )

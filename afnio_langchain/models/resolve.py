@@ -6,7 +6,7 @@ import threading
 import weakref
 from typing import Any
 
-from afnio_langchain.models.protocol import ModelClient
+from afnio_langchain.models.protocol import BaseModelClient, ModelClient
 
 # id(obj) -> (reference to obj, adapters by model name). Chat models are unhashable
 # pydantic objects, so a WeakKeyDictionary cannot hold them: entries are keyed by id and
@@ -21,6 +21,8 @@ ACCEPTED = (
 
 
 def _is_model_client(obj: Any) -> bool:
+    if isinstance(obj, BaseModelClient):  # the common case, without the slow Protocol check
+        return True
     return isinstance(obj, ModelClient) and callable(getattr(obj, "acomplete", None))
 
 

@@ -1,0 +1,258 @@
+"""Engine overhead: the time and memory the library itself spends per graph node when
+the model answers instantly, for this package and for TextGrad, on the same graph.
+
+The graph is ``width`` independent chains of ``depth`` chat-completion nodes (1,000
+nodes by default), each chain with its own trainable system prompt, joined by one sum
+node. Forward builds it node by node; backward sends one feedback text from the sum to
+every system prompt. The fakes answer from constants with no parsing of their own
+(this package's fake reads the JSON keys from the schema the engine sends), so what is
+timed is the library: graph bookkeeping, prompt building, reply parsing, scheduling,
+usage counting. Time and memory are measured in separate runs (``tracemalloc`` slows
+Python down), in a fresh interpreter (:func:`measure_in_subprocess`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from afnio_langchain import Variable
+from afnio_langchain.autodiff import ChatCompletion, Sum
+from afnio_langchain.models import BaseModelClient, Completion, JsonSchema, Message
+from benchmarks import task
+
+FORWARD_TEXT = "The total is 42 apples, from adding the morning and afternoon sales."
+FEEDBACK_TEXT = "Ask for the bare number first, then one line that checks the sum."
+ROOT_FEEDBACK = "The final answers must be bare numbers."
+
+
+class ZeroLatencyClient(BaseModelClient):
+    """This package's fake: answers instantly, JSON when a schema is sent.
+
+    Example:
+        >>> client = ZeroLatencyClient()
+        >>> client.complete([{"role": "user", "content": "hi"}]).text == FORWARD_TEXT
+        True
+    """
+
+    model_name = "zero-latency"
+
+    async def _agenerate(
+        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
+    ) -> Completion:
+        if json_schema is None:
+            return Completion(FORWARD_TEXT, self.model_name, 1, 1)
+        keys = json_schema.schema.get("properties", {})
+        return Completion(json.dumps({k: FEEDBACK_TEXT for k in keys}), self.model_name, 1, 1)
+
+
+def _textgrad_engine() -> Any:
+    from textgrad.engine import EngineLM
+
+    class ZeroLatencyEngine(EngineLM):
+        """TextGrad's fake: answers instantly."""
+
+        model_string = "zero-latency"
+
+        def generate(self, prompt: Any, system_prompt: str | None = None, **kwargs: Any) -> str:
+            return FEEDBACK_TEXT if "feedback" in (system_prompt or "") else FORWARD_TEXT
+
+        def __call__(self, prompt: Any, **kwargs: Any) -> str:
+            return self.generate(prompt, **kwargs)
+
+    return ZeroLatencyEngine()
+
+
+# -- this package ---------------------------------------------------------------------
+
+
+def _ours_graph(width: int) -> tuple[list[Variable], Any, list[dict[str, Any]]]:
+    prompts = [
+        Variable(task.stage_prompt(w % 3), role=task.stage_role(w), requires_grad=True)
+        for w in range(width)
+    ]
+    messages = [
+        [{"role": "system", "content": [p]}, {"role": "user", "content": ["{draft}"]}]
+        for p in prompts
+    ]
+    return prompts, ZeroLatencyClient(), messages
+
+
+async def _ours_forward_async(width: int, depth: int) -> tuple[Variable, list[Variable]]:
+    prompts, client, messages = _ours_graph(width)
+    replies: list[Any] = [Variable(f"question {w}", role="question") for w in range(width)]
+    for _ in range(depth):
+        replies = list(
+            await asyncio.gather(
+                *[
+                    ChatCompletion.aapply(
+                        client, messages[w], inputs={"draft": replies[w]}, backward_model=client
+                    )
+                    for w in range(width)
+                ]
+            )
+        )
+    return Sum.apply(replies), prompts
+
+
+def _ours_forward_sync(width: int, depth: int) -> tuple[Variable, list[Variable]]:
+    prompts, client, messages = _ours_graph(width)
+    replies: list[Any] = [Variable(f"question {w}", role="question") for w in range(width)]
+    for _ in range(depth):
+        replies = [
+            ChatCompletion.apply(
+                client, messages[w], inputs={"draft": replies[w]}, backward_model=client
+            )
+            for w in range(width)
+        ]
+    return Sum.apply(replies), prompts
+
+
+def ours(width: int, depth: int) -> dict[str, float]:
+    """Seconds for forward (async and sync APIs) and backward of the graph."""
+
+    async def run() -> dict[str, float]:
+        began = time.perf_counter()
+        root, prompts = await _ours_forward_async(width, depth)
+        forwarded = time.perf_counter()
+        await root.abackward(ROOT_FEEDBACK)
+        ended = time.perf_counter()
+        if any(len(p.grad) != depth for p in prompts):
+            raise AssertionError("every system prompt should get one gradient per node")
+        return {"forward_s": forwarded - began, "backward_s": ended - forwarded}
+
+    timings = asyncio.run(run())
+    began = time.perf_counter()
+    root, _ = _ours_forward_sync(width, depth)
+    timings["forward_sync_s"] = time.perf_counter() - began
+    began = time.perf_counter()
+    root.backward(ROOT_FEEDBACK)
+    timings["backward_sync_s"] = time.perf_counter() - began
+    return timings
+
+
+def ours_peak_memory(width: int, depth: int) -> int:
+    """Peak bytes allocated while building the graph and running backward."""
+
+    async def run() -> None:
+        root, _ = await _ours_forward_async(width, depth)
+        await root.abackward(ROOT_FEEDBACK)
+
+    return _peak(lambda: asyncio.run(run()))
+
+
+# -- TextGrad -------------------------------------------------------------------------
+
+
+def _textgrad_run(width: int, depth: int, timings: dict[str, float] | None) -> None:
+    import textgrad as tg
+    from textgrad.autograd import FormattedLLMCall
+
+    engine = _textgrad_engine()
+    began = time.perf_counter()
+    prompts = [
+        tg.Variable(
+            task.stage_prompt(w % 3), requires_grad=True, role_description=task.stage_role(w)
+        )
+        for w in range(width)
+    ]
+    calls = [FormattedLLMCall(engine, "{draft}", {"draft": None}, system_prompt=p) for p in prompts]
+    replies = [
+        tg.Variable(f"question {w}", requires_grad=False, role_description="question")
+        for w in range(width)
+    ]
+    for _ in range(depth):
+        replies = [calls[w]({"draft": replies[w]}) for w in range(width)]
+    root = tg.sum(replies)
+    forwarded = time.perf_counter()
+    root.backward(engine)
+    ended = time.perf_counter()
+    if any(len(p.gradients) != depth for p in prompts):
+        raise AssertionError("every system prompt should get one gradient per node")
+    if timings is not None:
+        timings.update(forward_s=forwarded - began, backward_s=ended - forwarded)
+
+
+def textgrad(width: int, depth: int) -> dict[str, float]:
+    """Seconds for forward and backward of the graph with TextGrad."""
+    timings: dict[str, float] = {}
+    _textgrad_run(width, depth, timings)
+    return timings
+
+
+def textgrad_peak_memory(width: int, depth: int) -> int:
+    """Peak bytes allocated while TextGrad builds the graph and runs backward."""
+    return _peak(lambda: _textgrad_run(width, depth, None))
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def _peak(run: Callable[[], None]) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def measure(library: str, width: int = 10, depth: int = 100, repeats: int = 3) -> dict[str, Any]:
+    """Best-of-``repeats`` µs per node (forward, backward) and peak memory.
+
+    Args:
+        library: ``"afnio_langchain"`` or ``"textgrad"``.
+        width: Independent chains.
+        depth: Nodes per chain (``width * depth`` chat-completion nodes in all).
+        repeats: Timed runs; the fastest is kept (the least disturbed by other load).
+    """
+    timed, peak = {
+        "afnio_langchain": (ours, ours_peak_memory),
+        "textgrad": (textgrad, textgrad_peak_memory),
+    }[library]
+    nodes = width * depth
+    timed(width, min(depth, 5))  # warm imports and caches
+    runs = [timed(width, depth) for _ in range(repeats)]
+    best = {key: min(run[key] for run in runs) for key in runs[0]}
+    out: dict[str, Any] = {"library": library, "nodes": nodes, "width": width, "depth": depth}
+    for key, seconds in best.items():
+        out[key[: -len("_s")] + "_us_per_node"] = round(seconds / nodes * 1e6, 1)
+    out["peak_memory_mib"] = round(peak(width, depth) / 2**20, 2)
+    return out
+
+
+def measure_in_subprocess(library: str, **options: int) -> dict[str, Any]:
+    """:func:`measure` in a fresh interpreter: a heap holding only what the graph needs
+    (garbage collection time grows with everything else alive in the process)."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", library, json.dumps(options)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(root),
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"the overhead benchmark of {library} failed:\n{completed.stderr[-2000:]}"
+        )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(measure(sys.argv[1], **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")))
+    )

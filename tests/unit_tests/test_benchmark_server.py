@@ -1,0 +1,223 @@
+"""The benchmark's fake model answers both protocols (this package's and TextGrad's)
+correctly, and the bound and report helpers compute what they claim. No timing."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from afnio_langchain.optim import prompts as optim_prompts  # noqa: E402
+from afnio_langchain.testing.server import OpenAICompatServer, count_tokens  # noqa: E402
+from benchmarks import pipeline_ours, pipeline_textgrad, task  # noqa: E402
+from benchmarks.bound import critical_path_bound, waves  # noqa: E402
+from benchmarks.responder import (  # noqa: E402
+    REVISION,
+    TEXTGRAD_END_TAG,
+    TEXTGRAD_START_TAG,
+    BenchmarkResponder,
+    CallRecord,
+    classify,
+    usage_by_purpose,
+)
+
+# TextGrad's request shapes (textgrad 0.1.x: llm_backward_prompts.BACKWARD_SYSTEM_PROMPT,
+# optimizer_prompts.OPTIMIZER_SYSTEM_PROMPT and TGD_PROMPT_PREFIX), abridged.
+TEXTGRAD_BACKWARD_SYSTEM = (
+    "You are part of an optimization system that improves a given text (i.e. the variable). "
+    "You are the gradient (feedback) engine. Your only responsibility is to give intelligent "
+    "and creative feedback"
+)
+TEXTGRAD_OPTIMIZER_SYSTEM = (
+    "You are part of an optimization system that improves text (i.e., variable). This is very "
+    "important: You MUST give your response by sending the improved variable between "
+    "<IMPROVED_VARIABLE> {improved variable} </IMPROVED_VARIABLE> tags."
+)
+TEXTGRAD_OPTIMIZER_USER = (
+    "Here is the role of the variable you will improve: <ROLE>system prompt</ROLE>.\n\n"
+    "The variable is the text within the following span: <VARIABLE> Answer about {topic}. "
+    "</VARIABLE>\n\nHere is the context and feedback we got for the variable:\n\n"
+    "<CONTEXT>Be shorter.</CONTEXT>\n\nImprove the variable (system prompt) using the feedback "
+    "provided in <FEEDBACK> tags.\nSend the improved variable in the following format:\n\n"
+    "<IMPROVED_VARIABLE>{the improved variable}</IMPROVED_VARIABLE>\n\n"
+)
+
+
+def body(system: str, user: str) -> dict:
+    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+
+
+# -- this package's protocol -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", pipeline_ours.MODES)
+def test_our_training_step_runs_against_the_responder(mode):
+    responder = BenchmarkResponder(forward_words=6, feedback_words=5)
+    with OpenAICompatServer(responder) as server:
+        model = pipeline_ours.make_model("openai", server.base_url)
+        chain, params = pipeline_ours.make_pipeline(model, depth=2)
+        optimizer = pipeline_ours.make_optimizer(params, model)
+        questions, answers = task.dataset(3)
+        result = asyncio.run(
+            pipeline_ours.train_step(chain, optimizer, questions, answers, limit=8, mode=mode)
+        )
+    kinds = [r.kind for r in responder.records]
+    assert kinds.count("forward") == 2 * 3
+    assert kinds.count("backward") == 2 * 3  # one call per item per stage, all keys at once
+    assert kinds.count("optimizer") == 2
+    assert result.updated == 2
+    for k, prompt in enumerate(params):
+        assert prompt.data == f"{task.stage_prompt(k)} {REVISION}"
+    usage = usage_by_purpose(responder.records)
+    assert usage["total"]["calls"] == result.usage["total"]["calls"] == 14
+    for purpose in ("forward", "backward", "optimizer"):
+        assert usage[purpose]["calls"] == result.usage["by_purpose"][purpose]["calls"]
+
+
+def test_backward_requests_get_one_gradient_per_requested_key():
+    responder = BenchmarkResponder(feedback_words=4)
+    ask = 'Reply with only a JSON object with exactly these keys: "var_1", "var_2".'
+    request = body("You are the backward pass.", ask)
+    assert classify(request) == "backward"
+    reply = json.loads(responder(request))
+    assert sorted(reply) == ["var_1", "var_2"]
+    assert all(count_tokens(text) == 4 for text in reply.values())
+
+
+def test_optimizer_proposals_change_the_value_and_keep_its_fields():
+    responder = BenchmarkResponder()
+    messages = optim_prompts.tgd_messages(
+        "system prompt", "Answer questions about {topic}.", ["Be shorter."], [], []
+    )
+    request = {"messages": messages}
+    assert classify(request) == "optimizer"
+    proposal = json.loads(responder(request))[optim_prompts.PROPOSAL_KEY]
+    assert proposal == f"Answer questions about {{topic}}. {REVISION}"
+    again = optim_prompts.tgd_messages("system prompt", proposal, ["Still long."], [], [])
+    second = json.loads(responder({"messages": again}))[optim_prompts.PROPOSAL_KEY]
+    assert second != proposal and "{topic}" in second
+
+
+def test_condensation_requests_get_the_condensed_key():
+    messages = optim_prompts.condense_messages("system prompt", "Be brief.", ["a", "b", "c"])
+    reply = json.loads(BenchmarkResponder()({"messages": messages}))
+    assert list(reply) == [optim_prompts.CONDENSED_KEY]
+
+
+def test_forward_replies_have_a_fixed_length_and_differ_per_request():
+    responder = BenchmarkResponder(forward_words=7)
+    first = responder(body("sys", "Question: 1 + 1?"))
+    second = responder(body("sys", "Question: 2 + 2?"))
+    assert count_tokens(first) == count_tokens(second) == 7
+    assert first != second
+    assert [r.output_tokens for r in responder.records] == [7, 7]
+
+
+# -- TextGrad's protocol ---------------------------------------------------------------
+
+
+def test_textgrad_backward_requests_get_plain_feedback():
+    responder = BenchmarkResponder(feedback_words=5)
+    request = body(TEXTGRAD_BACKWARD_SYSTEM, "<VARIABLE> x </VARIABLE> give feedback")
+    assert classify(request) == "textgrad_backward"
+    reply = responder(request)
+    assert count_tokens(reply) == 5
+    assert not reply.lstrip().startswith("{")
+
+
+def test_textgrad_optimizer_requests_get_an_improved_variable_in_tags():
+    responder = BenchmarkResponder()
+    request = body(TEXTGRAD_OPTIMIZER_SYSTEM, TEXTGRAD_OPTIMIZER_USER)
+    assert classify(request) == "textgrad_optimizer"
+    reply = responder(request)
+    assert reply.startswith(TEXTGRAD_START_TAG) and reply.endswith(TEXTGRAD_END_TAG)
+    new_value = reply[len(TEXTGRAD_START_TAG) : -len(TEXTGRAD_END_TAG)]
+    assert new_value == f"Answer about {{topic}}. {REVISION}"
+
+
+def test_usage_by_purpose_maps_textgrad_kinds_to_purposes():
+    records = [
+        CallRecord("forward", 10, 2, 0.0),
+        CallRecord("textgrad_backward", 30, 4, 0.1),
+        CallRecord("textgrad_optimizer", 50, 6, 0.2),
+    ]
+    usage = usage_by_purpose(records)
+    assert [usage[p]["calls"] for p in ("forward", "backward", "optimizer")] == [1, 1, 1]
+    assert usage["total"] == {"calls": 3, "input_tokens": 90, "output_tokens": 12}
+
+
+@pytest.mark.skipif(not pipeline_textgrad.available(), reason="textgrad is not installed")
+def test_a_real_textgrad_step_runs_against_the_responder():
+    responder = BenchmarkResponder(forward_words=6, feedback_words=5)
+    with OpenAICompatServer(responder) as server:
+        with pipeline_textgrad.textgrad_environment(server.base_url):
+            pipeline = pipeline_textgrad.make_pipeline(pipeline_textgrad.make_engine(), depth=2)
+            questions, answers = task.dataset(2)
+            pipeline_textgrad.train_step(pipeline, questions, answers)
+    kinds = [r.kind for r in responder.records]
+    assert kinds.count("forward") == 2 * 2
+    # per item: the loss (1), stage 2 (its prompt and its input), stage 1 (its prompt)
+    assert kinds.count("textgrad_backward") == 2 * 4
+    assert kinds.count("textgrad_optimizer") == 2
+    for k, prompt in enumerate(pipeline.prompts):
+        assert prompt.value == f"{task.stage_prompt(k)} {REVISION}"
+
+
+# -- the bound and the report ----------------------------------------------------------
+
+
+def test_bound_counts_dependent_levels_and_waves_of_the_limit():
+    assert waves(0, 8) == 0
+    assert waves(32, 64, depth=3) == 3
+    assert waves(96, 8, depth=3) == 12  # 96 calls, 8 at a time
+    records = (
+        [CallRecord("forward", 1, 10, 0.0)] * 96
+        + [CallRecord("backward", 1, 20, 0.0)] * 96
+        + [CallRecord("condense", 1, 99, 0.0)] * 3  # a step's own extra round: not in the bound
+        + [CallRecord("optimizer", 1, 5, 0.0)] * 3
+    )
+    fast = critical_path_bound(records, depth=3, limit=64, latency=0.1, per_token_latency=0.01)
+    assert fast["seconds"] == pytest.approx(3 * 0.2 + 3 * 0.3 + 0.15)
+    slow = critical_path_bound(records, depth=3, limit=8, latency=0.1, per_token_latency=0.01)
+    assert slow["seconds"] == pytest.approx(12 * 0.2 + 12 * 0.3 + 0.15)
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "benchmarks.responder",
+        "benchmarks.bound",
+        "benchmarks.report",
+        "benchmarks.overhead",
+        "benchmarks.server_process",
+    ],
+)
+def test_benchmark_docstring_examples(module_name):
+    module = importlib.import_module(module_name)
+    failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=True)
+    assert failures == 0
+
+
+def test_server_process_serves_and_records_calls():
+    openai = pytest.importorskip("openai")
+    from benchmarks.server_process import ServerProcess
+
+    with ServerProcess(forward_words=3) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert count_tokens(reply.choices[0].message.content) == 3
+        assert [r.kind for r in server.records()] == ["forward"]
+        server.configure(0.0, 0.0)
+        server.reset()
+        assert server.records() == []
