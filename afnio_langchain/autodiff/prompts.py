@@ -88,7 +88,7 @@ def neutralize(text: object) -> str:
     return _TAG_RE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), str(text))
 
 
-def _attribute(text: str) -> str:
+def attribute(text: object) -> str:
     """Untrusted text made safe inside a double-quoted tag attribute, on one line."""
     return " ".join(neutralize(text).replace('"', "'").split())
 
@@ -102,7 +102,7 @@ def format_conversation(messages: Sequence[Message]) -> str:
 def format_variables(variables: Sequence[tuple[str, str, str]]) -> str:
     """``(key, role, value)`` triples as tagged blocks."""
     return "\n".join(
-        f'<VARIABLE key="{key}" role="{_attribute(role)}">\n{neutralize(value)}\n</VARIABLE>'
+        f'<VARIABLE key="{key}" role="{attribute(role)}">\n{neutralize(value)}\n</VARIABLE>'
         for key, role, value in variables
     )
 
@@ -117,7 +117,7 @@ def chat_backward_messages(
     """The request that asks for one gradient per variable of one chat completion."""
     user = CHAT_BACKWARD_USER.format(
         conversation=format_conversation(conversation),
-        response_role=_attribute(response_role),
+        response_role=attribute(response_role),
         response=neutralize(response),
         feedback=neutralize(feedback),
         variables=format_variables(variables),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from afnio_langchain.autodiff.prompts import neutralize
+from afnio_langchain.autodiff.prompts import attribute, neutralize
 from afnio_langchain.models import Message
 from afnio_langchain.models.structured import json_instruction
 
@@ -126,12 +126,6 @@ Write the merged feedback in "{key}".
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def attribute(text: object) -> str:
-    """Untrusted text made safe for a tag attribute value: neutralised, one line,
-    no double quotes."""
-    return " ".join(neutralize(text).replace('"', "'").split())
 
 
 def feedback_blocks(texts: Sequence[str], **attributes: object) -> str:

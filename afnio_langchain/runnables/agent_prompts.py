@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from afnio_langchain.autodiff.prompts import attribute as tag_attribute
 from afnio_langchain.autodiff.prompts import format_variables, neutralize
 from afnio_langchain.models import Message
 from afnio_langchain.models.structured import json_instruction
@@ -157,8 +158,9 @@ def neutralize_agent_text(text: object, limit: int | None = None) -> str:
 
 
 def attribute(text: object) -> str:
-    """Untrusted text made safe inside a double-quoted tag attribute, on one line."""
-    return " ".join(neutralize_agent_text(text).replace('"', "'").split())
+    """Untrusted text made safe inside a double-quoted tag attribute, on one line
+    (the agent's tags made inert too)."""
+    return tag_attribute(neutralize_agent_text(text))
 
 
 def format_tools(tools: Mapping[str, str]) -> str:
