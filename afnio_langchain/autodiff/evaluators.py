@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from afnio_langchain._aio import gather_all, run_sync
+from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff.conversation import build_conversation
 from afnio_langchain.autodiff.function import Function, FunctionCtx
 from afnio_langchain.autodiff.lm_ops import item_gradients
+from afnio_langchain.autodiff.partial import MinibatchError, gather_items
 from afnio_langchain.autodiff.prompts import JUDGE_OUTPUT_INSTRUCTION, judge_backward_messages
 from afnio_langchain.autodiff.variable import Variable, make_gradient
 from afnio_langchain.models import as_model_client
@@ -217,7 +218,7 @@ class LMJudgeEvaluator(Function):
         requests = [
             [*item, {"role": "user", "content": JUDGE_OUTPUT_INSTRUCTION}] for item in conversation.items
         ]
-        replies = await gather_all(
+        replies, errors = await gather_items(
             [
                 request_fields(
                     client,
@@ -231,6 +232,10 @@ class LMJudgeEvaluator(Function):
                 for i, request in enumerate(requests)
             ]
         )
+        if errors:  # the other items' verdicts are kept on the error
+            if not conversation.batched:
+                raise errors[0]
+            raise MinibatchError("LMJudgeEvaluator forward", replies, errors)
         scores = [parse_score(r["score"]) for r in replies]
         ctx.conversation = conversation
         ctx.requests = requests

@@ -269,3 +269,25 @@ def test_docstring_examples_of_the_reliability_modules_run():
     for module in (partial, engine, protocol, secrets):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_a_failing_judge_item_keeps_the_other_verdicts_and_names_the_item():
+    from afnio_langchain.autodiff import LMJudgeEvaluator
+
+    def verdict(text: str) -> str:
+        if "BROKEN" in text:
+            raise ConnectionError("judge endpoint dropped the connection")
+        return '{"score": 1, "explanation": "Fine."}'
+
+    judge = ScriptedChatModel(judge=verdict)
+    answers = Variable(["ok one", "BROKEN", "ok two"], role="answer", requires_grad=True)
+    messages = [{"role": "user", "content": ["Rate this: {prediction}"]}]
+    with pytest.raises(MinibatchError) as caught:
+        LMJudgeEvaluator.apply(judge, messages, inputs={"prediction": answers})
+    error = caught.value
+    assert error.failed_items == [1]
+    assert "item 1: ConnectionError: judge endpoint dropped the connection" in str(error)
+    assert error.results[0]["explanation"] == "Fine." and error.results[2]["score"] == "1"
+    texts = [call.text for call in judge.calls_of("judge")]
+    assert sum("ok one" in t for t in texts) == sum("ok two" in t for t in texts) == 1
+    assert sum("BROKEN" in t for t in texts) > 1  # a dropped connection is retried first
