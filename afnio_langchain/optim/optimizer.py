@@ -13,6 +13,7 @@ from typing import Any, Union
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff.grad_mode import enable_grad
 from afnio_langchain.autodiff.variable import Data, Variable, validate_data
+from afnio_langchain.models.secrets import redact_value
 
 ParamsT = Union[Iterable[Variable], Iterable[Mapping[str, Any]]]
 """What an optimizer takes: Variables, or dicts defining parameter groups."""
@@ -308,8 +309,8 @@ class Optimizer:
             for key, value in group.items():
                 if key == "params" or key in self._unsaved_options():
                     continue
-                if _is_json(value):
-                    packed[key] = copy.deepcopy(value)
+                if _is_json(value):  # API keys a user put in options are masked
+                    packed[key] = redact_value(copy.deepcopy(value))
             packed["params"] = list(range(index, index + len(group["params"])))
             index += len(group["params"])
             groups.append(packed)

@@ -284,3 +284,19 @@ def test_backward_error_message_is_redacted_even_for_custom_errors():
 def _reset_backward_model():
     yield
     set_backward_model(None)
+
+
+def test_optimizer_state_dict_masks_a_key_put_in_completion_args():
+    from afnio_langchain.models.secrets import register_secret
+    from afnio_langchain.optim import TGD
+    from afnio_langchain.testing import ScriptedChatModel
+
+    key = "sk-state-dict-secret-0123456789"
+    register_secret(key)
+    param = Variable("Be brief.", role="system prompt", requires_grad=True)
+    optimizer = TGD(
+        [param], model=ScriptedChatModel(), extra_headers={"Authorization": f"Bearer {key}"}
+    )
+    state = json.dumps(optimizer.state_dict())
+    assert key not in state and "Bearer [REDACTED]" in state
+    assert optimizer.param_groups[0]["completion_args"]["extra_headers"]["Authorization"].endswith(key)
