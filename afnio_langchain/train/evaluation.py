@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from afnio_langchain._aio import run_sync
+from afnio_langchain._aio import run_sync, start_each
 from afnio_langchain.autodiff.grad_mode import enable_grad, no_grad
 from afnio_langchain.models.limits import concurrency_limit
 from afnio_langchain.train.data import TARGET_KEYS, Example
@@ -157,16 +157,30 @@ def chain_inputs(examples: Sequence[Example], input_fn: InputFn, name: str = "ex
 async def arun_chain(
     chain: Any, inputs: list[Any], *, grad: bool, max_concurrency: int | None = None, phase: str = "eval"
 ) -> list[Any]:
-    """Run ``chain`` on every input concurrently; failures come back as exceptions."""
+    """Run ``chain`` on every input concurrently; failures come back as exceptions.
+
+    Each input runs through the whole chain as its own task (at most
+    ``max_concurrency`` at a time), rather than through ``abatch``, which runs a
+    sequence stage by stage: there every stage waits for the slowest item of the stage
+    before, so a minibatch takes the sum of the stages' slowest calls instead of its
+    slowest item's path.
+    """
     config: dict[str, Any] = {
         "run_name": f"afnio_train_{phase}",
         "tags": ["afnio-train", phase],
         "metadata": {"afnio_phase": phase},
     }
-    if max_concurrency is not None:
-        config["max_concurrency"] = max_concurrency
+    slots = asyncio.Semaphore(max_concurrency) if max_concurrency is not None else None
+
+    async def one(value: Any) -> Any:
+        if slots is None:
+            return await chain.ainvoke(value, config=config)
+        async with slots:
+            return await chain.ainvoke(value, config=config)
+
     with enable_grad() if grad else no_grad():
-        return list(await chain.abatch(inputs, config=config, return_exceptions=True))
+        tasks = await start_each([one(value) for value in inputs])
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
 
 
 def score_items(
