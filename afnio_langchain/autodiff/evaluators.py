@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff.conversation import build_conversation
 from afnio_langchain.autodiff.function import Function, FunctionCtx
 from afnio_langchain.autodiff.lm_ops import item_gradients
@@ -186,23 +185,6 @@ class LMJudgeEvaluator(Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        model: Any,
-        messages: list[dict[str, Any]],
-        inputs: dict[str, Any] | None = None,
-        success_fn: Callable[[float], bool] = default_success,
-        role: str = "judge",
-        backward_model: Any = None,
-        **completion_args: Any,
-    ) -> tuple[Variable, Variable]:
-        return run_sync(
-            lambda: LMJudgeEvaluator.aforward(
-                ctx, model, messages, inputs, success_fn, role, backward_model, **completion_args
-            )
-        )
-
-    @staticmethod
     async def aforward(
         ctx: FunctionCtx,
         model: Any,
@@ -242,10 +224,6 @@ class LMJudgeEvaluator(Function):
         ctx.success = [success_fn(s) for s in scores]
         ctx.backward_model = backward_model
         return _outputs(scores, [r["explanation"] for r in replies], conversation.batched, role)
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad_score: Variable | None, grad_explanation: Variable | None):
-        return run_sync(lambda: LMJudgeEvaluator.abackward(ctx, grad_score, grad_explanation))
 
     @staticmethod
     async def abackward(

@@ -20,7 +20,6 @@ from afnio_langchain.dspy._compat import require_dspy
 
 dspy = require_dspy("afnio_langchain.dspy.graph")
 
-from afnio_langchain._aio import run_sync  # noqa: E402
 from afnio_langchain.autodiff.conversation import Conversation, Slot  # noqa: E402
 from afnio_langchain.autodiff.function import Function, FunctionCtx  # noqa: E402
 from afnio_langchain.autodiff.grad_mode import enable_grad  # noqa: E402
@@ -162,10 +161,6 @@ class PredictorCall(Function):
             )
             for name, value in record.outputs.items()
         )
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:
-        return run_sync(lambda: PredictorCall.abackward(ctx, *grad_outputs))
 
     @staticmethod
     async def abackward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from afnio_langchain._aio import gather_all, run_sync
+from afnio_langchain._aio import gather_all
 from afnio_langchain.autodiff import Function, FunctionCtx, Variable
 from afnio_langchain.autodiff.conversation import Conversation, Slot
 from afnio_langchain.autodiff.lm_ops import item_gradients
@@ -147,22 +147,6 @@ class AgentRun(Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        runner: AgentRunner,
-        system_prompt: Variable,
-        tool_descriptions: Mapping[str, Variable],
-        task: Variable | list[Variable | str],
-        backward_model: Any = None,
-        output_role: str = DEFAULT_AGENT_OUTPUT_ROLE,
-    ) -> Variable:
-        return run_sync(
-            lambda: AgentRun.aforward(
-                ctx, runner, system_prompt, tool_descriptions, task, backward_model, output_role
-            )
-        )
-
-    @staticmethod
     async def aforward(
         ctx: FunctionCtx,
         runner: AgentRunner,
@@ -199,10 +183,6 @@ class AgentRun(Function):
         output = Variable(answers if batched else answers[0], role=output_role)
         remember_trajectories(output, trajectories)
         return output
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad_output: Variable) -> tuple:
-        return run_sync(lambda: AgentRun.abackward(ctx, grad_output))
 
     @staticmethod
     async def abackward(ctx: FunctionCtx, grad_output: Variable) -> tuple:
