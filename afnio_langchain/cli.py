@@ -101,6 +101,7 @@ def _add_training_options(
     p.add_argument("--constraint", action="append", default=[], metavar="TEXT", help="a rule every new prompt must follow (repeatable)")
     p.add_argument("--max-concurrency", type=_positive, help="cap on model calls in flight")
     p.add_argument("--max-calls", type=_positive, help="stop after this many model calls")
+    p.add_argument("--max-tokens", type=_positive, help="stop after this many tokens (input + output)")
     p.add_argument("--max-cost", type=float, help="stop after this many USD (by the price table)")
     p.add_argument("--prices", type=Path, help='JSON price table: {"model": [USD per 1M input, per 1M output tokens]}')
     p.add_argument("--out", type=Path, required=False, help="output folder (checkpoint and report)")
@@ -461,7 +462,8 @@ def _trainer(
             batch_size=args.batch_size, seed=args.seed, gate=args.gate, patience=args.patience,
             evaluate_train=evaluate_train, input_keys=inputs, target_key=target,
             checkpoint_path=args.out / CHECKPOINT, resume=resume,
-            max_concurrency=args.max_concurrency, max_calls=args.max_calls, max_cost=args.max_cost,
+            max_concurrency=args.max_concurrency, max_calls=args.max_calls, max_tokens=args.max_tokens,
+            max_cost=args.max_cost,
             prices=prices, progress=not args.no_progress, info=info,
         )
     except (TypeError, ValueError) as exc:

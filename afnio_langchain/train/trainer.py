@@ -169,6 +169,8 @@ class Trainer:
         resume: Continue from ``checkpoint_path`` if it exists.
         max_concurrency: Cap on model calls in flight.
         max_calls: Stop (after the current step) once this many calls were made.
+        max_tokens: Stop (after the current step) once this many tokens (input plus
+            output, every purpose) were used.
         max_cost: Stop once this many USD were spent (by the price table).
         prices: Price table (model -> USD per 1M input, output tokens).
         progress: Show a tqdm progress bar with scores, calls and cost.
@@ -223,6 +225,7 @@ class Trainer:
         resume: bool = False,
         max_concurrency: int | None = None,
         max_calls: int | None = None,
+        max_tokens: int | None = None,
         max_cost: float | None = None,
         prices: Prices | None = None,
         progress: bool = True,
@@ -234,7 +237,12 @@ class Trainer:
         _positive_int("epochs", epochs)
         _positive_int("batch_size", batch_size)
         _positive_int("max_failed_steps", max_failed_steps)
-        for name, value in (("patience", patience), ("max_calls", max_calls), ("max_concurrency", max_concurrency)):
+        for name, value in (
+            ("patience", patience),
+            ("max_calls", max_calls),
+            ("max_tokens", max_tokens),
+            ("max_concurrency", max_concurrency),
+        ):
             if value is not None:
                 _positive_int(name, value)
         if gate not in GATES:
@@ -273,6 +281,7 @@ class Trainer:
         self.resume = resume
         self.max_concurrency = max_concurrency
         self.max_calls = max_calls
+        self.max_tokens = max_tokens
         self.max_cost = max_cost
         self.prices = prices
         self.progress = progress
@@ -357,6 +366,7 @@ class Trainer:
             "skip_correct": self.skip_correct,
             "success_threshold": self.success_threshold,
             "max_calls": self.max_calls,
+            "max_tokens": self.max_tokens,
             "max_cost": self.max_cost,
             **self.info,
         }
@@ -664,6 +674,9 @@ class _Run:
         usage = self._usage().total()
         if t.max_calls is not None and usage.calls >= t.max_calls:
             state.stopped = f"budget: {usage.calls} calls >= max_calls {t.max_calls}"
+        elif t.max_tokens is not None and usage.input_tokens + usage.output_tokens >= t.max_tokens:
+            tokens = usage.input_tokens + usage.output_tokens
+            state.stopped = f"budget: {tokens} tokens >= max_tokens {t.max_tokens}"
         elif t.max_cost is not None and self._cost().total >= t.max_cost:
             state.stopped = f"budget: ${self._cost().total:.4f} >= max_cost ${t.max_cost}"
 

@@ -310,6 +310,14 @@ def test_target_score_and_call_budget_stop_training_early():
     assert result.stopped.startswith("budget:") and len(result.history["steps"]) < 9
     assert result.usage.total().calls >= 10
 
+    model = make_model()
+    chain, _ = make_chain(model, "prompt v0")
+    result = trainer_for(model, chain, batch_size=1, epochs=3, max_tokens=200, gate="off",
+                         evaluate_train=False).fit(examples(3))
+    total = result.usage.total()
+    assert result.stopped.startswith("budget:") and "max_tokens 200" in result.stopped
+    assert total.input_tokens + total.output_tokens >= 200 and len(result.history["steps"]) < 9
+
 
 # --------------------------------------------------------------------- large batches
 
