@@ -12,28 +12,16 @@ Building the agent needs ``pip install 'afnio-langchain[agents]'`` (langgraph>=1
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, SystemMessage
 
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.integrations.recording import TrainablePromptSource
-from afnio_langchain.integrations.trainable_agent import TrainableAgent
+from afnio_langchain.integrations.trainable_agent import TrainableAgent, messages_of
 
 INSTALL_HINT = "pip install 'afnio-langchain[agents]'"
-
-
-def _state_messages(state: Any) -> list[BaseMessage]:
-    messages = (
-        state.get("messages") if isinstance(state, Mapping) else getattr(state, "messages", None)
-    )
-    if not isinstance(messages, list):
-        raise TypeError(
-            "TrainablePrompt expects the graph state to hold a 'messages' list, got "
-            f"{type(state).__name__}"
-        )
-    return messages
 
 
 class TrainablePrompt(TrainablePromptSource):
@@ -62,7 +50,7 @@ class TrainablePrompt(TrainablePromptSource):
         super().__init__(system_prompt)
 
     def __call__(self, state: Any) -> list[Any]:
-        messages = _state_messages(state)
+        messages = messages_of(state, "the graph state given to TrainablePrompt")
         text = self.read_prompt([m for m in messages if isinstance(m, BaseMessage)])
         return [SystemMessage(text), *messages]
 

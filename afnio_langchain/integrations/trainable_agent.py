@@ -27,14 +27,16 @@ from afnio_langchain.runnables.agent_prompts import STEP_LIMIT_ANSWER
 from afnio_langchain.runnables.agent_trajectory import Trajectory, trajectory_from_messages
 
 
-def _messages_of(state: Any) -> list[BaseMessage]:
+def messages_of(state: Any, holder: str) -> list[BaseMessage]:
+    """The ``messages`` list of an agent's graph state (a mapping or an object); a
+    TypeError naming ``holder`` (what should have held it) otherwise."""
     messages = (
         state.get("messages") if isinstance(state, Mapping) else getattr(state, "messages", None)
     )
     if not isinstance(messages, list):
         raise TypeError(
-            "the agent must return a state with a 'messages' list (as create_agent and "
-            f"LangGraph agents do), got {type(state).__name__}"
+            f"{holder} must hold a 'messages' list (as create_agent and LangGraph agents "
+            f"keep), got {type(state).__name__}"
         )
     return messages
 
@@ -142,7 +144,7 @@ class TrainableAgent(AgentRunnableBase):
                 "create_react_agent(..., prompt=TrainablePrompt(prompt)), and give that "
                 "same object to TrainableAgent(prompt=...)"
             )
-        messages = _after(_messages_of(state), str(task.id))
+        messages = _after(messages_of(state, "the state the agent returns"), str(task.id))
         _record_usage(messages)
         last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
         # LangGraph's prebuilt agent answers this text when it runs out of steps.
