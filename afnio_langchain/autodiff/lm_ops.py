@@ -29,6 +29,7 @@ from afnio_langchain.autodiff.partial import (
 from afnio_langchain.autodiff.prompts import chat_backward_messages
 from afnio_langchain.autodiff.variable import Variable
 from afnio_langchain.models import Message, as_model_client
+from afnio_langchain.models.resolve import is_openai_client
 from afnio_langchain.models.structured import request_fields
 
 DEFAULT_OUTPUT_ROLE = "assistant response"
@@ -83,11 +84,6 @@ def _item_error_policy(completion_args: dict[str, Any]) -> tuple[str, str]:
     if not isinstance(placeholder, str):
         raise TypeError(f"item_placeholder must be a str, got {type(placeholder).__name__}")
     return policy, placeholder
-
-
-def _is_openai_client(obj: Any) -> bool:
-    """An ``openai.OpenAI``/``AsyncOpenAI`` client, which needs ``model=`` to name its model."""
-    return type(obj).__module__.startswith("openai") and hasattr(obj, "chat")
 
 
 class ChatCompletion(Function):
@@ -163,9 +159,9 @@ class ChatCompletion(Function):
         backward_model = completion_args.pop("backward_model", None)
         output_role = completion_args.pop("output_role", DEFAULT_OUTPUT_ROLE)
         policy, placeholder = _item_error_policy(completion_args)
-        model_name = completion_args.pop("model", None) if _is_openai_client(forward_model_client) else None
+        model_name = completion_args.pop("model", None) if is_openai_client(forward_model_client) else None
         client = as_model_client(forward_model_client, model_name)
-        if model_name is not None and _is_openai_client(backward_model):
+        if model_name is not None and is_openai_client(backward_model):
             backward_model = as_model_client(backward_model, model_name)
         conversation = build_conversation(messages, inputs)
         replies, errors = await _complete_all(client, conversation, completion_args)

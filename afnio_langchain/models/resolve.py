@@ -26,6 +26,13 @@ def _is_model_client(obj: Any) -> bool:
     return isinstance(obj, ModelClient) and callable(getattr(obj, "acomplete", None))
 
 
+def is_openai_client(obj: Any) -> bool:
+    """An ``openai.OpenAI``/``AsyncOpenAI`` client (which needs a model name to be used)."""
+    import openai
+
+    return isinstance(obj, (openai.OpenAI, openai.AsyncOpenAI))
+
+
 def _is_dspy_lm(obj: Any) -> bool:
     return any(cls.__module__.startswith("dspy.") for cls in type(obj).__mro__)
 
@@ -37,9 +44,7 @@ def _build(obj: Any, model: str | None) -> ModelClient:
         from afnio_langchain.models.langchain_adapter import LangChainChatModelClient
 
         return LangChainChatModelClient(obj)
-    import openai
-
-    if isinstance(obj, (openai.OpenAI, openai.AsyncOpenAI)):
+    if is_openai_client(obj):
         from afnio_langchain.models.openai_adapter import OpenAIClient
 
         if model is None:
