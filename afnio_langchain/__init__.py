@@ -4,6 +4,7 @@ Text lives in :class:`Variable`; LLM calls are differentiable operations; after 
 forward pass, LLM-written feedback flows back to every Variable that requires grad.
 """
 
+from afnio_langchain.agents import AgentRunnable
 from afnio_langchain.autodiff import (
     Variable,
     enable_grad,
@@ -16,7 +17,6 @@ from afnio_langchain.autodiff import (
 )
 from afnio_langchain.models import concurrency_limit, get_usage, track_usage
 from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
-from afnio_langchain.runnables.agent import AgentRunnable
 
 __version__ = "0.1.0"
 

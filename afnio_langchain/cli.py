@@ -21,36 +21,51 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from afnio_langchain.train.accounting import check_prices
-from afnio_langchain.train.checkpoint import CheckpointError, load_checkpoint
-from afnio_langchain.train.data import Dataset, DatasetError, load_dataset, split_dataset
-from afnio_langchain.train.loading import (
-    ChainLoadError,
-    import_object,
-    load_chain,
-    trainable_chain,
-)
-from afnio_langchain.train.metrics import resolve_metric
-from afnio_langchain.train.model_specs import (
-    ModelPool,
-    ModelSpecError,
-    parse_model_spec,
-    require_key,
-)
-from afnio_langchain.train.report import (
+from afnio_langchain.train import (
+    GATES,
     PLOT_PNG,
     PROMPTS_JSON,
     REPORT_JSON,
     SUMMARY_MD,
+    ChainLoadError,
+    CheckpointError,
+    Dataset,
+    DatasetError,
+    ModelPool,
+    ModelSpecError,
+    Trainer,
+    TrainingError,
+    TrainResult,
     apply_prompts,
+    check_prices,
+    import_object,
+    load_chain,
+    load_checkpoint,
+    load_dataset,
+    parse_model_spec,
+    require_key,
+    resolve_metric,
+    split_dataset,
+    trainable_chain,
     write_report,
 )
-from afnio_langchain.train.trainer import GATES, Trainer, TrainingError, TrainResult
 
 PROG = "afnio-langchain"
 CHECKPOINT = "checkpoint.json"
 RUN_FILES = (CHECKPOINT, REPORT_JSON, SUMMARY_MD, PROMPTS_JSON, PLOT_PNG, "chain.json")
 MODEL_HELP = "openai:NAME, openai-compatible:NAME@URL, local, or scripted (an offline fake)"
+
+
+def scripted_model() -> Any:
+    """The ``--model scripted`` fake: canned forward answers, feedback and proposals."""
+    from afnio_langchain.testing import ScriptedChatModel
+
+    return ScriptedChatModel(
+        forward="I think the answer is this one.",
+        feedback="The answer should be exactly the expected label, with no other words.",
+        optimizer="Reply with the label only: one word, no explanation.",
+        judge='{"score": 5, "feedback": "Reply with the label only."}',
+    )
 
 
 class CliError(Exception):
@@ -327,7 +342,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     target_obj = import_object(args.chain)
     if args.forward_model is None and _is_factory(target_obj):
         roles["forward"] = args.model
-    with ModelPool() as pool:
+    with ModelPool(scripted=scripted_model) as pool:
         models = {role: pool.get(text) for role, text in roles.items() if text is not None}
         chain = load_chain(target_obj, models.get("forward"))
         metric = resolve_metric(
@@ -350,9 +365,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from afnio_langchain.demo import build_demo_chain, label_metric, load_demo_data
-    from afnio_langchain.demo.pipeline import TARGET_KEY
-    from afnio_langchain.demo.prompts import CONSTRAINTS
+    from afnio_langchain.demo import (
+        CONSTRAINTS,
+        TARGET_KEY,
+        build_demo_chain,
+        label_metric,
+        load_demo_data,
+    )
 
     started = time.monotonic()
     out = args.out or Path("afnio-demo")
@@ -363,7 +382,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     resume = _prepare_out(out, args, overwrite_finished=True)
     print(f"{PROG} demo: optimizing the system prompt of a review-labelling pipeline")
     print(f"data: {len(train)} training and {len(val)} validation reviews; metric: the label (1), the right label in a sentence (0.5)")
-    with ModelPool() as pool:
+    with ModelPool(scripted=scripted_model) as pool:
         if args.model == "local":
             print("starting the local model (SmolLM2-135M-Instruct via llama.cpp)...", flush=True)
         model = pool.get(args.model)
@@ -385,8 +404,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from afnio_langchain.train.evaluation import evaluate
-    from afnio_langchain.train.files import atomic_write_json
+    from afnio_langchain.train import atomic_write_json, evaluate
 
     data, target, inputs = _load_data(args.data, args)
     roles = {"forward": args.forward_model, "judge": args.judge_model or args.model}
@@ -402,7 +420,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target_obj = import_object(args.chain)
     if args.forward_model is None and _is_factory(target_obj):
         roles["forward"] = args.model
-    with ModelPool() as pool:
+    with ModelPool(scripted=scripted_model) as pool:
         models = {role: pool.get(text) for role, text in roles.items() if text is not None}
         chain = load_chain(target_obj, models.get("forward"))
         if saved is not None:

@@ -21,8 +21,7 @@ import openai
 
 from afnio_langchain import Variable, set_backward_model
 from afnio_langchain.autodiff import ChatCompletion
-from afnio_langchain.testing import ScriptedChatModel
-from afnio_langchain.testing.server import OpenAICompatServer
+from afnio_langchain.testing import OpenAICompatServer, ScriptedChatModel
 
 
 def one_minibatch(client: Any, items: int, **model_args: Any) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from afnio_langchain import Variable, concurrency_limit, track_usage
 from afnio_langchain.autodiff import DeterministicEvaluator
 from afnio_langchain.models import as_model_client
 from afnio_langchain.optim import TGD
-from afnio_langchain.runnables.chat import ChatCompletionRunnable
+from afnio_langchain.runnables import ChatCompletionRunnable
 from benchmarks import task
 
 CLIENTS = ("langchain", "openai")

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from afnio_langchain.models.structured import required_keys_in
-from afnio_langchain.optim.prompts import CONDENSED_KEY, PROPOSAL_KEY
-from afnio_langchain.testing.server import count_tokens, request_text
+from afnio_langchain.models import required_keys_in
+from afnio_langchain.optim._prompts import CONDENSED_KEY, PROPOSAL_KEY
+from afnio_langchain.testing import count_tokens, request_text
 
 __all__ = [
     "KINDS",
@@ -146,7 +146,7 @@ class CallRecord:
 
 
 class BenchmarkResponder:
-    """A thread-safe responder for :class:`~afnio_langchain.testing.server.OpenAICompatServer`.
+    """A thread-safe responder for :class:`~afnio_langchain.testing._server.OpenAICompatServer`.
 
     Replies have fixed lengths per kind: forward answers ``forward_words`` words, each
     gradient ``feedback_words`` words (one per requested key for this package, one per

@@ -1,6 +1,6 @@
 """The loopback server in its own process, as a real model server would be.
 
-Running :class:`~afnio_langchain.testing.server.OpenAICompatServer` in the benchmark's
+Running :class:`~afnio_langchain.testing._server.OpenAICompatServer` in the benchmark's
 own process would make its request handling compete with the client for the GIL, and
 charge the fake server's CPU time to the library under test. Here it runs in a child
 process driven through its stdin and stdout (one JSON command and one JSON answer per
@@ -26,7 +26,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def _serve(settings: dict[str, Any]) -> None:
     """The child: serve, then answer one JSON command per stdin line on stdout."""
-    from afnio_langchain.testing.server import OpenAICompatServer
+    from afnio_langchain.testing import OpenAICompatServer
     from benchmarks.responder import BenchmarkResponder
 
     responder = BenchmarkResponder(settings["forward_words"], settings["feedback_words"])

@@ -41,11 +41,10 @@ import openai
 
 from afnio_langchain import Variable, track_usage
 from afnio_langchain.autodiff import BackwardError, ChatCompletion
-from afnio_langchain.models import OpenAIClient, RetryPolicy
-from afnio_langchain.models.structured import required_keys_in
+from afnio_langchain.models import OpenAIClient, RetryPolicy, required_keys_in
 from afnio_langchain.optim import TGD
-from afnio_langchain.optim.prompts import PROPOSAL_KEY
-from afnio_langchain.testing.server import Fault, OpenAICompatServer
+from afnio_langchain.optim._prompts import PROPOSAL_KEY
+from afnio_langchain.testing import Fault, OpenAICompatServer
 
 MODEL = "fake-model"
 CLIENT_TIMEOUT = 0.5

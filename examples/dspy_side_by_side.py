@@ -31,8 +31,7 @@ from typing import Any
 import dspy
 
 from afnio_langchain import track_usage
-from afnio_langchain.dspy import TextualGradientDescent, as_dspy_lm
-from afnio_langchain.dspy.scripted import chat_adapter_reply
+from afnio_langchain.dspy import TextualGradientDescent, as_dspy_lm, chat_adapter_reply
 from afnio_langchain.testing import ScriptedChatModel
 
 CAPITALS = {

@@ -75,7 +75,7 @@ def scripted_model() -> Any:
 @contextlib.contextmanager
 def chosen_model(args: argparse.Namespace) -> Iterator[tuple[Any, dict[str, Any]]]:
     if args.local:
-        from afnio_langchain.models.local import LocalModelServer
+        from afnio_langchain.models import LocalModelServer
 
         with LocalModelServer() as server:
             yield server.model_client(max_tokens=128), {}

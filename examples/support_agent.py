@@ -27,16 +27,16 @@ from typing import Any
 from langchain_core.tools import tool
 
 from afnio_langchain import Variable, get_usage, no_grad, set_backward_model
-from afnio_langchain.optim import TGD
-from afnio_langchain.optim.prompts import CONDENSED_KEY
-from afnio_langchain.runnables.agent import AgentRunnable
-from afnio_langchain.testing import AgentTurnRequest, ToolCallingChatModel
-from afnio_langchain.train.trajectory_metrics import (
+from afnio_langchain.agents import (
+    AgentRunnable,
     FinalAnswerMatch,
     StepCount,
     ToolCallMatch,
     TrajectoryMetrics,
 )
+from afnio_langchain.optim import TGD
+from afnio_langchain.optim._prompts import CONDENSED_KEY
+from afnio_langchain.testing import AgentTurnRequest, ToolCallingChatModel
 
 # -- the shop's back office ----------------------------------------------------------------
 ORDERS = {

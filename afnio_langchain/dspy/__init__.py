@@ -8,7 +8,7 @@
 Importing this package does not import DSPy; using one of its names does, and raises an
 ImportError naming ``pip install 'afnio-langchain[dspy]'`` when DSPy is missing.
 (A ``dspy.LM`` is accepted as a model everywhere in the package with no wrapper: see
-:mod:`afnio_langchain.models.dspy_adapter`.)
+:mod:`afnio_langchain.models._dspy_adapter`.)
 """
 
 from __future__ import annotations
@@ -19,22 +19,24 @@ from typing import TYPE_CHECKING, Any
 from afnio_langchain.dspy._compat import INSTALL_HINT, require_dspy
 
 if TYPE_CHECKING:
-    from afnio_langchain.dspy.graph import PredictorCall, build_graph
-    from afnio_langchain.dspy.lm import AsyncModelClientEngine, ModelClientEngine, as_dspy_lm
-    from afnio_langchain.dspy.metric import MetricResult, call_metric
-    from afnio_langchain.dspy.teleprompter import CompileReport, StepRecord, TextualGradientDescent
+    from afnio_langchain.dspy._adapter_replies import chat_adapter_reply
+    from afnio_langchain.dspy._graph import PredictorCall, build_graph
+    from afnio_langchain.dspy._lm import AsyncModelClientEngine, ModelClientEngine, as_dspy_lm
+    from afnio_langchain.dspy._metric import MetricResult, call_metric
+    from afnio_langchain.dspy._teleprompter import CompileReport, StepRecord, TextualGradientDescent
 
 _LAZY = {
-    "AsyncModelClientEngine": "afnio_langchain.dspy.lm",
-    "ModelClientEngine": "afnio_langchain.dspy.lm",
-    "as_dspy_lm": "afnio_langchain.dspy.lm",
-    "PredictorCall": "afnio_langchain.dspy.graph",
-    "build_graph": "afnio_langchain.dspy.graph",
-    "MetricResult": "afnio_langchain.dspy.metric",
-    "call_metric": "afnio_langchain.dspy.metric",
-    "CompileReport": "afnio_langchain.dspy.teleprompter",
-    "StepRecord": "afnio_langchain.dspy.teleprompter",
-    "TextualGradientDescent": "afnio_langchain.dspy.teleprompter",
+    "AsyncModelClientEngine": "afnio_langchain.dspy._lm",
+    "ModelClientEngine": "afnio_langchain.dspy._lm",
+    "as_dspy_lm": "afnio_langchain.dspy._lm",
+    "PredictorCall": "afnio_langchain.dspy._graph",
+    "build_graph": "afnio_langchain.dspy._graph",
+    "MetricResult": "afnio_langchain.dspy._metric",
+    "call_metric": "afnio_langchain.dspy._metric",
+    "CompileReport": "afnio_langchain.dspy._teleprompter",
+    "StepRecord": "afnio_langchain.dspy._teleprompter",
+    "TextualGradientDescent": "afnio_langchain.dspy._teleprompter",
+    "chat_adapter_reply": "afnio_langchain.dspy._adapter_replies",
 }
 
 
@@ -62,5 +64,6 @@ __all__ = [
     "as_dspy_lm",
     "build_graph",
     "call_metric",
+    "chat_adapter_reply",
     "require_dspy",
 ]

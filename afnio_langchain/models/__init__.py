@@ -1,9 +1,21 @@
-"""Model clients: one protocol, adapters for LangChain, openai and DSPy, usage and limits."""
+"""Model clients: one protocol, adapters for LangChain, openai and DSPy, usage and limits.
 
-from afnio_langchain.models.langchain_adapter import LangChainChatModelClient
-from afnio_langchain.models.limits import concurrency_limit, get_concurrency_limit
-from afnio_langchain.models.openai_adapter import MalformedReplyError, OpenAIClient
-from afnio_langchain.models.protocol import (
+Everything the other layers need from a model goes through here: the client protocol
+(:class:`ModelClient`, :class:`BaseModelClient`, :func:`as_model_client`), structured
+replies (:func:`request_fields` and its JSON instruction), the retry policy, usage
+counting, the concurrency limit, secret masking, and the packaged local model.
+"""
+
+from afnio_langchain.models._langchain_adapter import (
+    PURPOSE_METADATA_KEY,
+    LangChainChatModelClient,
+    message_text,
+)
+from afnio_langchain.models._limits import call_slot, concurrency_limit, get_concurrency_limit
+from afnio_langchain.models._local import INSTALL_HINT as LOCAL_INSTALL_HINT
+from afnio_langchain.models._local import LocalModelServer, local_model_available
+from afnio_langchain.models._openai_adapter import MalformedReplyError, OpenAIClient
+from afnio_langchain.models._protocol import (
     BaseModelClient,
     Completion,
     InputTooLongError,
@@ -11,18 +23,36 @@ from afnio_langchain.models.protocol import (
     Message,
     ModelClient,
 )
-from afnio_langchain.models.resolve import as_model_client
-from afnio_langchain.models.retry import RetryPolicy, is_transient
-from afnio_langchain.models.secrets import redact
-from afnio_langchain.models.structured import StructuredOutputError, request_fields
-from afnio_langchain.models.usage import UsageCounts, UsageTracker, get_usage, track_usage
+from afnio_langchain.models._resolve import as_model_client, is_openai_client, resolve_call_model
+from afnio_langchain.models._retry import RetryPolicy, is_transient, status_code_of
+from afnio_langchain.models._secrets import redact, redact_value
+from afnio_langchain.models._structured import (
+    StructuredOutputError,
+    json_instruction,
+    parse_json_object,
+    parse_score,
+    request_fields,
+    required_keys_in,
+)
+from afnio_langchain.models._usage import (
+    PURPOSES,
+    UsageCounts,
+    UsageTracker,
+    get_usage,
+    record_usage,
+    track_usage,
+)
 
 __all__ = [
+    "LOCAL_INSTALL_HINT",
+    "PURPOSES",
+    "PURPOSE_METADATA_KEY",
     "BaseModelClient",
     "Completion",
     "InputTooLongError",
     "JsonSchema",
     "LangChainChatModelClient",
+    "LocalModelServer",
     "MalformedReplyError",
     "Message",
     "ModelClient",
@@ -32,11 +62,23 @@ __all__ = [
     "UsageCounts",
     "UsageTracker",
     "as_model_client",
+    "call_slot",
     "concurrency_limit",
     "get_concurrency_limit",
     "get_usage",
+    "is_openai_client",
     "is_transient",
+    "json_instruction",
+    "local_model_available",
+    "message_text",
+    "parse_json_object",
+    "parse_score",
+    "record_usage",
     "redact",
+    "redact_value",
     "request_fields",
+    "required_keys_in",
+    "resolve_call_model",
+    "status_code_of",
     "track_usage",
 ]

@@ -5,7 +5,7 @@ groups, per-parameter state, ``zero_grad``, ``step(closure)``, JSON state dicts)
 Every step leaves a :class:`StepReport` in ``optimizer.last_step``.
 """
 
-from afnio_langchain.optim.optimizer import (
+from afnio_langchain.optim._optimizer import (
     REJECTED,
     SKIPPED,
     UPDATED,
@@ -13,7 +13,7 @@ from afnio_langchain.optim.optimizer import (
     ParamStep,
     StepReport,
 )
-from afnio_langchain.optim.tgd import TGD
+from afnio_langchain.optim._tgd import TGD
 
 __all__ = [
     "REJECTED",

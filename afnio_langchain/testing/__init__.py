@@ -1,7 +1,33 @@
-"""Test support for users and for this package: a scripted chat model that answers
-forward, backward, optimizer and judge calls, and a loopback OpenAI-compatible server."""
+"""Test support for users and for this package: fake chat models that answer forward,
+backward, optimizer and judge calls (and tool calls), and a loopback OpenAI-compatible
+HTTP server with injectable faults.
 
-from afnio_langchain.testing.scripted import ScriptedCall, ScriptedChatModel
-from afnio_langchain.testing.tool_calling import AgentTurnRequest, ToolCallingChatModel
+- :class:`ScriptedChatModel`: a LangChain chat model scripted per call kind.
+- :class:`ToolCallingChatModel`: the same, with scripted tool-calling turns for agents.
+- :class:`OpenAICompatServer` and :class:`Fault`: a real HTTP server on 127.0.0.1 that
+  speaks the chat-completions protocol (``request_text``, ``default_responder`` and
+  ``count_tokens`` help write its responders).
+- ``afnio_langchain.testing.fixtures``: a pytest plugin with an ``openai_server`` fixture.
+"""
 
-__all__ = ["AgentTurnRequest", "ScriptedCall", "ScriptedChatModel", "ToolCallingChatModel"]
+from afnio_langchain.testing._scripted_chat_model import ScriptedCall, ScriptedChatModel
+from afnio_langchain.testing._server import (
+    Fault,
+    OpenAICompatServer,
+    count_tokens,
+    default_responder,
+    request_text,
+)
+from afnio_langchain.testing._tool_calling_chat_model import AgentTurnRequest, ToolCallingChatModel
+
+__all__ = [
+    "AgentTurnRequest",
+    "Fault",
+    "OpenAICompatServer",
+    "ScriptedCall",
+    "ScriptedChatModel",
+    "ToolCallingChatModel",
+    "count_tokens",
+    "default_responder",
+    "request_text",
+]

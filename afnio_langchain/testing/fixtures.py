@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from afnio_langchain.testing.server import OpenAICompatServer
+from afnio_langchain.testing._server import OpenAICompatServer
 
 __all__ = ["openai_server"]
 

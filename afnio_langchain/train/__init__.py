@@ -3,33 +3,61 @@
 >>> from afnio_langchain.train import Trainer, fit, load_dataset, exact_match
 """
 
-from afnio_langchain.train.accounting import DEFAULT_PRICES, CostReport, estimate_cost
-from afnio_langchain.train.checkpoint import (
-    CheckpointError,
-    TrainingState,
-    load_checkpoint,
-    save_checkpoint,
-)
-from afnio_langchain.train.data import Dataset, DatasetError, load_dataset, split_dataset
-from afnio_langchain.train.evaluation import EvalResult, ItemResult, evaluate
-from afnio_langchain.train.loading import ChainLoadError, load_chain
-from afnio_langchain.train.metrics import (
+from afnio_langchain.loop import (
     Contains,
     ExactMatch,
-    LMJudge,
     Metric,
     MetricResult,
     as_metric_result,
     contains,
     exact_match,
-    resolve_metric,
 )
-from afnio_langchain.train.model_specs import ModelPool, ModelSpecError, parse_model_spec
-from afnio_langchain.train.report import ReportFiles, apply_prompts, write_report
-from afnio_langchain.train.trainer import Trainer, TrainingError, TrainResult, fit
+from afnio_langchain.train._accounting import (
+    DEFAULT_PRICES,
+    CostReport,
+    check_prices,
+    estimate_cost,
+)
+from afnio_langchain.train._checkpoint import (
+    CheckpointError,
+    TrainingState,
+    load_checkpoint,
+    save_checkpoint,
+)
+from afnio_langchain.train._data import Dataset, DatasetError, load_dataset, split_dataset
+from afnio_langchain.train._evaluation import EvalResult, ItemResult, evaluate
+from afnio_langchain.train._files import atomic_write_json
+from afnio_langchain.train._loading import (
+    ChainLoadError,
+    import_object,
+    load_chain,
+    trainable_chain,
+)
+from afnio_langchain.train._metrics import LMJudge, resolve_metric
+from afnio_langchain.train._model_specs import (
+    ModelPool,
+    ModelSpecError,
+    parse_model_spec,
+    require_key,
+)
+from afnio_langchain.train._report import (
+    PLOT_PNG,
+    PROMPTS_JSON,
+    REPORT_JSON,
+    SUMMARY_MD,
+    ReportFiles,
+    apply_prompts,
+    write_report,
+)
+from afnio_langchain.train._trainer import GATES, Trainer, TrainingError, TrainResult, fit
 
 __all__ = [
     "DEFAULT_PRICES",
+    "GATES",
+    "PLOT_PNG",
+    "PROMPTS_JSON",
+    "REPORT_JSON",
+    "SUMMARY_MD",
     "ChainLoadError",
     "CheckpointError",
     "Contains",
@@ -51,17 +79,22 @@ __all__ = [
     "TrainingState",
     "apply_prompts",
     "as_metric_result",
+    "atomic_write_json",
+    "check_prices",
     "contains",
     "estimate_cost",
     "evaluate",
     "exact_match",
     "fit",
+    "import_object",
     "load_chain",
     "load_checkpoint",
     "load_dataset",
     "parse_model_spec",
+    "require_key",
     "resolve_metric",
     "save_checkpoint",
     "split_dataset",
+    "trainable_chain",
     "write_report",
 ]

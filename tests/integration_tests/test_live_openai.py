@@ -13,6 +13,7 @@ from afnio_langchain.optim import TGD
 
 pytestmark = [
     pytest.mark.live,
+    pytest.mark.enable_socket,  # the one test that may reach the network
     pytest.mark.skipif(not os.environ.get("OPENAI_API_KEY"), reason="needs OPENAI_API_KEY"),
 ]
 

@@ -17,9 +17,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from afnio_langchain.models import OpenAIClient, get_usage, request_fields, track_usage
-from afnio_langchain.models.local import LocalModelServer, local_model_available
-from afnio_langchain.models.structured import json_instruction
+from afnio_langchain.models import (
+    LocalModelServer,
+    OpenAIClient,
+    get_usage,
+    json_instruction,
+    local_model_available,
+    request_fields,
+    track_usage,
+)
 
 pytestmark = [
     pytest.mark.local_llm,

@@ -16,10 +16,12 @@ from langchain_core.tools import ToolException, tool  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 
 from afnio_langchain import Variable, track_usage  # noqa: E402
-from afnio_langchain.integrations import TrainableAgent  # noqa: E402
-from afnio_langchain.integrations.langchain_agents import TrainablePromptMiddleware  # noqa: E402
+from afnio_langchain.agents import (
+    TrainableAgent,  # noqa: E402
+    TrainablePromptMiddleware,  # noqa: E402
+    trajectory_of,  # noqa: E402
+)
 from afnio_langchain.optim import TGD  # noqa: E402
-from afnio_langchain.runnables.agent_trajectory import trajectory_of  # noqa: E402
 from afnio_langchain.testing import AgentTurnRequest, ToolCallingChatModel  # noqa: E402
 
 
@@ -159,9 +161,9 @@ def test_docstring_examples_run():
     import importlib
 
     for name in (
-        "afnio_langchain.integrations.langchain_agents",
-        "afnio_langchain.integrations.trainable_agent",
-        "afnio_langchain.integrations.langgraph",
+        "afnio_langchain.agents._create_agent",
+        "afnio_langchain.agents._trainable_agent",
+        "afnio_langchain.agents._langgraph",
     ):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, name

@@ -16,14 +16,16 @@ from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from langgraph.prebuilt import ToolNode, create_react_agent  # noqa: E402
 
 from afnio_langchain import Variable  # noqa: E402
-from afnio_langchain.integrations import TrainableAgent  # noqa: E402
-from afnio_langchain.integrations.langgraph import (  # noqa: E402
+from afnio_langchain.agents import (
+    TrainableAgent,  # noqa: E402
+    trajectory_of,  # noqa: E402
+)
+from afnio_langchain.agents._langgraph import (  # noqa: E402
     TrainablePrompt,
     create_trainable_react_agent,
 )
+from afnio_langchain.agents._runnable import STEP_LIMIT_ANSWER  # noqa: E402
 from afnio_langchain.optim import TGD  # noqa: E402
-from afnio_langchain.runnables.agent import STEP_LIMIT_ANSWER  # noqa: E402
-from afnio_langchain.runnables.agent_trajectory import trajectory_of  # noqa: E402
 from afnio_langchain.testing import ToolCallingChatModel  # noqa: E402
 
 

@@ -14,13 +14,13 @@ from langchain_core.messages import SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
 from afnio_langchain import Variable, no_grad, parameters, track_usage
-from afnio_langchain.optim import TGD
-from afnio_langchain.runnables.agent import (
+from afnio_langchain.agents._runnable import (
     STEP_LIMIT_ANSWER,
     AgentRunnable,
     AgentStepLimitError,
     trajectory_of,
 )
+from afnio_langchain.optim import TGD
 from afnio_langchain.testing import AgentTurnRequest, ToolCallingChatModel
 
 
@@ -355,12 +355,12 @@ def test_docstring_examples_run():
     import importlib
 
     for name in (
-        "afnio_langchain.runnables.agent",
-        "afnio_langchain.runnables.agent_ops",
-        "afnio_langchain.runnables.agent_trajectory",
-        "afnio_langchain.testing.tool_calling",
-        "afnio_langchain.integrations.recording",
-        "afnio_langchain.train.trajectory_metrics",
+        "afnio_langchain.agents._runnable",
+        "afnio_langchain.agents._op",
+        "afnio_langchain.agents._trajectory",
+        "afnio_langchain.testing._tool_calling_chat_model",
+        "afnio_langchain.agents._recording",
+        "afnio_langchain.agents._metrics",
     ):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, name
@@ -370,14 +370,14 @@ def test_the_agents_extra_is_optional(monkeypatch):
     import importlib
     import sys
 
-    import afnio_langchain.integrations as integrations
-    from afnio_langchain.integrations import langgraph as langgraph_face
+    import afnio_langchain.agents as integrations
+    from afnio_langchain.agents import _langgraph as langgraph_face
 
     assert integrations.TrainableAgent  # needs langchain-core only
     monkeypatch.setitem(sys.modules, "langchain.agents.middleware", None)
-    monkeypatch.delitem(sys.modules, "afnio_langchain.integrations.langchain_agents", raising=False)
+    monkeypatch.delitem(sys.modules, "afnio_langchain.agents._create_agent", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'afnio-langchain\[agents\]'"):
-        importlib.import_module("afnio_langchain.integrations.langchain_agents")
+        importlib.import_module("afnio_langchain.agents._create_agent")
     monkeypatch.setitem(sys.modules, "langgraph.prebuilt", None)
     with pytest.raises(ImportError, match=r"pip install 'afnio-langchain\[agents\]'"):
         langgraph_face.create_trainable_react_agent(

@@ -10,11 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from afnio_langchain import Variable
-from afnio_langchain.runnables.agent import AgentRunnable
-from afnio_langchain.runnables.agent_trajectory import Trajectory, trajectory_from_messages
-from afnio_langchain.testing import ScriptedChatModel, ToolCallingChatModel
-from afnio_langchain.train import MetricResult, Trainer
-from afnio_langchain.train.trajectory_metrics import (
+from afnio_langchain.agents import (
+    AgentRunnable,
     FinalAnswerMatch,
     StepCount,
     ToolCallMatch,
@@ -22,6 +19,9 @@ from afnio_langchain.train.trajectory_metrics import (
     TrajectoryMetrics,
     as_trajectory,
 )
+from afnio_langchain.agents._trajectory import Trajectory, trajectory_from_messages
+from afnio_langchain.testing import ScriptedChatModel, ToolCallingChatModel
+from afnio_langchain.train import MetricResult, Trainer
 
 
 def run(*calls: tuple[str, dict[str, Any]], answer: str = "Done.", error: bool = False) -> Trajectory:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from afnio_langchain import Variable, set_backward_model
+from afnio_langchain import Variable
 from afnio_langchain.autodiff import (
     Add,
     ChatCompletion,
@@ -15,17 +15,10 @@ from afnio_langchain.autodiff import (
     LMJudgeEvaluator,
     Split,
     Sum,
+    TextTransform,
     run_backward,
 )
-from afnio_langchain.autodiff.basic_ops import TextTransform
 from afnio_langchain.testing import ScriptedChatModel
-
-
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
 
 # --------------------------------------------------------------------------- Add
 

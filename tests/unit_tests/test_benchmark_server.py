@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from afnio_langchain.optim import prompts as optim_prompts  # noqa: E402
-from afnio_langchain.testing.server import OpenAICompatServer, count_tokens  # noqa: E402
+from afnio_langchain.optim import _prompts as optim_prompts  # noqa: E402
+from afnio_langchain.testing import OpenAICompatServer, count_tokens  # noqa: E402
 from benchmarks import pipeline_ours, pipeline_textgrad, task  # noqa: E402
 from benchmarks.bound import critical_path_bound, waves  # noqa: E402
 from benchmarks.responder import (  # noqa: E402

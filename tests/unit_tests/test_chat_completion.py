@@ -38,12 +38,6 @@ class Replies(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=reply))])
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def user(template: str, role: str = "user query", requires_grad: bool = False):
     return {"role": "user", "content": [Variable(template, role=role, requires_grad=requires_grad)]}
 

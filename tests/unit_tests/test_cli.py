@@ -243,7 +243,7 @@ def test_python_dash_m_runs_the_command_line():
 
 @pytest.mark.local_llm
 def test_demo_with_the_packaged_local_model(tmp_path, capsys):
-    from afnio_langchain.models.local import local_model_available
+    from afnio_langchain.models import local_model_available
 
     if not local_model_available():
         pytest.skip("the local extra is not installed")

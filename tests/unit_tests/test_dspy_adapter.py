@@ -23,8 +23,8 @@ from afnio_langchain.models import (  # noqa: E402
     is_transient,
     track_usage,
 )
-from afnio_langchain.models.dspy_adapter import DSPyLMClient  # noqa: E402
-from afnio_langchain.models.retry import retry_after_seconds  # noqa: E402
+from afnio_langchain.models._dspy_adapter import DSPyLMClient  # noqa: E402
+from afnio_langchain.models._retry import retry_after_seconds  # noqa: E402
 
 CHAT = [
     {"role": "system", "content": "You are terse."},
@@ -419,9 +419,9 @@ async def test_lm_without_async_engine_runs_in_a_thread():
 
 def test_missing_dspy_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "dspy", None)  # "import dspy" now fails
-    monkeypatch.delitem(sys.modules, "afnio_langchain.models.dspy_adapter")
+    monkeypatch.delitem(sys.modules, "afnio_langchain.models._dspy_adapter")
     with pytest.raises(ImportError, match=r"pip install 'afnio-langchain\[dspy\]'"):
-        importlib.import_module("afnio_langchain.models.dspy_adapter")
+        importlib.import_module("afnio_langchain.models._dspy_adapter")
 
     DSPyLooking = type("LM", (), {"__module__": "dspy.clients.lm"})
     with pytest.raises(ImportError, match=r"pip install 'afnio-langchain\[dspy\]'"):

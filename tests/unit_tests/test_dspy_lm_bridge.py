@@ -19,8 +19,8 @@ from langchain_core.language_models import FakeListChatModel  # noqa: E402
 
 from afnio_langchain import track_usage  # noqa: E402
 from afnio_langchain.dspy import AsyncModelClientEngine, ModelClientEngine, as_dspy_lm  # noqa: E402
-from afnio_langchain.dspy.lm import request_params, request_to_messages, to_lm15_error  # noqa: E402
-from afnio_langchain.dspy.scripted import chat_adapter_reply, requested_fields  # noqa: E402
+from afnio_langchain.dspy._adapter_replies import chat_adapter_reply, requested_fields  # noqa: E402
+from afnio_langchain.dspy._lm import request_params, request_to_messages, to_lm15_error  # noqa: E402
 from afnio_langchain.models import BaseModelClient, Completion, JsonSchema, Message, RetryPolicy  # noqa: E402
 from afnio_langchain.testing import ScriptedChatModel  # noqa: E402
 

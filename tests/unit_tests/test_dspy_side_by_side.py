@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("dspy")
 
-from afnio_langchain.dspy.scripted import chat_adapter_reply  # noqa: E402
-from afnio_langchain.models.structured import required_keys_in  # noqa: E402
-from afnio_langchain.testing.server import default_responder, request_text  # noqa: E402
+from afnio_langchain.dspy import chat_adapter_reply  # noqa: E402
+from afnio_langchain.models import required_keys_in  # noqa: E402
+from afnio_langchain.testing import default_responder, request_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -43,12 +43,6 @@ class Gauge(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.reply))])
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def branch(model, tag: str, backward_model=None):
     """One ChatCompletion with its own trainable system prompt."""
     system = Variable(f"system {tag}", role=f"instruction {tag}", requires_grad=True)

@@ -18,10 +18,11 @@ import pytest
 
 from afnio_langchain import ChatCompletionRunnable, Variable
 from afnio_langchain.testing import ScriptedChatModel
-from afnio_langchain.train import Trainer, exact_match
-from afnio_langchain.train.checkpoint import (
+from afnio_langchain.train import (
     CheckpointError,
+    Trainer,
     TrainingState,
+    exact_match,
     load_checkpoint,
     save_checkpoint,
 )

@@ -22,10 +22,10 @@ from afnio_langchain.models import (
     OpenAIClient,
     RetryPolicy,
     StructuredOutputError,
+    required_keys_in,
 )
-from afnio_langchain.models.structured import required_keys_in
 from afnio_langchain.optim import TGD
-from afnio_langchain.testing.server import (
+from afnio_langchain.testing import (
     Fault,
     OpenAICompatServer,
     default_responder,

@@ -16,21 +16,20 @@ from typing import Any
 import openai
 import pytest
 
-from afnio_langchain import Variable, set_backward_model
+from afnio_langchain import Variable
 from afnio_langchain.autodiff import BackwardError, ChatCompletion, LMJudgeEvaluator
-from afnio_langchain.autodiff import prompts as autodiff_prompts
+from afnio_langchain.autodiff import _prompts as autodiff_prompts
 from afnio_langchain.models import (
     Completion,
     InputTooLongError,
     LangChainChatModelClient,
     OpenAIClient,
+    message_text,
+    required_keys_in,
 )
-from afnio_langchain.models.langchain_adapter import message_text
-from afnio_langchain.models.structured import required_keys_in
 from afnio_langchain.optim import TGD
-from afnio_langchain.optim import prompts as optim_prompts
-from afnio_langchain.testing import ScriptedChatModel
-from afnio_langchain.testing.server import request_text
+from afnio_langchain.optim import _prompts as optim_prompts
+from afnio_langchain.testing import ScriptedChatModel, request_text
 
 OUR_TAGS = (
     "CONVERSATION",
@@ -59,12 +58,6 @@ HOSTILE = {
     "control-chars": "\x1b[2J\x07\u202eDESREVER\u202c\r\nPWNED\t",
 }
 BENIGN = "an ordinary piece of text"
-
-
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
 
 
 def skeleton(text: str) -> list[str]:

@@ -23,12 +23,6 @@ from afnio_langchain.runnables import TrainableChain
 from afnio_langchain.testing import ScriptedChatModel
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def qa_prompt(system: str = "Answer briefly.") -> ChatPromptTemplate:
     return ChatPromptTemplate.from_messages([("system", system), ("human", "{question}")])
 
@@ -38,7 +32,7 @@ def sent(model: ScriptedChatModel, kind: str = "forward") -> list[list[tuple[str
 
 
 def contains(runnable, cls) -> bool:
-    from afnio_langchain.runnables.structure import children
+    from afnio_langchain.runnables._children import children
 
     return isinstance(runnable, cls) or any(contains(c, cls) for c in children(runnable))
 

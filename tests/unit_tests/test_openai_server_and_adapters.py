@@ -1,7 +1,7 @@
 """The model adapters against a loopback OpenAI-compatible server, with the real clients.
 
 ``openai.OpenAI`` / ``openai.AsyncOpenAI`` and ``langchain_openai.ChatOpenAI`` talk HTTP
-to :class:`afnio_langchain.testing.server.OpenAICompatServer`, which injects the failures
+to :class:`afnio_langchain.testing._server.OpenAICompatServer`, which injects the failures
 real providers produce. Hermetic: loopback only, no key, no network.
 """
 
@@ -29,11 +29,11 @@ from afnio_langchain.models import (
     StructuredOutputError,
     as_model_client,
     concurrency_limit,
+    json_instruction,
     request_fields,
     track_usage,
 )
-from afnio_langchain.models.structured import json_instruction
-from afnio_langchain.testing.server import (
+from afnio_langchain.testing import (
     Fault,
     OpenAICompatServer,
     count_tokens,

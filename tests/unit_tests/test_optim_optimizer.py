@@ -315,8 +315,8 @@ def test_public_api_and_docstring_examples_run():
     import doctest
 
     import afnio_langchain.optim as optim
-    from afnio_langchain.optim import optimizer as optimizer_module
-    from afnio_langchain.optim import tgd as tgd_module
+    from afnio_langchain.optim import _optimizer as optimizer_module
+    from afnio_langchain.optim import _tgd as tgd_module
 
     assert sorted(optim.__all__) == sorted(
         ["Optimizer", "TGD", "ParamStep", "StepReport", "UPDATED", "SKIPPED", "REJECTED"]

@@ -13,8 +13,8 @@ import pytest
 from afnio_langchain import Variable
 from afnio_langchain.models import Completion, track_usage
 from afnio_langchain.optim import REJECTED, SKIPPED, TGD, UPDATED
-from afnio_langchain.optim import prompts as optim_prompts
-from afnio_langchain.optim.tgd import check_proposal
+from afnio_langchain.optim import _prompts as optim_prompts
+from afnio_langchain.optim._tgd import check_proposal
 from afnio_langchain.testing import ScriptedChatModel
 
 

@@ -16,7 +16,7 @@ from langchain_core.runnables import (
 from langchain_core.runnables.router import RouterRunnable
 
 from afnio_langchain import ChatCompletionRunnable, Variable, parameters
-from afnio_langchain.runnables.parameters import parameters as parameters_from_module
+from afnio_langchain.runnables import parameters as parameters_from_module
 from afnio_langchain.testing import ScriptedChatModel
 
 MODEL = ScriptedChatModel(forward="ok")

@@ -10,15 +10,15 @@ import re
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import MissingInputError, Sum, fill, placeholders
-from afnio_langchain.autodiff import prompts as autodiff_prompts
-from afnio_langchain.autodiff.engine import merge_gradients
-from afnio_langchain.models.protocol import clean_text
-from afnio_langchain.models.structured import extract_fields, parse_json_object, required_keys_in
+from afnio_langchain.autodiff import _prompts as autodiff_prompts
+from afnio_langchain.autodiff._engine import merge_gradients
+from afnio_langchain.models._protocol import clean_text
+from afnio_langchain.models._structured import extract_fields, parse_json_object, required_keys_in
 
 PROPS = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -230,6 +230,7 @@ wrappers = st.sampled_from(
 
 @PROPS
 @given(json_values, wrappers, st.booleans())
+@example(values={"A": ",}"}, wrapper="{}", trailing_comma=True)  # a comma inside a string
 def test_json_replies_parse_back_whatever_the_wrapping(values, wrapper, trailing_comma):
     body = json.dumps(values, ensure_ascii=False)
     if trailing_comma:

@@ -23,12 +23,6 @@ from afnio_langchain.runnables import TextFunction, VariableStrOutputParser
 from afnio_langchain.testing import ScriptedChatModel
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def system_prompt(text: str = "Answer briefly.") -> Variable:
     return Variable(text, role="system prompt", requires_grad=True)
 

@@ -25,12 +25,6 @@ from afnio_langchain.runnables import (
 from afnio_langchain.testing import ScriptedChatModel
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def prompt(name: str) -> Variable:
     return Variable(f"You are the {name}.", role=f"{name} system prompt", requires_grad=True)
 

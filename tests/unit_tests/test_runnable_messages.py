@@ -11,7 +11,7 @@ from langchain_core.prompts import PromptTemplate
 
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import fill, placeholders
-from afnio_langchain.runnables.messages import (
+from afnio_langchain.runnables._messages import (
     escape_fields,
     from_fstring,
     normalize_messages,

@@ -22,7 +22,7 @@ from dspy.utils.exceptions import LMAuthError
 from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
-from afnio_langchain import Variable, get_usage, set_backward_model, track_usage
+from afnio_langchain import Variable, get_usage, track_usage
 from afnio_langchain.autodiff import BackwardError, ChatCompletion, MinibatchError
 from afnio_langchain.models import (
     LangChainChatModelClient,
@@ -31,9 +31,9 @@ from afnio_langchain.models import (
     as_model_client,
     redact,
 )
-from afnio_langchain.models.secrets import REDACTED, redact_exception, register_secret
+from afnio_langchain.models._secrets import REDACTED, redact_exception, register_secret
 from afnio_langchain.optim import TGD
-from afnio_langchain.testing.server import Fault, OpenAICompatServer
+from afnio_langchain.testing import Fault, OpenAICompatServer
 
 KEY = "sk-proj-SECRETKEY-4f9a1c2e7b3d5a6f8e0c"
 ENV_KEY = "sk-env-ENVSECRET-1b2c3d4e5f6a7b8c9d0e"
@@ -217,7 +217,7 @@ def test_reprs_of_clients_never_show_the_key():
 
 def test_local_model_server_repr_holds_no_key():
     pytest.importorskip("llama_cpp")
-    from afnio_langchain.models.local import LocalModelServer, local_model_available
+    from afnio_langchain.models import LocalModelServer, local_model_available
 
     if not local_model_available():
         pytest.skip("the packaged GGUF model is not installed")
@@ -280,14 +280,8 @@ def test_backward_error_message_is_redacted_even_for_custom_errors():
     assert f"used key {REDACTED}" in str(info.value)
 
 
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
-
-
 def test_optimizer_state_dict_masks_a_key_put_in_completion_args():
-    from afnio_langchain.models.secrets import register_secret
+    from afnio_langchain.models._secrets import register_secret
     from afnio_langchain.optim import TGD
     from afnio_langchain.testing import ScriptedChatModel
 

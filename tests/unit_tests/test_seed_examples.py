@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from langchain_core.language_models import BaseChatModel, FakeListChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -40,12 +39,6 @@ class TranslatorChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kw: Any):
         text = "\n".join(str(m.content) for m in messages)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=translate(text)))])
-
-
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
 
 
 def seed_messages():

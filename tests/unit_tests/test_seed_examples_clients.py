@@ -13,7 +13,7 @@ import pytest
 from afnio_langchain import Variable, get_backward_model, set_backward_model
 from afnio_langchain.autodiff import ChatCompletion
 from afnio_langchain.models import as_model_client
-from afnio_langchain.testing.server import OpenAICompatServer, default_responder, request_text
+from afnio_langchain.testing import OpenAICompatServer, default_responder, request_text
 
 SEED_GRADIENT = "The system instruction should enforce the use of capital letters only."
 
@@ -32,12 +32,6 @@ def translator(body: dict[str, Any]) -> str:
 def server():
     with OpenAICompatServer(responder=translator) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def _reset_backward_model():
-    yield
-    set_backward_model(None)
 
 
 def seed_messages() -> tuple[Variable, list[dict[str, Any]]]:

@@ -24,7 +24,7 @@ from afnio_langchain.models import (
     is_transient,
     request_fields,
 )
-from afnio_langchain.models.structured import (
+from afnio_langchain.models._structured import (
     extract_fields,
     json_instruction,
     parse_json_object,

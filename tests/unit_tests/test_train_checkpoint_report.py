@@ -23,15 +23,15 @@ from afnio_langchain.train import (
     save_checkpoint,
     write_report,
 )
-from afnio_langchain.train.accounting import (
+from afnio_langchain.train._accounting import (
     check_prices,
     merge_usage,
     usage_from_pairs,
     usage_pairs,
 )
-from afnio_langchain.train.checkpoint import check_resumable
-from afnio_langchain.train.files import atomic_write_text
-from afnio_langchain.train.report import build_report, prompt_diff, render_markdown
+from afnio_langchain.train._checkpoint import check_resumable
+from afnio_langchain.train._files import atomic_write_text
+from afnio_langchain.train._report import build_report, prompt_diff, render_markdown
 
 
 def state(**overrides) -> TrainingState:
@@ -188,7 +188,7 @@ def test_markdown_summary_shows_scores_table_and_diff(trained):
 
 
 def test_markdown_fences_survive_backticks_in_prompts():
-    from afnio_langchain.train.report import _fence
+    from afnio_langchain.train._report import _fence
 
     assert _fence("use ```python blocks```").startswith("````\n")
 

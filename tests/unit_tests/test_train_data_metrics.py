@@ -8,6 +8,7 @@ import os
 import pytest
 
 from afnio_langchain import Variable
+from afnio_langchain.loop import ascore, default_feedback, prediction_text
 from afnio_langchain.models import track_usage
 from afnio_langchain.testing import ScriptedChatModel
 from afnio_langchain.train import (
@@ -21,7 +22,6 @@ from afnio_langchain.train import (
     resolve_metric,
     split_dataset,
 )
-from afnio_langchain.train.metrics import ascore, default_feedback, prediction_text
 
 # ------------------------------------------------------------------------------ data
 

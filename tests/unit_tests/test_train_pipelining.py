@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableLambda
 
 from afnio_langchain import ChatCompletionRunnable, Variable
 from afnio_langchain.testing import ScriptedChatModel
-from afnio_langchain.train.evaluation import arun_chain
+from afnio_langchain.train._evaluation import arun_chain
 
 
 class LoggingModel(ScriptedChatModel):

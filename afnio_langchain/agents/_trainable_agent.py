@@ -1,0 +1,161 @@
+"""``TrainableAgent``: runs an agent built with ``create_agent`` or LangGraph and returns
+its final answer as a Variable connected to the agent's trainable prompt.
+
+The agent graph itself is not a node of the textual graph. Instead, each run happens
+inside an :class:`~afnio_langchain.agents._op.AgentRun` op whose inputs are the
+prompt Variables: the run's model calls are recorded (never in graph state, see
+:mod:`afnio_langchain.agents._recording`), its trajectory is read from the messages
+it returns, and ``backward(feedback)`` reaches the prompt through that op.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+
+from afnio_langchain.agents._base import AgentRunnableBase
+from afnio_langchain.agents._op import AgentTask
+from afnio_langchain.agents._prompts import STEP_LIMIT_ANSWER
+from afnio_langchain.agents._recording import TrainablePromptSource, recording
+from afnio_langchain.agents._trajectory import Trajectory, trajectory_from_messages
+from afnio_langchain.autodiff import Variable
+from afnio_langchain.models import message_text, record_usage
+
+
+def messages_of(state: Any, holder: str) -> list[BaseMessage]:
+    """The ``messages`` list of an agent's graph state (a mapping or an object); a
+    TypeError naming ``holder`` (what should have held it) otherwise."""
+    messages = (
+        state.get("messages") if isinstance(state, Mapping) else getattr(state, "messages", None)
+    )
+    if not isinstance(messages, list):
+        raise TypeError(
+            f"{holder} must hold a 'messages' list (as create_agent and LangGraph agents "
+            f"keep), got {type(state).__name__}"
+        )
+    return messages
+
+
+def _after(messages: list[BaseMessage], message_id: str) -> list[BaseMessage]:
+    for k, message in enumerate(messages):
+        if getattr(message, "id", None) == message_id:
+            return messages[k + 1 :]
+    raise RuntimeError("the agent's final state does not contain the task message it was given")
+
+
+def _record_usage(messages: list[BaseMessage]) -> None:
+    for message in messages:
+        if isinstance(message, AIMessage):
+            usage = message.usage_metadata or {}
+            model = (message.response_metadata or {}).get("model_name") or "agent model"
+            record_usage(
+                str(model),
+                "forward",
+                input_tokens=int(usage.get("input_tokens", 0) or 0),
+                output_tokens=int(usage.get("output_tokens", 0) or 0),
+            )
+
+
+class TrainableAgent(AgentRunnableBase):
+    """An externally built agent as a differentiable step: task in, final-answer
+    Variable out, feedback back to the prompt Variables its ``prompt`` source holds.
+
+    Args:
+        agent: The compiled agent (``create_agent(...)`` with a
+            :class:`~afnio_langchain.agents._create_agent.TrainablePromptMiddleware`,
+            or a LangGraph agent whose prompt is a
+            :class:`~afnio_langchain.agents._langgraph.TrainablePrompt`).
+        prompt: That middleware or callable prompt (any
+            :class:`~afnio_langchain.agents._recording.TrainablePromptSource`).
+        backward_model: Model that writes gradients (default: the process one).
+        output_role: Role of the output Variable.
+        input_key: Key of the task in dict inputs.
+
+    The input is a task (``str``, ``Variable``, dict with ``input_key``, or a list of
+    tasks run concurrently). Each run gets its own ``thread_id`` when the agent has a
+    checkpointer and the config names none. ``trajectory_of(output)`` gives the runs.
+
+    Example:
+        >>> import warnings
+        >>> from langchain.agents import create_agent
+        >>> from langchain_core.tools import tool
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.agents import TrainableAgent
+        >>> from afnio_langchain.agents import TrainablePromptMiddleware
+        >>> from afnio_langchain.testing import ToolCallingChatModel
+        >>> @tool
+        ... def order_status(order_id: int) -> str:
+        ...     '''The shipping status of an order.'''
+        ...     return "shipped"
+        >>> model = ToolCallingChatModel(
+        ...     turns=[{"name": "order_status", "args": {"order_id": 7}}, "It has shipped."],
+        ...     feedback="Ask for the delivery date as well.")
+        >>> prompt = Variable("You are a support agent.", role="system prompt", requires_grad=True)
+        >>> middleware = TrainablePromptMiddleware(prompt)
+        >>> agent = create_agent(model, [order_status], middleware=[middleware])
+        >>> trainable = TrainableAgent(agent=agent, prompt=middleware, backward_model=model)
+        >>> answer = trainable.invoke("Where is order 7?")
+        >>> answer.data
+        'It has shipped.'
+        >>> answer.backward("Give the delivery date too.")
+        >>> prompt.grad[0].data
+        'Ask for the delivery date as well.'
+    """
+
+    agent: Any
+    prompt: Any
+
+    def __init__(self, **kwargs: Any) -> None:
+        if not isinstance(kwargs.get("prompt"), TrainablePromptSource):
+            raise TypeError(
+                "TrainableAgent needs prompt=... : the TrainablePromptMiddleware or "
+                "TrainablePrompt the agent was built with"
+            )
+        agent = kwargs.get("agent")
+        if agent is None or not hasattr(agent, "ainvoke"):
+            raise TypeError("TrainableAgent needs agent=... : a compiled agent (a Runnable)")
+        super().__init__(**kwargs)
+
+    def prompt_variables(self) -> tuple[Variable, dict[str, Variable]]:
+        """The Variables of the prompt source the agent reads."""
+        return self.prompt.system_prompt, dict(self.prompt.tool_descriptions)
+
+    def _config_for(self, config: RunnableConfig) -> RunnableConfig:
+        configurable = dict(config.get("configurable") or {})
+        if getattr(self.agent, "checkpointer", None) and "thread_id" not in configurable:
+            configurable["thread_id"] = f"afnio-{uuid.uuid4().hex}"
+        return {**config, "configurable": configurable}
+
+    async def run_task(self, item: AgentTask, config: RunnableConfig) -> Trajectory:
+        """Run the agent on one task, recording its model calls, and read its trajectory."""
+        task = HumanMessage(item.task, id=f"afnio-task-{uuid.uuid4().hex}")
+        with recording(self.prompt) as run:
+            state = await self.agent.ainvoke({"messages": [task]}, self._config_for(config))
+        calls = run.calls
+        if not calls:
+            raise RuntimeError(
+                "the agent never read its trainable prompt: build it with "
+                "create_agent(..., middleware=[TrainablePromptMiddleware(prompt)]) or "
+                "create_react_agent(..., prompt=TrainablePrompt(prompt)), and give that "
+                "same object to TrainableAgent(prompt=...)"
+            )
+        messages = _after(messages_of(state, "the state the agent returns"), str(task.id))
+        _record_usage(messages)
+        last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        # LangGraph's prebuilt agent answers this text when it runs out of steps.
+        out_of_steps = last is not None and message_text(last) == STEP_LIMIT_ANSWER
+        trajectory = trajectory_from_messages(
+            item.task,
+            messages,
+            system_prompt=calls[0].system_prompt,
+            tools=calls[0].tool_descriptions,
+            stopped="step_limit" if out_of_steps else None,
+        )
+        return trajectory
+
+
+__all__ = ["TrainableAgent"]

@@ -1,0 +1,161 @@
+"""``ChatCompletion``: an LLM call as a differentiable operation."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from afnio_langchain.autodiff._conversation import Conversation, build_conversation
+from afnio_langchain.autodiff._function import FunctionCtx
+from afnio_langchain.autodiff._llm_function import DEFAULT_OUTPUT_ROLE, LLMFunction
+from afnio_langchain.autodiff._minibatch import (
+    ITEM_ERROR_POLICIES,
+    ItemFailureWarning,
+    MinibatchError,
+    describe_error,
+    gather_items,
+    mark_failed_items,
+)
+from afnio_langchain.autodiff._variable import Variable
+from afnio_langchain.models import Message, resolve_call_model
+
+TextSink = Callable[[str], None]
+_STREAM_SINK: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar(
+    "afnio_stream_sink", default=None
+)
+
+
+@contextlib.contextmanager
+def stream_text_to(sink: TextSink) -> Iterator[None]:
+    """Inside the block, a single (non-minibatch) ChatCompletion forward streams its
+    reply's text chunks to ``sink`` as they arrive; the output Variable is still built
+    once, at the end. Used by the Runnable face for ``stream``/``astream``."""
+    token = _STREAM_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _STREAM_SINK.reset(token)
+
+
+async def _complete_all(
+    client: Any, conversation: Conversation, completion_args: dict[str, Any]
+) -> tuple[list[str | None], dict[int, BaseException]]:
+    """Every item's reply text (None where it failed) and the failed items' errors."""
+    sink = _STREAM_SINK.get()
+    if sink is not None and not conversation.batched and hasattr(client, "astream"):
+
+        async def streamed() -> str:
+            chunks = []
+            async for chunk in client.astream(
+                conversation.items[0], purpose="forward", **completion_args
+            ):
+                chunks.append(chunk)
+                sink(chunk)
+            return "".join(chunks)
+
+        return await gather_items([streamed()])
+
+    async def one(item: list[Message]) -> str:
+        return (await client.acomplete(item, purpose="forward", **completion_args)).text
+
+    return await gather_items([one(item) for item in conversation.items])
+
+
+def _item_error_policy(completion_args: dict[str, Any]) -> tuple[str, str]:
+    policy = completion_args.pop("on_item_error", "raise")
+    placeholder = completion_args.pop("item_placeholder", "")
+    if policy not in ITEM_ERROR_POLICIES:
+        raise ValueError(f"on_item_error must be one of {ITEM_ERROR_POLICIES}, got {policy!r}")
+    if not isinstance(placeholder, str):
+        raise TypeError(f"item_placeholder must be a str, got {type(placeholder).__name__}")
+    return policy, placeholder
+
+
+class ChatCompletion(LLMFunction):
+    """A chat completion whose messages and inputs receive textual gradients.
+
+    ``messages`` is a list of ``{"role": ..., "content": [Variable, ...]}`` dicts whose
+    content may hold ``{name}`` fields, filled from ``inputs`` (strings, Variables, or
+    lists of them). List inputs (or Variables holding lists) make a minibatch: one
+    concurrent model call per item, and the output's ``data`` is the list of replies.
+    Backward makes one model call per output item with feedback, asking for one
+    gradient per Variable in ``messages`` and ``inputs`` that requires grad.
+
+    Reserved keyword arguments (not sent to the model): ``backward_model`` (the model
+    writing gradients; default: :func:`set_backward_model`) and ``output_role``. With an
+    ``openai.OpenAI``/``AsyncOpenAI`` client, ``model="NAME"`` names the model (also used
+    for an openai ``backward_model``).
+    Everything else in ``completion_args`` (``temperature``, ``max_tokens``...) is
+    passed to the model.
+
+    When minibatch items fail (after the client's retries), the other items still
+    complete. ``on_item_error`` (reserved) says what happens then: ``"raise"`` (the
+    default) raises :class:`~afnio_langchain.autodiff.MinibatchError`, naming every
+    failed item and its error and carrying the other items' replies in ``.results``
+    (a single, non-minibatch call raises its own error unchanged);
+    ``"placeholder"`` puts ``item_placeholder`` (reserved, default ``""``) in each
+    failed item's place, warns with an ``ItemFailureWarning``, records the items
+    (:func:`~afnio_langchain.autodiff.failed_items`) and makes no backward call for
+    them.
+
+    Example:
+        >>> from afnio_langchain import Variable, set_backward_model
+        >>> from afnio_langchain.autodiff import ChatCompletion
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> model = ScriptedChatModel(forward="CIAO", feedback="Ask for capital letters.")
+        >>> set_backward_model(model)
+        >>> system = Variable("You are a helpful assistant.", role="system instruction",
+        ...                   requires_grad=True)
+        >>> user = Variable("Translate 'Hello' to {language}.", role="user query")
+        >>> messages = [{"role": "system", "content": [system]},
+        ...             {"role": "user", "content": [user]}]
+        >>> response = ChatCompletion.apply(model, messages,
+        ...                                 inputs={"language": Variable("Italian")})
+        >>> response.data
+        'CIAO'
+        >>> response.backward("Use only capital letters.")
+        >>> system.grad[0].data
+        'Ask for capital letters.'
+        >>> set_backward_model(None)
+    """
+
+    @staticmethod
+    async def aforward(
+        ctx: FunctionCtx,
+        forward_model_client: Any,
+        messages: list[dict[str, Any]],
+        inputs: dict[str, Any] | None = None,
+        **completion_args: Any,
+    ) -> Variable:
+        backward_model = completion_args.pop("backward_model", None)
+        output_role = completion_args.pop("output_role", DEFAULT_OUTPUT_ROLE)
+        policy, placeholder = _item_error_policy(completion_args)
+        client, backward_model = resolve_call_model(
+            forward_model_client, completion_args, backward_model
+        )
+        conversation = build_conversation(messages, inputs)
+        replies, errors = await _complete_all(client, conversation, completion_args)
+        if errors and policy == "raise":
+            if not conversation.batched:
+                raise errors[0]
+            raise MinibatchError("ChatCompletion forward", replies, errors)
+        texts = [placeholder if reply is None else reply for reply in replies]
+        ctx.conversation = conversation
+        ctx.responses = texts
+        ctx.failed_items = frozenset(errors)
+        ctx.backward_model = backward_model
+        ctx.output_role = output_role
+        output = Variable(texts if conversation.batched else texts[0], role=output_role)
+        if errors:
+            mark_failed_items(output, errors)
+            listed = "; ".join(f"item {i}: {describe_error(e)}" for i, e in sorted(errors.items()))
+            warnings.warn(
+                f"ChatCompletion forward: {len(errors)} of {conversation.size} items failed "
+                f"and hold a placeholder ({listed})",
+                ItemFailureWarning,
+                stacklevel=2,
+            )
+        return output

@@ -1,0 +1,215 @@
+"""Seed-form messages and inputs -> one plain conversation per minibatch item, plus the
+"slots" that say which Variable fed which item (used to route gradients back)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from afnio_langchain.autodiff._templating import fill
+from afnio_langchain.autodiff._variable import Variable, make_gradient
+from afnio_langchain.models import Message
+
+ROLES = ("system", "user", "assistant")
+CONTENT_SEPARATOR = "\n"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One Variable input of a chat op and how it maps onto minibatch items.
+
+    ``item`` is the index of the only item it feeds (a Variable inside an input list),
+    or None when it feeds every item (its value per item is ``value(i)``).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import build_conversation
+        >>> system = Variable("Greet {name}.", role="system prompt", requires_grad=True)
+        >>> names = ["Ada", Variable("Bob", role="name")]
+        >>> conversation = build_conversation([{"role": "system", "content": [system]}],
+        ...                                   inputs={"name": names})
+        >>> shared, own = conversation.slots
+        >>> shared.feeds(0), shared.feeds(1), own.item, own.feeds(0), own.value(1)
+        (True, True, 1, False, 'Bob')
+    """
+
+    variable: Variable
+    item: int | None = None
+
+    def feeds(self, i: int) -> bool:
+        return self.item is None or self.item == i
+
+    def value(self, i: int) -> str:
+        data = self.variable.data
+        return str(data[i] if isinstance(data, list) else data)
+
+
+@dataclass
+class Conversation:
+    """The rendered conversations of a minibatch and the Variable slots behind them.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import build_conversation
+        >>> system = Variable("Translate to {language}.", role="system prompt", requires_grad=True)
+        >>> conversation = build_conversation(
+        ...     [{"role": "system", "content": [system]}, {"role": "user", "content": ["{word}"]}],
+        ...     inputs={"language": "Italian", "word": ["cat", "dog"]})
+        >>> conversation.size, conversation.batched, [s.variable.role for s in conversation.slots]
+        (2, True, ['system prompt'])
+        >>> conversation.items[1]
+        [{'role': 'system', 'content': 'Translate to Italian.'}, {'role': 'user', 'content': 'dog'}]
+    """
+
+    items: list[list[Message]]
+    batched: bool
+    slots: list[Slot]
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+
+def _check_content(content: Any, where: str) -> list[Variable | str]:
+    parts = content if isinstance(content, (list, tuple)) else [content]
+    for part in parts:
+        if not isinstance(part, (Variable, str)):
+            raise TypeError(
+                f"{where}: content must be a Variable, a str or a list of them, "
+                f"got {type(part).__name__}"
+            )
+    return list(parts)
+
+
+def _check_messages(messages: Any) -> list[tuple[str, list[Variable | str]]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TypeError(
+            "messages must be a non-empty list of {'role': ..., 'content': [Variable, ...]} "
+            f"dicts, got {type(messages).__name__}"
+        )
+    checked = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise TypeError(
+                f"message {k} must be a dict with 'role' and 'content', got {message!r:.200}"
+            )
+        role = message["role"]
+        if role not in ROLES:
+            raise ValueError(f"message {k} has role {role!r}; expected one of {ROLES}")
+        checked.append((role, _check_content(message["content"], f"message {k} ({role})")))
+    return checked
+
+
+def _check_inputs(inputs: Any) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict of name -> value, got {type(inputs).__name__}")
+    for name, value in inputs.items():
+        if not isinstance(name, str):
+            raise TypeError(f"input names must be str, got {name!r}")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, (Variable, str, int, float)) or isinstance(v, bool):
+                raise TypeError(
+                    f"input {name!r} must be a str, a Variable or a list of them, "
+                    f"got {type(v).__name__}"
+                )
+            if isinstance(value, list) and isinstance(v, Variable) and v.is_batched:
+                raise TypeError(f"input {name!r}: a list of inputs cannot hold batched Variables")
+    return dict(inputs)
+
+
+def _batch_size(messages: list[tuple[str, list]], inputs: dict[str, Any]) -> int | None:
+    sizes: dict[str, int] = {}
+    for name, value in inputs.items():
+        if isinstance(value, list):
+            sizes[f"input {name!r}"] = len(value)
+        elif isinstance(value, Variable) and value.is_batched:
+            sizes[f"input {name!r}"] = len(value.items())
+    for k, (role, parts) in enumerate(messages):
+        for part in parts:
+            if isinstance(part, Variable) and part.is_batched:
+                sizes[f"message {k} ({role})"] = len(part.items())
+    if not sizes:
+        return None
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{where}: {n}" for where, n in sizes.items())
+        raise ValueError(f"minibatch inputs disagree in length ({detail})")
+    size = next(iter(sizes.values()))
+    if size == 0:
+        raise ValueError("minibatch inputs are empty lists")
+    return size
+
+
+def _item_text(value: Any, i: int) -> str:
+    if isinstance(value, list):
+        value = value[i]
+    if isinstance(value, Variable):
+        return str(value.items()[i] if value.is_batched else value.data)
+    return str(value)
+
+
+def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
+    """Validate, detect the minibatch and render every item (before any model call).
+
+    Raises:
+        TypeError: Wrong shapes or types; the message says what was expected.
+        ValueError: Unknown role, or minibatch inputs of different lengths.
+        MissingInputError: A template names an input that was not given.
+    """
+    checked = _check_messages(messages)
+    values = _check_inputs(inputs)
+    size = _batch_size(checked, values)
+    n = size or 1
+    items = []
+    for i in range(n):
+        item_values = {name: _item_text(value, i) for name, value in values.items()}
+        conversation = []
+        for k, (role, parts) in enumerate(checked):
+            texts = [
+                fill(_item_text(part, i), item_values, where=f"message {k} ({role})")
+                for part in parts
+            ]
+            conversation.append({"role": role, "content": CONTENT_SEPARATOR.join(texts)})
+        items.append(conversation)
+    slots = [Slot(part) for _, parts in checked for part in parts if isinstance(part, Variable)]
+    for value in values.values():
+        if isinstance(value, list):
+            slots += [Slot(v, item=i) for i, v in enumerate(value) if isinstance(v, Variable)]
+        elif isinstance(value, Variable):
+            slots.append(Slot(value))
+    return Conversation(items=items, batched=size is not None, slots=slots)
+
+
+def gradients_for_slots(
+    slots: Sequence[Slot],
+    needs_grad: Sequence[bool],
+    per_item: Sequence[dict[int, str] | None],
+) -> list[Variable | list[Variable] | None]:
+    """Assemble per-item feedback texts into one gradient entry per slot.
+
+    ``per_item[i]`` maps slot index -> feedback text written for item ``i`` (None when
+    item ``i`` made no backward call). A Variable shared by all items gets one gradient
+    per item; a batched Variable gets one list-valued gradient; an item's own Variable
+    gets its single gradient.
+    """
+    out: list[Variable | list[Variable] | None] = []
+    for j, slot in enumerate(slots):
+        if not needs_grad[j]:
+            out.append(None)
+            continue
+        texts = [(i, item[j]) for i, item in enumerate(per_item) if item and j in item]
+        if not texts:
+            out.append(None)
+        elif slot.variable.is_batched:
+            data = [""] * len(slot.variable.items())
+            for i, text in texts:
+                data[i] = text
+            out.append(make_gradient(data, slot.variable))
+        elif slot.item is not None:
+            out.append(make_gradient(texts[0][1], slot.variable))
+        else:
+            out.append([make_gradient(text, slot.variable) for _, text in texts])
+    return out

@@ -1,0 +1,355 @@
+"""``Function`` (the op author's API) and the graph nodes ``Function.apply`` records.
+
+An op is one subclass with ``forward(ctx, ...)`` and ``backward(ctx, grad_output)``
+(or their ``async`` twins ``aforward``/``abackward``). All graph bookkeeping lives
+here, in ``apply``; none in the ops.
+
+Inputs of an op are the Variables found in its arguments, in order (positional
+arguments, then keyword arguments, looking inside lists, tuples and dict values).
+``ctx.needs_input_grad`` has one flag per such Variable, and ``backward`` returns one
+entry per such Variable: ``None``, a gradient ``Variable``, or a list of gradient
+Variables (several contributions, each appended to the input's ``grad``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+from afnio_langchain._aio import run_in_thread
+from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED, is_grad_enabled
+from afnio_langchain.autodiff._variable import Variable
+
+GradientResult = Variable | list[Variable] | None
+
+
+def iter_variables(value: Any) -> Iterator[Variable]:
+    """Variables inside ``value`` in order, looking into lists, tuples and dict values."""
+    if isinstance(value, Variable):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_variables(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_variables(item)
+
+
+class FunctionCtx:
+    """What ``forward`` leaves for ``backward``.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import Function
+        >>> class Join(Function):
+        ...     @staticmethod
+        ...     def forward(ctx, a, b):
+        ...         ctx.save_for_backward(a)
+        ...         return Variable(f"{a.data} {b.data}", role="greeting")
+        ...     @staticmethod
+        ...     def backward(ctx, grad_output):
+        ...         (a,) = ctx.saved_variables
+        ...         return Variable(f"{grad_output.data} (about {a.data!r})"), None
+        >>> first = Variable("Hi", role="salutation", requires_grad=True)
+        >>> out = Join.apply(first, Variable("there"))
+        >>> out.grad_fn.ctx.needs_input_grad
+        (True, False)
+        >>> out.backward("Too informal.")
+        >>> first.grad[0].data
+        "Too informal. (about 'Hi')"
+    """
+
+    def __init__(self) -> None:
+        self.needs_input_grad: tuple[bool, ...] = ()
+        self._saved: tuple[Variable, ...] = ()
+        self._freed = False
+
+    def save_for_backward(self, *variables: Variable | None) -> None:
+        """Keep Variables for ``backward`` (freed after backward unless ``retain_graph``)."""
+        for v in variables:
+            if v is not None and not isinstance(v, Variable):
+                raise TypeError(f"save_for_backward takes Variables, got {type(v).__name__}")
+        self._saved = variables
+
+    @property
+    def saved_variables(self) -> tuple[Variable, ...]:
+        self.check_not_freed()
+        return self._saved
+
+    def check_not_freed(self) -> None:
+        """Raise if backward already ran through this node without ``retain_graph``."""
+        if self._freed:
+            raise RuntimeError(
+                "Trying to backward through the graph a second time (or to read saved "
+                "variables after they were freed). Specify retain_graph=True on the first "
+                "backward call to keep them."
+            )
+
+    def _free(self) -> None:
+        self._saved = ()
+        self._freed = True
+
+
+class Node:
+    """A node of the backward graph: ``<Op>Backward0``.
+
+    ``next_functions`` holds one ``(node, output_nr)`` edge per Variable input, with
+    ``node`` None where that input needs no gradient.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> x = Variable("Hello", role="greeting", requires_grad=True)
+        >>> y = x + Variable(" world")
+        >>> y.grad_fn, y.grad_fn.next_functions
+        (<AddBackward0>, ((<AccumulateGrad>, 0), (None, 0)))
+        >>> y.backward("Add a comma.")
+        >>> y.grad_fn.freed  # its saved state was released (retain_graph=False)
+        True
+    """
+
+    def __init__(
+        self,
+        function: type[Function],
+        ctx: FunctionCtx,
+        next_functions: tuple[tuple[Node | None, int], ...],
+        num_outputs: int,
+    ) -> None:
+        self.function = function
+        self.ctx = ctx
+        self.next_functions = next_functions
+        self.num_outputs = num_outputs
+        self.retained: dict[int, Variable] = {}
+
+    def name(self) -> str:
+        return f"{self.function.__name__}Backward0"
+
+    @property
+    def freed(self) -> bool:
+        return self.ctx._freed
+
+    def release(self) -> None:
+        self.ctx._free()
+
+    async def run(self, grad_outputs: tuple[Variable | None, ...]) -> list[GradientResult]:
+        """Run the op's backward and return one gradient entry per input edge."""
+        self.ctx.check_not_freed()
+        abackward = getattr(self.function, "abackward", None)
+        if abackward is not None:
+            result = await abackward(self.ctx, *grad_outputs)
+        else:
+            result = await run_in_thread(self.function.backward, self.ctx, *grad_outputs)
+        if isinstance(result, tuple) or (
+            isinstance(result, list) and len(self.next_functions) != 1
+        ):
+            results = list(result)
+        else:  # one input: a gradient, or a list of several contributions to it
+            results = [result]
+        if len(results) != len(self.next_functions):
+            raise RuntimeError(
+                f"{self.name()} returned {len(results)} gradients, expected "
+                f"{len(self.next_functions)} (one per Variable input)"
+            )
+        for i, r in enumerate(results):
+            for g in r if isinstance(r, list) else [r]:
+                if g is not None and not isinstance(g, Variable):
+                    raise TypeError(
+                        f"{self.name()} gradient {i} must be a Variable, a list of Variables "
+                        f"or None, got {type(g).__name__}"
+                    )
+        return results
+
+    def __repr__(self) -> str:
+        return f"<{self.name()}>"
+
+
+class AccumulateGrad(Node):
+    """The node that appends incoming gradients to a leaf Variable's ``grad``.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> x = Variable("Hello", role="greeting", requires_grad=True)
+        >>> first, second = x + Variable(" world"), x + Variable(" there")
+        >>> leaf = first.grad_fn.next_functions[0][0]
+        >>> leaf.name(), leaf.variable is x, leaf is second.grad_fn.next_functions[0][0]
+        ('AccumulateGrad', True, True)
+        >>> first.backward("Add a comma.")
+        >>> second.backward("Say it warmly.")
+        >>> [g.data for g in x.grad]
+        ['Add a comma.', 'Say it warmly.']
+    """
+
+    def __init__(self, variable: Variable) -> None:
+        super().__init__(type(self), FunctionCtx(), (), 1)
+        self.variable = variable
+
+    def name(self) -> str:
+        return "AccumulateGrad"
+
+    @property
+    def freed(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        """Leaves outlive backward passes."""
+
+
+def _edge(variable: Variable) -> tuple[Node | None, int]:
+    if not variable.requires_grad:
+        return (None, 0)
+    if variable.grad_fn is not None:
+        return (variable.grad_fn, variable.output_nr)
+    if variable._accumulator is None:
+        variable._accumulator = AccumulateGrad(variable)
+    return (variable._accumulator, 0)
+
+
+class Function:
+    """Base class of differentiable operations.
+
+    Subclasses define ``forward(ctx, *args, **kwargs)`` (or ``forward(*args, **kwargs)``
+    plus ``setup_context(ctx, inputs, output)``) and ``backward(ctx, *grad_outputs)``,
+    each as a staticmethod; either may instead (or also) be ``async`` under the names
+    ``aforward``/``abackward``. Call ops with ``Op.apply(...)`` (or ``await Op.aapply``).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import Function
+        >>> class Upper(Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         return Variable(x.data.upper(), role=x.role)
+        ...     @staticmethod
+        ...     def backward(ctx, grad_output):
+        ...         return Variable(grad_output.data, role="feedback")
+        >>> x = Variable("hi", role="greeting", requires_grad=True)
+        >>> y = Upper.apply(x)
+        >>> y.data, y.grad_fn.name()
+        ('HI', 'UpperBackward0')
+        >>> y.backward("too loud")
+        >>> x.grad[0].data
+        'too loud'
+    """
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Any, ...], output: Any) -> None:
+        """Override together with a ctx-less ``forward`` to fill ``ctx`` separately."""
+
+    @classmethod
+    def _uses_setup_context(cls) -> bool:
+        return any("setup_context" in k.__dict__ for k in cls.__mro__ if k is not Function)
+
+    @classmethod
+    def _prepare(cls, args: tuple, kwargs: dict) -> tuple[FunctionCtx, list[Variable], bool]:
+        has_forward = any(
+            name in k.__dict__ for k in cls.__mro__ if k is not Function
+            for name in ("forward", "aforward")
+        )
+        if not has_forward:
+            raise TypeError(f"{cls.__name__} must define a static forward() (or aforward())")
+        inputs = list(iter_variables(cls._ordered_arguments(args, kwargs)))
+        record = is_grad_enabled() and any(v.requires_grad for v in inputs)
+        ctx = FunctionCtx()
+        ctx.needs_input_grad = tuple(record and v.requires_grad for v in inputs)
+        return ctx, inputs, record
+
+    @classmethod
+    def _ordered_arguments(cls, args: tuple, kwargs: dict) -> list[Any]:
+        """Arguments in the order of forward's parameters, however they were passed."""
+        forward = cls.forward if "forward" in _defined(cls) else cls.aforward  # type: ignore[attr-defined]
+        signature = _signature(forward)
+        takes_ctx = not cls._uses_setup_context()
+        try:
+            bound = signature.bind(None, *args, **kwargs) if takes_ctx else signature.bind(
+                *args, **kwargs
+            )
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}.apply(): {exc}") from None
+        values = list(bound.arguments.values())
+        return values[1:] if takes_ctx else values
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        """Run ``forward`` and, when grad mode is on and an input requires grad, record
+        the op in the graph so its outputs can be differentiated."""
+        ctx, inputs, record = cls._prepare(args, kwargs)
+        token = _GRAD_ENABLED.set(False)
+        try:
+            if "forward" not in _defined(cls):
+                from afnio_langchain._aio import run_sync
+
+                output = run_sync(lambda: cls._call_aforward(ctx, args, kwargs))
+            elif cls._uses_setup_context():
+                output = cls.forward(*args, **kwargs)
+                cls.setup_context(ctx, (*args, *kwargs.values()), output)
+            else:
+                output = cls.forward(ctx, *args, **kwargs)
+        finally:
+            _GRAD_ENABLED.reset(token)
+        return cls._record(ctx, inputs, output, record)
+
+    @classmethod
+    async def aapply(cls, *args: Any, **kwargs: Any) -> Any:
+        """Async :meth:`apply`: awaits ``aforward`` when defined, else runs ``forward``
+        in a worker thread."""
+        ctx, inputs, record = cls._prepare(args, kwargs)
+        token = _GRAD_ENABLED.set(False)
+        try:
+            if "aforward" in _defined(cls):
+                output = await cls._call_aforward(ctx, args, kwargs)
+            elif cls._uses_setup_context():
+                output = await run_in_thread(cls.forward, *args, **kwargs)
+                cls.setup_context(ctx, (*args, *kwargs.values()), output)
+            else:
+                output = await run_in_thread(cls.forward, ctx, *args, **kwargs)
+        finally:
+            _GRAD_ENABLED.reset(token)
+        return cls._record(ctx, inputs, output, record)
+
+    @classmethod
+    async def _call_aforward(cls, ctx: FunctionCtx, args: tuple, kwargs: dict) -> Any:
+        if cls._uses_setup_context():
+            output = await cls.aforward(*args, **kwargs)  # type: ignore[attr-defined]
+            cls.setup_context(ctx, (*args, *kwargs.values()), output)
+            return output
+        return await cls.aforward(ctx, *args, **kwargs)  # type: ignore[attr-defined]
+
+    @classmethod
+    def _record(
+        cls, ctx: FunctionCtx, inputs: list[Variable], output: Any, record: bool
+    ) -> Any:
+        if not record:
+            return output
+        outputs = list(output) if isinstance(output, tuple) else [output]
+        node = Node(cls, ctx, tuple(_edge(v) for v in inputs), len(outputs))
+        input_ids = {id(v) for v in inputs}
+        for i, out in enumerate(outputs):
+            if not isinstance(out, Variable):
+                continue
+            if id(out) in input_ids:  # an op returning its input: give the output its own node
+                out = outputs[i] = out.detach()
+            out._requires_grad = True
+            out.grad_fn = node
+            out.output_nr = i
+        return tuple(outputs) if isinstance(output, tuple) else outputs[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(function: Any) -> inspect.Signature:
+    """``inspect.signature``, computed once per forward function (it costs more than
+    the rest of ``apply``'s bookkeeping)."""
+    return inspect.signature(function)
+
+
+def _defined(cls: type) -> set[str]:
+    return {
+        name
+        for k in cls.__mro__
+        if k is not Function and k is not object
+        for name in ("forward", "aforward")
+        if name in k.__dict__
+    }
+
+
+__all__ = ["AccumulateGrad", "Function", "FunctionCtx", "Node", "iter_variables"]

@@ -1,0 +1,198 @@
+"""Minibatch items that fail on their own: keep the others' results, say which failed.
+
+One model call per minibatch item runs concurrently (forward and backward). When
+some fail, :func:`gather_items` still waits for the rest, so their results are not
+lost; the caller then either raises :class:`MinibatchError` (which names every failed
+item, its error, and carries the other items' results) or, where the user asked for
+it, carries on without the failed items and records them (:func:`failed_items`,
+:func:`tolerating_item_failures`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import weakref
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from afnio_langchain._aio import start_each
+from afnio_langchain.autodiff._variable import Variable
+from afnio_langchain.models import redact
+
+T = TypeVar("T")
+
+ITEM_ERROR_POLICIES = ("raise", "placeholder")
+"""``on_item_error`` values: raise :class:`MinibatchError`, or put a placeholder text
+in the failed items' place (and record them, see :func:`failed_items`)."""
+
+_LISTED = 5  # failed items spelled out in a message
+
+
+class ItemFailureWarning(RuntimeWarning):
+    """Some minibatch items failed and were replaced by a placeholder text."""
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``"TypeName: message"``, cut to ``limit`` characters, with secrets masked."""
+    text = redact(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class MinibatchError(RuntimeError):
+    """Some items of a minibatch failed; the others completed.
+
+    Attributes:
+        where: The op (and pass) whose items failed, e.g. ``"ChatCompletion forward"``.
+        size: The number of items in the minibatch.
+        errors: Item index -> the exception that item raised.
+        results: One entry per item: the item's result, or None where it failed.
+
+    Example:
+        >>> from afnio_langchain.autodiff import MinibatchError
+        >>> error = MinibatchError("ChatCompletion forward", ["a", None, "c"],
+        ...                        {1: ValueError("bad input")})
+        >>> str(error)
+        'ChatCompletion forward: 1 of 3 minibatch items failed: item 1: ValueError: bad input'
+        >>> error.failed_items, error.results
+        ([1], ['a', None, 'c'])
+    """
+
+    def __init__(
+        self, where: str, results: Sequence[Any], errors: dict[int, BaseException]
+    ) -> None:
+        self.where = where
+        self.results = list(results)
+        self.errors = dict(sorted(errors.items()))
+        self.size = len(self.results)
+        listed = "; ".join(
+            f"item {i}: {describe_error(exc)}" for i, exc in list(self.errors.items())[:_LISTED]
+        )
+        more = len(self.errors) - _LISTED
+        if more > 0:
+            listed += f"; and {more} more"
+        super().__init__(
+            f"{where}: {len(self.errors)} of {self.size} minibatch items failed: {listed}"
+        )
+
+    @property
+    def failed_items(self) -> list[int]:
+        """Indices of the failed items, in order."""
+        return list(self.errors)
+
+
+async def gather_items(awaitables: Sequence[Awaitable[T]]) -> tuple[list[T | None], dict[int, BaseException]]:
+    """Await every item concurrently, letting all of them finish even when some fail.
+
+    Returns ``(results, errors)``: one result per item (None where it failed) and the
+    failed items' exceptions by index. Cancellation of the caller cancels every item.
+    """
+    tasks = await start_each(awaitables)  # each item's request leaves as soon as it is built
+    try:
+        await asyncio.wait(tasks) if tasks else None
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    results: list[T | None] = []
+    errors: dict[int, BaseException] = {}
+    for i, task in enumerate(tasks):
+        if task.cancelled():
+            errors[i] = asyncio.CancelledError(f"item {i} was cancelled")
+            results.append(None)
+            continue
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt, SystemExit: never an item failure
+        if exc is not None:
+            errors[i] = exc
+            results.append(None)
+        else:
+            results.append(task.result())
+    return results, errors
+
+
+# -- forward: items replaced by a placeholder ------------------------------------------
+
+_FAILED: weakref.WeakKeyDictionary[Variable, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def mark_failed_items(output: Variable, errors: dict[int, BaseException]) -> None:
+    """Record which items of ``output`` are placeholders, and why."""
+    _FAILED[output] = {i: describe_error(exc) for i, exc in sorted(errors.items())}
+
+
+def failed_items(variable: Variable) -> dict[int, str]:
+    """The items of an op's output that failed and hold a placeholder, with why.
+
+    Empty for every Variable except the output of an op run with
+    ``on_item_error="placeholder"`` where some items failed.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion, ItemFailureWarning, failed_items
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> def answer(text):
+        ...     if "boom" in text:
+        ...         raise ValueError("the model choked")
+        ...     return "ok"
+        >>> model = ScriptedChatModel(forward=answer)
+        >>> import warnings
+        >>> warnings.simplefilter("ignore", ItemFailureWarning)
+        >>> out = ChatCompletion.apply(model, [{"role": "user", "content": "{q}"}],
+        ...                            inputs={"q": ["a", "boom", "c"]},
+        ...                            on_item_error="placeholder")
+        >>> out.data, failed_items(out)
+        (['ok', '', 'ok'], {1: 'ValueError: the model choked'})
+    """
+    if not isinstance(variable, Variable):
+        raise TypeError(f"failed_items takes a Variable, got {type(variable).__name__}")
+    return dict(_FAILED.get(variable, {}))
+
+
+# -- backward: best-effort passes collect item failures instead of raising --------------
+
+_ITEM_FAILURES: contextvars.ContextVar[list[tuple[int, BaseException]] | None] = (
+    contextvars.ContextVar("afnio_item_failures", default=None)
+)
+
+
+@contextlib.contextmanager
+def collect_item_failures() -> Iterator[list[tuple[int, BaseException]]]:
+    """Inside the block, :func:`tolerating_item_failures` is true and failed items are
+    appended to the yielded list instead of failing the whole op (best-effort backward)."""
+    collected: list[tuple[int, BaseException]] = []
+    token = _ITEM_FAILURES.set(collected)
+    try:
+        yield collected
+    finally:
+        _ITEM_FAILURES.reset(token)
+
+
+def tolerating_item_failures() -> bool:
+    """True inside :func:`collect_item_failures` (a best-effort backward pass)."""
+    return _ITEM_FAILURES.get() is not None
+
+
+def record_item_failures(errors: dict[int, BaseException]) -> None:
+    """Hand failed items to the enclosing :func:`collect_item_failures` block."""
+    collected = _ITEM_FAILURES.get()
+    if collected is None:
+        raise RuntimeError("record_item_failures() outside collect_item_failures()")
+    collected.extend(sorted(errors.items()))
+
+
+__all__ = [
+    "ITEM_ERROR_POLICIES",
+    "ItemFailureWarning",
+    "MinibatchError",
+    "collect_item_failures",
+    "describe_error",
+    "failed_items",
+    "gather_items",
+    "mark_failed_items",
+    "record_item_failures",
+    "tolerating_item_failures",
+]

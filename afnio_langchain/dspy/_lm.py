@@ -1,0 +1,357 @@
+"""The reverse bridge: a DSPy engine backed by any LangChain chat model or model client.
+
+DSPy 3.4 takes custom backends as *engines* (``complete(Request) -> Response``, and an
+async twin) passed to ``dspy.LM(engine=..., async_engine=...)``; custom ``forward()``
+LMs are deprecated (removed in 3.5). :func:`as_dspy_lm` builds such a ``dspy.LM`` over
+a LangChain ``BaseChatModel``, an ``openai`` client or a
+:class:`~afnio_langchain.models.ModelClient`, so a DSPy program runs on the same models
+(and the same usage counts, retries and concurrency limit) as a LangChain app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from afnio_langchain.dspy._compat import require_dspy
+
+dspy = require_dspy("A DSPy engine backed by a LangChain model (afnio_langchain.dspy._lm)")
+
+from dspy import lm15
+
+from afnio_langchain._aio import run_sync
+from afnio_langchain.models import (
+    PURPOSES,
+    Completion,
+    JsonSchema,
+    Message,
+    ModelClient,
+    as_model_client,
+    status_code_of,
+)
+
+LM_PREFIX = "afnio"
+"""Provider prefix of the ``dspy.LM`` model strings built here (``"afnio/<model name>"``)."""
+
+# Request.config fields carried to the model as completion arguments.
+_CARRIED = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+)
+# Request.config fields no model client here can carry: refused, never dropped.
+_REFUSED = (
+    "tool_choice",
+    "reasoning",
+    "cache",
+    "service_tier",
+    "user_id",
+    "store",
+    "logprobs",
+    "probabilities",
+)
+_ROLES = {"user": "user", "assistant": "assistant", "developer": "system"}
+
+
+def request_to_messages(request: lm15.Request) -> list[Message]:
+    """The plain chat messages of a ``dspy.lm15.Request`` (text parts only).
+
+    ``Request.system`` becomes a leading system message, ``developer`` messages become
+    system messages.
+
+    Raises:
+        dspy.lm15.UnsupportedFeatureError: Tools, tool messages or non-text parts
+            (images, audio...), which a text chat client cannot carry.
+    """
+    if request.tools:
+        raise lm15.UnsupportedFeatureError(
+            "tools are not supported by a LangChain-backed DSPy engine", feature="tools"
+        )
+    messages: list[Message] = []
+    if request.system is not None:
+        system = request.system
+        text = (
+            system
+            if isinstance(system, str)
+            else "".join(_part_text(part, f"system[{k}]") for k, part in enumerate(system))
+        )
+        messages.append({"role": "system", "content": text})
+    for i, message in enumerate(request.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise lm15.UnsupportedFeatureError(
+                f"{message.role!r} messages are not supported by a LangChain-backed DSPy engine",
+                feature=f"messages[{i}]",
+            )
+        content = "".join(
+            _part_text(part, f"messages[{i}].parts[{k}]") for k, part in enumerate(message.parts)
+        )
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _part_text(part: Any, where: str) -> str:
+    if isinstance(part, lm15.TextPart):
+        return part.text
+    raise lm15.UnsupportedFeatureError(
+        f"{type(part).__name__} at {where} is not supported by a LangChain-backed DSPy engine "
+        "(text only)",
+        feature=where,
+    )
+
+
+def request_params(config: lm15.Config) -> tuple[dict[str, Any], JsonSchema | None]:
+    """Completion arguments and JSON schema for a ``dspy.lm15.Config``.
+
+    Raises:
+        dspy.lm15.UnsupportedFeatureError: A setting the model client cannot carry.
+    """
+    params = {
+        name: getattr(config, name) for name in _CARRIED if getattr(config, name, None) is not None
+    }
+    if config.stop:
+        params["stop"] = list(config.stop)
+    for name in _REFUSED:
+        if getattr(config, name, None) is not None:
+            raise lm15.UnsupportedFeatureError(
+                f"Config.{name} is not supported by a LangChain-backed DSPy engine",
+                feature=f"config.{name}",
+            )
+    if getattr(config, "extensions", None):
+        raise lm15.UnsupportedFeatureError(
+            f"Config.extensions {sorted(config.extensions)} are not supported by a "
+            "LangChain-backed DSPy engine; bind provider settings on the chat model instead",
+            feature="config.extensions",
+        )
+    return params, _json_schema(config.response_format)
+
+
+def _json_schema(response_format: Mapping[str, Any] | None) -> JsonSchema | None:
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return JsonSchema("response", {"type": "object"})
+    schema = response_format.get("schema")
+    if kind == "json_schema" and isinstance(schema, Mapping):
+        return JsonSchema(str(response_format.get("name") or "response"), dict(schema))
+    raise lm15.UnsupportedFeatureError(
+        f"response_format {dict(response_format)!r:.200} is not supported; expected "
+        "json_object or json_schema",
+        feature="config.response_format",
+    )
+
+
+def completion_to_response(completion: Completion, model: str) -> lm15.Response:
+    """A model client's reply as a ``dspy.lm15.Response`` (text and token counts)."""
+    return lm15.Response(
+        id=None,
+        model=completion.model or model,
+        message=lm15.Message.assistant(lm15.TextPart(completion.text)),
+        finish_reason="stop",
+        usage=lm15.Usage(
+            input_tokens=completion.input_tokens, output_tokens=completion.output_tokens
+        ),
+    )
+
+
+def to_lm15_error(exc: BaseException) -> BaseException:
+    """The ``dspy.lm15`` error DSPy expects for a model client's failure.
+
+    Failures with an HTTP status, timeouts and dropped connections become the matching
+    lm15 error (DSPy maps those to its ``LMError`` family); anything else is returned
+    unchanged, and DSPy reports it as unexpected with its cause kept.
+    """
+    if isinstance(exc, lm15.LM15Error):
+        return exc
+    message = f"{type(exc).__name__}: {exc}"
+    status = status_code_of(exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or status == 408:
+        return lm15.TimeoutError(message, status=status)
+    if status is not None:
+        if status in (401, 403):
+            return lm15.AuthError(message, status=status)
+        if status == 429:
+            return lm15.RateLimitError(message, status=status)
+        if status >= 500:
+            return lm15.ServerError(message, status=status)
+        if 400 <= status < 500:
+            return lm15.InvalidRequestError(message, status=status)
+    if isinstance(exc, ConnectionError):
+        return lm15.TransportError(message)
+    return exc
+
+
+class ModelClientEngine:
+    """A DSPy engine (``complete(Request) -> Response``) backed by a model client.
+
+    Calls go through the package's client protocol: they are counted by
+    :func:`~afnio_langchain.track_usage` under ``purpose``, retried by its retry
+    policy, held to :func:`~afnio_langchain.concurrency_limit`, and a LangChain model's
+    runs show in LangChain tracing. Failures reach DSPy as ``dspy.lm15`` errors.
+    Streaming replays the finished reply as stream events.
+
+    Args:
+        model: A LangChain ``BaseChatModel``, an ``openai`` client (with
+            ``model_name``) or a :class:`~afnio_langchain.models.ModelClient`.
+        model_name: The model name, needed with an ``openai`` client.
+        purpose: The usage-count role of these calls: ``forward`` (a program's
+            predictions), or ``optimizer`` for a DSPy optimizer's proposal model.
+
+    Raises:
+        TypeError: ``model`` is not a model.
+        ValueError: ``purpose`` is unknown.
+
+    Example:
+        >>> from dspy import lm15
+        >>> from afnio_langchain.dspy import ModelClientEngine
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> engine = ModelClientEngine(ScriptedChatModel(forward="Paris"))
+        >>> request = lm15.Request(model="afnio/scripted",
+        ...                        messages=(lm15.Message.user("Capital of France?"),))
+        >>> engine.complete(request).text
+        'Paris'
+    """
+
+    def __init__(
+        self, model: Any, *, model_name: str | None = None, purpose: str = "forward"
+    ) -> None:
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        self.client: ModelClient = as_model_client(model, model_name)
+        self.purpose = purpose
+
+    @property
+    def model_name(self) -> str:
+        return str(self.client.model_name or "unknown")
+
+    async def acomplete(self, request: lm15.Request) -> lm15.Response:
+        """Answer one request through the model client."""
+        messages = request_to_messages(request)
+        params, schema = request_params(request.config)
+        try:
+            completion = await self.client.acomplete(
+                messages, purpose=self.purpose, json_schema=schema, **params
+            )
+        except Exception as exc:
+            error = to_lm15_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return completion_to_response(completion, self.model_name)
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
+        """Synchronous :meth:`acomplete` (works inside a running event loop too)."""
+        return run_sync(lambda: self.acomplete(request))
+
+    def stream(self, request: lm15.Request) -> Iterator[Any]:
+        """The finished reply as lm15 stream events (start, text, end)."""
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to release: the model client is borrowed."""
+
+    def __repr__(self) -> str:
+        return f"ModelClientEngine(model_name={self.model_name!r}, purpose={self.purpose!r})"
+
+
+class AsyncModelClientEngine:
+    """The async counterpart of :class:`ModelClientEngine` (``await complete(Request)``),
+    which DSPy uses for ``lm.acall`` and async programs.
+
+    Example:
+        >>> import asyncio
+        >>> from dspy import lm15
+        >>> from afnio_langchain.dspy import AsyncModelClientEngine, ModelClientEngine
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> engine = AsyncModelClientEngine(ModelClientEngine(ScriptedChatModel(forward="4")))
+        >>> request = lm15.Request(model="afnio/scripted", messages=(lm15.Message.user("2+2?"),))
+        >>> asyncio.run(engine.complete(request)).text
+        '4'
+    """
+
+    def __init__(self, engine: ModelClientEngine) -> None:
+        if not isinstance(engine, ModelClientEngine):
+            raise TypeError(f"expected a ModelClientEngine, got {type(engine).__name__}")
+        self.engine = engine
+
+    async def complete(self, request: lm15.Request) -> lm15.Response:
+        return await self.engine.acomplete(request)
+
+    async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
+        for event in lm15.response_to_events(await self.engine.acomplete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        """Nothing to release: the model client is borrowed."""
+
+
+def as_dspy_lm(
+    model: Any,
+    *,
+    model_name: str | None = None,
+    purpose: str = "forward",
+    cache: bool = False,
+    num_retries: int = 0,
+    **lm_kwargs: Any,
+) -> dspy.LM:
+    """A ``dspy.LM`` that answers through a LangChain chat model or a model client.
+
+    The LM's model string is ``"afnio/<model name>"``. Generation settings given here
+    (``temperature``, ``max_tokens``...) or per call reach the model as completion
+    arguments; settings a chat client cannot carry (tools, images, reasoning
+    budgets) are refused with ``dspy.LMUnsupportedFeatureError``, never dropped.
+
+    Args:
+        model: A LangChain ``BaseChatModel``, an ``openai`` client (with
+            ``model_name``) or a :class:`~afnio_langchain.models.ModelClient`.
+        model_name: The model name, needed with an ``openai`` client.
+        purpose: Usage-count role of the calls (``forward``; ``optimizer`` for the
+            proposal or reflection model of a DSPy optimizer).
+        cache: Use DSPy's response cache. Off by default: a LangChain model has its
+            own cache (``set_llm_cache``), and DSPy's disk cache keys on the model
+            string, which two different chat models may share.
+        num_retries: DSPy's own retries. 0 by default: the model client already
+            retries transient failures with the package's retry policy.
+        **lm_kwargs: Other ``dspy.LM`` arguments (``temperature``, ``max_tokens``,
+            ``callbacks``...). Connection settings (``api_key``, ``api_base``) are
+            refused by DSPy: configure them on the chat model.
+
+    Example:
+        >>> import dspy
+        >>> from afnio_langchain.dspy import as_dspy_lm
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> chat = ScriptedChatModel(forward="[[ ## answer ## ]]\\nParis\\n\\n[[ ## completed ## ]]")
+        >>> lm = as_dspy_lm(chat)
+        >>> lm.model
+        'afnio/scripted'
+        >>> with dspy.context(lm=lm):
+        ...     dspy.Predict("question -> answer")(question="Capital of France?").answer
+        'Paris'
+    """
+    engine = ModelClientEngine(model, model_name=model_name, purpose=purpose)
+    return dspy.LM(
+        f"{LM_PREFIX}/{engine.model_name}",
+        engine=engine,
+        async_engine=AsyncModelClientEngine(engine),
+        cache=cache,
+        num_retries=num_retries,
+        **lm_kwargs,
+    )
+
+
+__all__ = [
+    "AsyncModelClientEngine",
+    "LM_PREFIX",
+    "ModelClientEngine",
+    "as_dspy_lm",
+    "completion_to_response",
+    "request_params",
+    "request_to_messages",
+    "to_lm15_error",
+]

@@ -1,0 +1,313 @@
+"""The one client protocol every model adapter speaks.
+
+The engine, optimizers and evaluators only ever call :meth:`ModelClient.acomplete`
+with plain ``{"role", "content"}`` messages and a purpose; adapters translate to a
+LangChain chat model, an ``openai`` client or a ``dspy.LM``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from afnio_langchain._aio import run_sync
+from afnio_langchain.models._limits import call_slot
+from afnio_langchain.models._retry import RetryPolicy, is_transient
+from afnio_langchain.models._secrets import redact_exception
+from afnio_langchain.models._usage import PURPOSES, record_usage
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+
+class InputTooLongError(ValueError):
+    """A request is longer than the client's ``max_input_chars``; nothing was sent.
+
+    Attributes:
+        chars: The request's length in characters (all message contents).
+        limit: The limit it exceeds.
+    """
+
+    def __init__(self, chars: int, limit: int, detail: str) -> None:
+        self.chars = chars
+        self.limit = limit
+        super().__init__(
+            f"request of {chars} characters exceeds max_input_chars={limit} ({detail}); "
+            "nothing was sent. Shorten the input (or the feedback), or raise the client's "
+            "max_input_chars"
+        )
+
+
+@dataclass
+class Completion:
+    """One model reply, with the figures needed for usage counting.
+
+    Example:
+        >>> from afnio_langchain.models import as_model_client
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> client = as_model_client(ScriptedChatModel(forward="Paris"))
+        >>> reply = client.complete([{"role": "user", "content": "Capital of France?"}])
+        >>> reply
+        Completion(text='Paris', model='scripted', input_tokens=3, output_tokens=1)
+    """
+
+    text: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    raw: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """A JSON schema a reply must follow; adapters use the provider's JSON mode for it."""
+
+    name: str
+    schema: dict[str, Any]
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """What the package needs from a model: one async chat call.
+
+    Any object with this method and a ``model_name`` can be passed wherever a model
+    is expected, with no wrapper.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion
+        >>> from afnio_langchain.models import Completion, ModelClient
+        >>> class Echo:  # no base class needed: a model_name and an async acomplete
+        ...     model_name = "echo"
+        ...     async def acomplete(self, messages, *, purpose="forward", json_schema=None, **params):
+        ...         return Completion(messages[-1]["content"].upper(), self.model_name)
+        >>> isinstance(Echo(), ModelClient)
+        True
+        >>> ChatCompletion.apply(Echo(), [{"role": "user", "content": [Variable("hi")]}]).data
+        'HI'
+    """
+
+    model_name: str
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        purpose: str = "forward",
+        json_schema: JsonSchema | None = None,
+        **params: Any,
+    ) -> Completion: ...
+
+
+class BaseModelClient(abc.ABC):
+    """Shared behaviour of the adapters: concurrency slot, retries and usage counting.
+
+    Subclasses implement :meth:`_agenerate`, one attempt of one call.
+
+    Args:
+        retry: Retry policy for transient failures.
+        max_input_chars: Refuse (with :class:`InputTooLongError`, before sending) any
+            request whose message contents add up to more characters than this; None
+            (the default) sends everything and leaves the limit to the provider.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion
+        >>> from afnio_langchain.models import BaseModelClient, Completion, track_usage
+        >>> class Shouter(BaseModelClient):
+        ...     model_name = "shouter"
+        ...     async def _agenerate(self, messages, json_schema, params):
+        ...         text = messages[-1]["content"].upper()
+        ...         return Completion(text, self.model_name, input_tokens=1, output_tokens=1)
+        >>> with track_usage() as usage:
+        ...     reply = ChatCompletion.apply(Shouter(), [{"role": "user", "content": [Variable("hi")]}])
+        >>> reply.data, usage.by_model()["shouter"].calls
+        ('HI', 1)
+    """
+
+    model_name: str = "unknown"
+
+    def __init__(
+        self, *, retry: RetryPolicy | None = None, max_input_chars: int | None = None
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.max_input_chars = max_input_chars
+
+    @property
+    def max_input_chars(self) -> int | None:
+        """The longest request (in characters of message content) this client sends."""
+        return self._max_input_chars
+
+    @max_input_chars.setter
+    def max_input_chars(self, value: int | None) -> None:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"max_input_chars must be a positive int or None, got {value!r}")
+        self._max_input_chars = value
+
+    @abc.abstractmethod
+    async def _agenerate(
+        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
+    ) -> Completion:
+        """One attempt at one call (abstract: each adapter implements it)."""
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        purpose: str = "forward",
+        json_schema: JsonSchema | None = None,
+        **params: Any,
+    ) -> Completion:
+        """Send ``messages`` and return the reply, retrying transient failures.
+
+        Args:
+            messages: Plain chat messages.
+            purpose: One of ``forward``, ``backward``, ``optimizer``, ``judge``; used
+                for usage counts and passed to LangChain as run metadata.
+            json_schema: Ask for JSON following this schema (provider JSON mode where
+                available; the caller still parses tolerantly).
+            **params: Completion arguments (``temperature``, ``max_tokens``, ...).
+        """
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        messages = validate_messages(messages)
+        limit = getattr(self, "_max_input_chars", None)
+        check_input_length(messages, limit, self.model_name, purpose)
+
+        def count_retry(_exc: BaseException) -> None:
+            record_usage(self.model_name, purpose, calls=0, retries=1)
+
+        async def attempt() -> Completion:
+            return await self._agenerate(messages, json_schema, {**params, "purpose": purpose})
+
+        async with call_slot():
+            try:
+                result = await self.retry.call(attempt, on_retry=count_retry)
+            except BaseException as exc:
+                record_usage(self.model_name, purpose, calls=0, failures=1)
+                redact_exception(exc)  # providers may echo the key in error bodies
+                raise
+        record_usage(
+            self.model_name,
+            purpose,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+        )
+        return result
+
+    async def _astream(
+        self, messages: Sequence[Message], params: dict[str, Any]
+    ) -> AsyncIterator[tuple[str, Completion | None]]:
+        """Stream one attempt as ``(text_chunk, None)`` pairs and end with ``("", total)``.
+
+        The default makes one non-streaming call; adapters override it to stream."""
+        completion = await self._agenerate(messages, None, params)
+        yield completion.text, None
+        yield "", completion
+
+    async def astream(
+        self, messages: Sequence[Message], *, purpose: str = "forward", **params: Any
+    ) -> AsyncIterator[str]:
+        """Stream the reply's text. Transient failures before the first chunk are
+        retried like :meth:`acomplete`; usage is counted once the stream ends."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        messages = validate_messages(messages)
+        limit = getattr(self, "_max_input_chars", None)
+        check_input_length(messages, limit, self.model_name, purpose)
+        params = {**params, "purpose": purpose}
+        async with call_slot():
+            attempts = 0
+            while True:
+                attempts += 1
+                started = False
+                try:
+                    async for chunk, total in self._astream(messages, params):
+                        if total is not None:
+                            record_usage(
+                                self.model_name,
+                                purpose,
+                                input_tokens=total.input_tokens,
+                                output_tokens=total.output_tokens,
+                            )
+                        elif chunk:
+                            started = True
+                            yield chunk
+                    return
+                except Exception as exc:
+                    if started or attempts >= self.retry.max_attempts or not is_transient(exc):
+                        record_usage(self.model_name, purpose, calls=0, failures=1)
+                        redact_exception(exc)
+                        raise
+                    record_usage(self.model_name, purpose, calls=0, retries=1)
+                    await asyncio.sleep(self.retry.backoff(attempts, exc))
+
+    def complete(self, messages: Sequence[Message], **kwargs: Any) -> Completion:
+        """Synchronous :meth:`acomplete` (works inside a running event loop too)."""
+        return run_sync(lambda: self.acomplete(messages, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_name={self.model_name!r})"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    r"""Text as it can be sent: surrogate pairs joined, lone surrogates (from bytes
+    decoded with ``surrogateescape``) replaced by U+FFFD, NUL characters removed.
+    Every other character, control characters included, is kept.
+
+    Example:
+        >>> from afnio_langchain.models._protocol import clean_text
+        >>> clean_text("caf\udce9\x00 ok\t") == "caf\ufffd ok\t"
+        True
+    """
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text
+
+
+def check_input_length(
+    messages: Sequence[Message], limit: int | None, model: str, purpose: str
+) -> None:
+    """Raise :class:`InputTooLongError` when ``messages`` exceed ``limit`` characters."""
+    if limit is None:
+        return
+    sizes = [len(m["content"]) for m in messages]
+    total = sum(sizes)
+    if total > limit:
+        k = max(range(len(sizes)), key=sizes.__getitem__)
+        raise InputTooLongError(
+            total,
+            limit,
+            f"model {model!r}, {purpose} call; the longest is message {k} "
+            f"({messages[k]['role']}, {sizes[k]} characters)",
+        )
+
+
+def validate_messages(messages: Sequence[Message]) -> list[Message]:
+    """Check the plain-message shape and return it as a list of clean messages
+    (see :func:`clean_text`)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise TypeError(
+                f"message {i} must be a dict with a str 'content', got {message!r:.200}"
+            )
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"message {i} has unknown role {message.get('role')!r}")
+        out.append({"role": message["role"], "content": clean_text(message["content"])})
+    return out

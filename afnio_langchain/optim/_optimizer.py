@@ -1,0 +1,513 @@
+"""``Optimizer``: the base class of textual optimizers (PyTorch/afnio style), and the
+per-step report every step leaves in ``optimizer.last_step``."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+from afnio_langchain._aio import run_sync
+from afnio_langchain.autodiff import Data, Variable, enable_grad, validate_data
+from afnio_langchain.models import redact_value
+
+ParamsT = Union[Iterable[Variable], Iterable[Mapping[str, Any]]]
+"""What an optimizer takes: Variables, or dicts defining parameter groups."""
+
+STATE_DICT_FORMAT = "afnio_langchain.optim"
+STATE_DICT_VERSION = 1
+
+UPDATED = "updated"
+SKIPPED = "skipped"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ParamStep:
+    """What one step did to one parameter.
+
+    Attributes:
+        index: The parameter's position in the optimizer (over all groups, in order).
+        role: The parameter's role.
+        status: ``"updated"`` (a new value was written), ``"skipped"`` (no gradients,
+            no model call) or ``"rejected"`` (no acceptable proposal: the old value
+            was kept).
+        reason: Why it was skipped or rejected (empty when updated).
+        old_value: The value before the step.
+        new_value: The value after the step (equal to ``old_value`` unless updated).
+        proposals: How many proposals were requested.
+        gradients: How many feedback texts the parameter held.
+        condensed: Whether those were condensed into one before the update.
+        param: The parameter itself (not compared, not serialised).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.optim import TGD
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> prompt = Variable("Be brief.", role="system prompt", requires_grad=True)
+        >>> optimizer = TGD([prompt], model=ScriptedChatModel(optimizer="Be brief and polite."))
+        >>> prompt.grad = [Variable("Sounds rude.", role="feedback to system prompt")]
+        >>> optimizer.step()
+        >>> step = optimizer.last_step[0]
+        >>> step.status, step.old_value, step.new_value, step.gradients
+        ('updated', 'Be brief.', 'Be brief and polite.', 1)
+        >>> step.to_dict()["proposals"]
+        1
+    """
+
+    index: int
+    role: str
+    status: str
+    reason: str = ""
+    old_value: Data = ""
+    new_value: Data = ""
+    proposals: int = 0
+    gradients: int = 0
+    condensed: bool = False
+    param: Variable | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def updated(self) -> bool:
+        return self.status == UPDATED
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (without the parameter object)."""
+        out = asdict(self)
+        out.pop("param")
+        return out
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """The per-parameter results of one optimizer step, in parameter order.
+
+    Iterating, ``len`` and indexing go over :class:`ParamStep` results.
+
+    Example:
+        >>> from afnio_langchain.optim import ParamStep, StepReport
+        >>> report = StepReport((ParamStep(0, "system prompt", "updated", old_value="a",
+        ...                                new_value="b"),
+        ...                      ParamStep(1, "examples", "skipped", reason="no gradients")))
+        >>> [r.role for r in report.updated], len(report.skipped), report.any_updated
+        (['system prompt'], 1, True)
+    """
+
+    results: tuple[ParamStep, ...] = ()
+
+    @property
+    def updated(self) -> list[ParamStep]:
+        return [r for r in self.results if r.status == UPDATED]
+
+    @property
+    def rejected(self) -> list[ParamStep]:
+        return [r for r in self.results if r.status == REJECTED]
+
+    @property
+    def skipped(self) -> list[ParamStep]:
+        return [r for r in self.results if r.status == SKIPPED]
+
+    @property
+    def any_updated(self) -> bool:
+        return any(r.status == UPDATED for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (for training logs)."""
+        return {"results": [r.to_dict() for r in self.results]}
+
+    def __iter__(self) -> Iterator[ParamStep]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> ParamStep:
+        return self.results[index]
+
+
+class Optimizer:
+    """Base class of optimizers: parameter groups, per-parameter state, gradient
+    clearing, the ``step`` protocol and JSON state dicts.
+
+    Parameters are given as a list of Variables, or as a list of dicts defining
+    parameter groups (``{"params": [...], **options}``); options a group omits come
+    from ``defaults``. Give parameters in a deterministic order (a list, not a set):
+    state is keyed by each parameter's index in that order, so that it can be saved
+    as JSON and loaded into a new optimizer over the same parameters.
+
+    A subclass implements ``async def _aupdate(self) -> StepReport``, which reads
+    ``param.grad``, writes ``param.data`` and keeps what it needs in
+    ``self.state[index]`` (JSON-ready values only). It may override
+    ``_check_group`` to validate and normalise a group's options.
+
+    Args:
+        params: Variables that require grad, or dicts defining parameter groups.
+        defaults: Default options for parameter groups.
+
+    Raises:
+        TypeError: ``params`` is not a list of Variables or of group dicts.
+        ValueError: The list is empty, a parameter does not require grad, is not a
+            leaf, or appears twice.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.optim import Optimizer, ParamStep, StepReport
+        >>> class Shout(Optimizer):
+        ...     async def _aupdate(self):
+        ...         results = []
+        ...         for index, group, p in self.indexed_params():
+        ...             old = p.data
+        ...             if p.grad:
+        ...                 p.data = old.upper() + group["suffix"]
+        ...                 self.state.setdefault(index, {})["steps"] = 1
+        ...             status = "updated" if p.grad else "skipped"
+        ...             results.append(ParamStep(index, p.role, status, old_value=old,
+        ...                                      new_value=p.data, param=p))
+        ...         return StepReport(tuple(results))
+        >>> a = Variable("hi", role="greeting", requires_grad=True)
+        >>> b = Variable("bye", role="farewell", requires_grad=True)
+        >>> opt = Shout([{"params": [a]}, {"params": [b], "suffix": "?"}],
+        ...            defaults={"suffix": "!"})
+        >>> [g["suffix"] for g in opt.param_groups]
+        ['!', '?']
+        >>> a.grad = [Variable("louder", role="feedback to greeting")]
+        >>> opt.step(closure=lambda: "loss")
+        'loss'
+        >>> a.data, b.data, opt.last_step[1].status
+        ('HI!', 'bye', 'skipped')
+        >>> opt.zero_grad()
+        >>> a.grad
+        []
+        >>> import json
+        >>> saved = json.loads(json.dumps(opt.state_dict()))
+        >>> saved["state"], saved["values"][0]["data"]
+        ({'0': {'steps': 1}}, 'HI!')
+    """
+
+    def __init__(self, params: ParamsT, defaults: Mapping[str, Any]) -> None:
+        self.defaults: dict[str, Any] = dict(defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        self.last_step: StepReport | None = None
+        for group in _as_groups(params):
+            self.add_param_group(group)
+
+    # -- parameter groups ---------------------------------------------------------------
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters with its own options (missing ones from defaults).
+
+        New parameters get the next indices, so existing state keeps its keys.
+
+        Raises:
+            TypeError: The group is not a dict with ``"params"``, or holds a non-Variable.
+            ValueError: A parameter does not require grad, is not a leaf, or is already
+                optimized by this optimizer; or the group is empty.
+        """
+        if not isinstance(param_group, Mapping):
+            raise TypeError(
+                f"a parameter group must be a dict with a 'params' key, got "
+                f"{type(param_group).__name__}"
+            )
+        if "params" not in param_group:
+            raise ValueError("a parameter group needs a 'params' key (a list of Variables)")
+        group = dict(param_group)
+        params = _param_list(group["params"], where="parameter group 'params'")
+        if not params:
+            raise ValueError("a parameter group has an empty 'params' list")
+        seen: set[int] = set()
+        for i, p in enumerate(params):
+            _check_param(p, i)
+            if id(p) in seen:
+                raise ValueError(
+                    f"parameter {i} ({p.role or 'no role'}) appears twice in one parameter group"
+                )
+            seen.add(id(p))
+        existing = {id(p) for g in self.param_groups for p in g["params"]}
+        if existing & seen:
+            raise ValueError("some parameters appear in more than one parameter group")
+        group["params"] = params
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self.param_groups.append(self._check_group(group))
+
+    def _check_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Validate and normalise a group's options (override in subclasses)."""
+        return group
+
+    @property
+    def params(self) -> list[Variable]:
+        """Every parameter, in index order."""
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def indexed_params(self) -> Iterator[tuple[int, dict[str, Any], Variable]]:
+        """``(index, group, param)`` for every parameter, in index order."""
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield index, group, p
+                index += 1
+
+    # -- gradients -----------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        """Clear the gradients of every parameter (PyTorch spelling of :meth:`clear_grad`)."""
+        for p in self.params:
+            p.grad = []
+
+    def clear_grad(self) -> None:
+        """Clear the gradients of every parameter."""
+        self.zero_grad()
+
+    # -- stepping ------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter from its gradients; return the closure's loss.
+
+        ``closure`` (optional) re-runs the forward and backward passes and returns the
+        loss; it is called first, with grad mode enabled. Works inside a running event
+        loop too. The per-parameter results are kept in :attr:`last_step`.
+        """
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+                if inspect.isawaitable(loss):
+                    pending = loss
+                    loss = run_sync(lambda: _awaited(pending))
+        self.last_step = run_sync(self._aupdate)
+        return loss
+
+    async def astep(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Async :meth:`step`; ``closure`` may be sync or async."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+                if inspect.isawaitable(loss):
+                    loss = await loss
+        self.last_step = await self._aupdate()
+        return loss
+
+    async def _aupdate(self) -> StepReport:
+        """Update the parameters from their gradients (implemented by subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _aupdate")
+
+    # -- state dicts ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state as a JSON-ready dict.
+
+        Holds a format version, the optimizer's class name, the parameter groups
+        (options plus parameter indices; model objects and other values that are not
+        JSON are left out and kept from the optimizer on load), the per-parameter state
+        keyed by index (as strings), and every parameter's current role and value.
+        """
+        groups = []
+        index = 0
+        for group in self.param_groups:
+            packed: dict[str, Any] = {}
+            for key, value in group.items():
+                if key == "params" or key in self._unsaved_options():
+                    continue
+                if _is_json(value):  # API keys a user put in options are masked
+                    packed[key] = redact_value(copy.deepcopy(value))
+            packed["params"] = list(range(index, index + len(group["params"])))
+            index += len(group["params"])
+            groups.append(packed)
+        return {
+            "format": STATE_DICT_FORMAT,
+            "version": STATE_DICT_VERSION,
+            "optimizer": type(self).__name__,
+            "param_groups": groups,
+            "state": {str(k): copy.deepcopy(v) for k, v in sorted(self.state.items())},
+            "values": [{"role": p.role, "data": copy.deepcopy(p.data)} for p in self.params],
+        }
+
+    def _unsaved_options(self) -> frozenset[str]:
+        """Group options never written to a state dict (model objects)."""
+        return frozenset({"model"})
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore state, group options and parameter values from :meth:`state_dict`
+        (also after a ``json.dumps``/``json.loads`` round trip).
+
+        Everything is validated before anything changes.
+
+        Raises:
+            TypeError: ``state_dict`` is not a dict.
+            ValueError: It is not an optimizer state dict, has an unknown version, comes
+                from another optimizer class, or does not match this optimizer's groups
+                and parameters; the message says what differs.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if state_dict.get("format") != STATE_DICT_FORMAT or "version" not in state_dict:
+            raise ValueError(
+                "not an optimizer state dict: expected a dict from Optimizer.state_dict() "
+                f"with format {STATE_DICT_FORMAT!r} and a version"
+            )
+        version = state_dict["version"]
+        if version != STATE_DICT_VERSION:
+            raise ValueError(
+                f"unsupported optimizer state dict version {version!r} "
+                f"(this version reads version {STATE_DICT_VERSION})"
+            )
+        kind = state_dict.get("optimizer")
+        if kind != type(self).__name__:
+            raise ValueError(
+                f"the state dict was saved from optimizer {kind!r}, not {type(self).__name__!r}"
+            )
+        saved_groups = state_dict.get("param_groups")
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
+            count = len(saved_groups) if isinstance(saved_groups, list) else "no"
+            raise ValueError(
+                f"the state dict has {count} parameter group(s); this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        params = self.params
+        id_map: dict[int, int] = {}  # saved index -> current index
+        new_groups = []
+        for n, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), list):
+                raise ValueError(f"parameter group {n} of the state dict has no 'params' list")
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"parameter group {n} has {len(saved['params'])} parameter(s) in the "
+                    f"state dict and {len(group['params'])} in this optimizer"
+                )
+            for saved_index in saved["params"]:
+                if not isinstance(saved_index, int) or isinstance(saved_index, bool):
+                    raise ValueError(
+                        f"parameter group {n} lists a non-integer index {saved_index!r}"
+                    )
+                if saved_index in id_map:
+                    raise ValueError(
+                        f"parameter index {saved_index} appears twice in the state dict"
+                    )
+                id_map[saved_index] = len(id_map)
+            options = {
+                k: copy.deepcopy(v)
+                for k, v in saved.items()
+                if k != "params" and k not in self._unsaved_options()
+            }
+            merged = {**group, **options, "params": group["params"]}
+            new_groups.append(self._check_group(merged))
+
+        values = state_dict.get("values")
+        if not isinstance(values, list) or len(values) != len(params):
+            count = len(values) if isinstance(values, list) else "no"
+            raise ValueError(
+                f"the state dict holds {count} parameter value(s); this optimizer has "
+                f"{len(params)} parameter(s)"
+            )
+        inverse = {current: saved for saved, current in id_map.items()}
+        new_values: list[Data] = []
+        for current, p in enumerate(params):
+            entry = values[inverse[current]] if inverse[current] < len(values) else None
+            if not isinstance(entry, Mapping) or "data" not in entry:
+                raise ValueError(f"the state dict's value {inverse[current]} has no 'data'")
+            if entry.get("role", p.role) != p.role:
+                raise ValueError(
+                    f"parameter {current} has role {p.role!r} but the state dict's value "
+                    f"{inverse[current]} has role {entry.get('role')!r}: the parameters are "
+                    "not the ones it was saved from (or not in the same order)"
+                )
+            try:
+                new_values.append(validate_data(entry["data"]))
+            except TypeError as exc:
+                raise ValueError(f"the state dict's value {inverse[current]}: {exc}") from None
+
+        saved_state = state_dict.get("state", {})
+        if not isinstance(saved_state, Mapping):
+            raise ValueError("the state dict's 'state' must be a dict keyed by parameter index")
+        new_state: dict[int, dict[str, Any]] = {}
+        for key, entry in saved_state.items():
+            try:
+                saved_index = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"the state dict's state has a non-index key {key!r}") from None
+            if saved_index not in id_map:
+                raise ValueError(f"the state dict has state for unknown parameter index {key}")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"the state of parameter {key} must be a dict")
+            current = id_map[saved_index]
+            new_state[current] = self._check_param_state(copy.deepcopy(dict(entry)), current)
+
+        # Everything checked: apply.
+        self.param_groups = new_groups
+        self.state = new_state
+        for p, value in zip(params, new_values):
+            p.data = value
+
+    def _check_param_state(self, state: dict[str, Any], index: int) -> dict[str, Any]:
+        """Validate one parameter's loaded state (override in subclasses)."""
+        return state
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]!r:.200}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _param_list(params: Any, where: str) -> list[Any]:
+    if isinstance(params, Variable):
+        return [params]
+    if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"{where} must be a Variable or a list of Variables, got {type(params).__name__}"
+        )
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{where} must be in a deterministic order (a list), not a set: optimizer state "
+            "is keyed by parameter order"
+        )
+    return list(params)
+
+
+def _as_groups(params: Any) -> list[Mapping[str, Any]]:
+    if isinstance(params, Variable):
+        raise TypeError(
+            "params must be a list of Variables or of dicts, got a single Variable: pass [variable]"
+        )
+    if isinstance(params, Mapping):
+        raise TypeError("params must be a list of Variables or of dicts, got a dict: pass [group]")
+    items = _param_list(params, where="params")
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(item, Mapping) for item in items):
+        return items
+    if any(isinstance(item, Mapping) for item in items):
+        raise TypeError("params must be all Variables or all parameter-group dicts, not a mix")
+    return [{"params": items}]
+
+
+def _check_param(p: Any, i: int) -> None:
+    if not isinstance(p, Variable):
+        raise TypeError(
+            f"optimizer can only optimize Variables, but parameter {i} is a {type(p).__name__}"
+        )
+    if not p.requires_grad:
+        raise ValueError(
+            f"parameter {i} ({p.role or 'no role'}) does not require grad: create it with "
+            "requires_grad=True or call .requires_grad_()"
+        )
+    if not p.is_leaf:
+        raise ValueError(
+            f"can't optimize a non-leaf Variable (parameter {i}, {p.role or 'no role'})"
+        )

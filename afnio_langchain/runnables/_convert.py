@@ -1,0 +1,250 @@
+"""Converting between a LangChain ``ChatPromptTemplate`` + chat model pair and a trainable
+:class:`ChatCompletionRunnable`, and back.
+
+Learned text is always a value: in the trainable step, only the template's own input
+variables are fields (anything else in braces stays literal), and on export every
+brace that is not one of those variables is escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.prompts.chat import (
+    ChatMessagePromptTemplate,
+    MessagesPlaceholder,
+    SystemMessagePromptTemplate,
+    _StringImageMessagePromptTemplate,
+)
+from langchain_core.runnables import Runnable, RunnableBinding
+from langchain_core.runnables.base import RunnableBindingBase
+
+from afnio_langchain.autodiff import Variable
+from afnio_langchain.runnables._chat import ChatCompletionRunnable
+from afnio_langchain.runnables._messages import escape_fields, from_fstring, to_fstring
+
+_ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
+_ROLES = {"system", "user", "assistant"}
+ROLE_LABELS = {"system": "system prompt", "user": "user prompt", "assistant": "assistant message"}
+
+
+@dataclass
+class TrainablePrompt:
+    """One converted ``ChatPromptTemplate``: its trainable message Variables and what is
+    needed to write it back as a LangChain template.
+
+    Attributes:
+        template: The original template.
+        variables: Message index -> the trainable Variable holding that message's text
+            (in this package's template syntax).
+        fields: Message index -> the input variables that message had (they stay fields).
+        messages: The seed-form messages of the trainable step.
+        defaults: String partial variables of the template (default inputs).
+        partials: Message index -> partial variables of that message's own template.
+
+    Example:
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> template = ChatPromptTemplate.from_messages(
+        ...     [("system", "Answer in {language}."), ("human", "{question}")])
+        >>> prompt = make_trainable(template | ScriptedChatModel(forward="Parigi")).prompts[0]
+        >>> prompt.fields, prompt.variables[0].role
+        ({0: ['language']}, 'system prompt (a template: keep {language} as written)')
+        >>> prompt.variables[0].data = "Answer in {language}, in one word {no braces}."
+        >>> prompt.export().messages[0].prompt.template
+        'Answer in {language}, in one word {{no braces}}.'
+    """
+
+    template: ChatPromptTemplate
+    variables: dict[int, Variable] = field(default_factory=dict)
+    fields: dict[int, list[str]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    defaults: dict[str, str] = field(default_factory=dict)
+    partials: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def label(self, step: int | None = None) -> None:
+        """Set the roles of the trainable Variables: what they are, which LLM step they
+        belong to (when the chain has several) and which fields they must keep."""
+        for index, variable in self.variables.items():
+            role = self.messages[index]["role"]
+            name = ROLE_LABELS[role] + (f" of LLM step {step}" if step is not None else "")
+            kept = self.fields[index]
+            if kept:
+                name += f" (a template: keep {', '.join('{' + f + '}' for f in kept)} as written)"
+            variable.role = name
+
+    @property
+    def input_variables(self) -> list[str]:
+        return [*self.template.input_variables, *self.defaults]
+
+    def export(self) -> ChatPromptTemplate:
+        """The original template with the current values of the trainable messages,
+        every brace in learned text escaped except the message's own variables."""
+        messages: list[Any] = list(self.template.messages)
+        for index, variable in self.variables.items():
+            original = messages[index]
+            text = to_fstring(str(variable.data), self.fields[index])
+            partials = self.partials.get(index, {})
+            prompt = PromptTemplate.from_template(text, partial_variables=partials)
+            messages[index] = _message_template(_role_of(original), prompt)
+        return self.template.model_copy(update={"messages": messages})
+
+
+def _message_template(role: str, prompt: PromptTemplate) -> Any:
+    from langchain_core.prompts.chat import AIMessagePromptTemplate, HumanMessagePromptTemplate
+
+    kinds = {
+        "system": SystemMessagePromptTemplate,
+        "user": HumanMessagePromptTemplate,
+        "assistant": AIMessagePromptTemplate,
+    }
+    return kinds[role](prompt=prompt)
+
+
+def _role_of(message: Any) -> str:
+    from langchain_core.prompts.chat import AIMessagePromptTemplate, HumanMessagePromptTemplate
+
+    role: str | None = None
+    if isinstance(message, BaseMessage):
+        role = _ROLE_OF_TYPE.get(message.type)
+    elif isinstance(message, SystemMessagePromptTemplate):
+        role = "system"
+    elif isinstance(message, HumanMessagePromptTemplate):
+        role = "user"
+    elif isinstance(message, AIMessagePromptTemplate):
+        role = "assistant"
+    elif isinstance(message, ChatMessagePromptTemplate):
+        role = {"human": "user", "ai": "assistant", "developer": "system"}.get(
+            message.role, message.role
+        )
+    if role not in _ROLES:
+        raise ValueError(
+            "make_trainable supports system, human and ai messages; got "
+            f"{type(message).__name__}"
+        )
+    return role
+
+
+def _template_text(message: Any, where: str) -> tuple[str, list[str], dict[str, Any]]:
+    """A message template's text in this package's syntax, its fields and partials."""
+    prompt = getattr(message, "prompt", None)
+    if isinstance(message, _StringImageMessagePromptTemplate) and isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], PromptTemplate):
+            raise ValueError(f"{where}: only text message templates can be made trainable")
+        prompt = prompt[0]
+    if not isinstance(prompt, PromptTemplate):
+        raise ValueError(f"{where}: unsupported message template {type(message).__name__}")
+    if prompt.template_format != "f-string":
+        raise ValueError(
+            f"{where}: {prompt.template_format} templates are not supported; make_trainable "
+            "converts f-string templates (the ChatPromptTemplate default)"
+        )
+    return from_fstring(prompt.template), list(prompt.input_variables), dict(prompt.partial_variables)
+
+
+def convert_template(template: ChatPromptTemplate, roles: Sequence[str]) -> TrainablePrompt:
+    """Seed-form messages for a ``ChatPromptTemplate``; messages of ``roles`` become
+    trainable Variables (named by :meth:`TrainablePrompt.label`).
+
+    Raises:
+        ValueError: The template holds something that cannot be trained: a
+            ``MessagesPlaceholder``, a non-text message, a mustache/jinja2 template, or a
+            partial variable given as a function.
+    """
+    converted = TrainablePrompt(template=template)
+    for name, value in template.partial_variables.items():
+        if not isinstance(value, str):
+            raise ValueError(
+                f"make_trainable: partial variable {name!r} of the prompt template is a "
+                f"{type(value).__name__}; only string partials are supported"
+            )
+        converted.defaults[name] = value
+    for index, message in enumerate(template.messages):
+        where = f"make_trainable: message {index} of the prompt template"
+        if isinstance(message, MessagesPlaceholder):
+            raise ValueError(
+                f"{where} is a MessagesPlaceholder ({message.variable_name!r}); chat history "
+                "placeholders are not supported in trainable steps"
+            )
+        role = _role_of(message)
+        if isinstance(message, BaseMessage):
+            if not isinstance(message.content, str):
+                raise ValueError(f"{where} has non-text content")
+            text, fields, partials = escape_fields(message.content), [], {}
+        else:
+            text, fields, partials = _template_text(message, where)
+        for name, value in partials.items():
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: partial variable {name!r} must be a string")
+            converted.defaults.setdefault(name, value)
+        if role in roles:
+            variable = Variable(text, requires_grad=True)
+            converted.variables[index] = variable
+            converted.fields[index] = fields + list(partials)
+            converted.partials[index] = partials
+            converted.messages.append({"role": role, "content": [variable]})
+        else:
+            converted.messages.append({"role": role, "content": [text]})
+    converted.label()
+    return converted
+
+
+def split_chat_model(
+    step: Any,
+) -> tuple[BaseChatModel, dict[str, Any], Callable[[Runnable], Runnable]] | None:
+    """``(chat model, bound call kwargs, rewrap)`` when ``step`` is a chat model, possibly
+    inside ``bind``/``with_config``/``with_retry`` bindings; ``rewrap(runnable)`` puts
+    ``runnable`` inside the same bindings (their config and retry settings, not their
+    call kwargs, which the caller moves into the completion arguments). None otherwise."""
+    if isinstance(step, BaseChatModel):
+        return step, {}, lambda runnable: runnable
+    if not isinstance(step, RunnableBindingBase):
+        return None
+    inner = split_chat_model(step.bound)
+    if inner is None:
+        return None
+    model, kwargs, rewrap_inner = inner
+
+    def rewrap(runnable: Runnable) -> Runnable:
+        wrapped = rewrap_inner(runnable)
+        if type(step).__name__ in ("RunnableBinding", "_ChatModelBinding"):
+            if not step.config and not step.config_factories:
+                return wrapped
+            return RunnableBinding(
+                bound=wrapped, config=step.config, config_factories=step.config_factories
+            )
+        return step.model_copy(
+            update={
+                "bound": wrapped,
+                "kwargs": {},
+                "custom_input_type": None,
+                "custom_output_type": None,
+            }
+        )
+
+    return model, {**kwargs, **step.kwargs}, rewrap
+
+
+def trainable_step(
+    prompt: TrainablePrompt,
+    model: BaseChatModel,
+    completion_args: dict[str, Any],
+    backward_model: Any = None,
+) -> ChatCompletionRunnable:
+    """The ChatCompletionRunnable standing for ``prompt | model``: inputs formatted as
+    the template would format them, only the template's variables as fields."""
+    return ChatCompletionRunnable(
+        model=model,
+        messages=prompt.messages,
+        inputs=dict(prompt.defaults),
+        input_variables=prompt.input_variables,
+        coerce_inputs=True,
+        backward_model=backward_model,
+        completion_args=completion_args,
+    )

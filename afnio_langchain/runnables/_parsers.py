@@ -1,0 +1,154 @@
+"""LangChain's common output parsers, for Variables: the graph stays connected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+
+from afnio_langchain.autodiff import ParseJson, Variable
+from afnio_langchain.runnables._text_functions import as_input_variable
+
+
+class _TextStream:
+    """Passes a differentiable step's stream on: text chunks as they come, then the
+    step's Variable. A stream of plain text or message chunks ends with a Variable of
+    the whole text instead."""
+
+    def __init__(self, to_variable: Any) -> None:
+        self._to_variable = to_variable
+        self._texts: list[str] = []
+        self._ended = False
+
+    def feed(self, chunk: Any) -> list[Any]:
+        if isinstance(chunk, Variable):
+            self._ended = True
+            return [chunk]
+        text = chunk if isinstance(chunk, str) else str(self._to_variable(chunk).data)
+        self._texts.append(text)
+        self._ended = False
+        return [text]
+
+    def finish(self) -> list[Any]:
+        if self._ended or not self._texts:
+            return []
+        return [Variable("".join(self._texts), role="text")]
+
+
+class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
+    """``StrOutputParser`` for Variables: the reply Variable passes on unchanged (so the
+    graph stays connected); text and chat messages become non-trainable Variables.
+    When streaming, text chunks pass through as they arrive, then the Variable.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables import VariableStrOutputParser
+        >>> reply = Variable("Paris", role="answer", requires_grad=True)
+        >>> VariableStrOutputParser().invoke(reply) is reply
+        True
+        >>> VariableStrOutputParser().invoke("plain text").data
+        'plain text'
+    """
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    @property
+    def OutputType(self) -> type[Variable]:  # noqa: N802
+        return Variable
+
+    def _parse(self, value: Any) -> Variable:
+        return as_input_variable(value, self.get_name())
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
+        return self._call_with_config(self._parse, input, config, run_type="parser")
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Variable:
+        async def parse(value: Any) -> Variable:
+            return self._parse(value)
+
+        return await self._acall_with_config(parse, input, config, run_type="parser")
+
+    def _pass(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        stream = _TextStream(self._parse)
+        for chunk in chunks:
+            yield from stream.feed(chunk)
+        yield from stream.finish()
+
+    async def _apass(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        stream = _TextStream(self._parse)
+        async for chunk in chunks:
+            for out in stream.feed(chunk):
+                yield out
+        for out in stream.finish():
+            yield out
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield from self._transform_stream_with_config(input, self._pass, config, run_type="parser")
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self._atransform_stream_with_config(
+            input, self._apass, config, run_type="parser"
+        ):
+            yield chunk
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield self.invoke(input, config, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        yield await self.ainvoke(input, config, **kwargs)
+
+
+class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
+    """``JsonOutputParser`` for Variables: the JSON object in the text becomes a dict
+    with one Variable per key (values that are not text become JSON text). Feedback on
+    any field goes back to the input, labelled with the field's name.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables import VariableJsonOutputParser
+        >>> reply = Variable('{"answer": "42", "confidence": 0.9}', role="reply", requires_grad=True)
+        >>> fields = VariableJsonOutputParser().invoke(reply)
+        >>> fields["answer"].data, fields["confidence"].data
+        ('42', '0.9')
+        >>> fields["answer"].backward("Should be 43.")
+        >>> reply.grad[0].data
+        'Field "answer": Should be 43.'
+    """
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    def _parse(self, value: Any) -> dict[str, Variable]:
+        from afnio_langchain.models import parse_json_object
+
+        variable = as_input_variable(value, self.get_name())
+        outputs = ParseJson.apply(variable)
+        keys: dict[str, None] = {}
+        for item in variable.items():
+            keys.update(dict.fromkeys(parse_json_object(str(item))))
+        return dict(zip(keys, outputs))
+
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Variable]:
+        return self._call_with_config(self._parse, input, config, run_type="parser")
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Variable]:
+        async def parse(value: Any) -> dict[str, Variable]:
+            return self._parse(value)
+
+        return await self._acall_with_config(parse, input, config, run_type="parser")

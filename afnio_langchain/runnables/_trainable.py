@@ -1,0 +1,322 @@
+"""``make_trainable``: an existing LangChain chain, with trainable system prompts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.output_parsers import BaseOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.base import RunnableSequence
+from pydantic import ConfigDict
+
+from afnio_langchain.autodiff import Variable
+from afnio_langchain.runnables._children import replace_children
+from afnio_langchain.runnables._convert import (
+    TrainablePrompt,
+    convert_template,
+    split_chat_model,
+    trainable_step,
+)
+from afnio_langchain.runnables._parameters import parameters
+from afnio_langchain.runnables._text_functions import as_differentiable
+
+STATE_FORMAT = "afnio-langchain/trainable-chain"
+STATE_VERSION = 1
+
+
+class TrainableChain(RunnableSerializable[Any, Any]):
+    """An existing chain whose prompt + chat model pairs run as differentiable steps.
+
+    Made by :func:`make_trainable`. Running it returns what the original chain returned,
+    as Variables connected to the graph: a ``Variable`` for a chain ending in a chat
+    model or ``StrOutputParser``, a dict of Variables for a ``JsonOutputParser``.
+    Call ``backward`` on the output, step an optimizer over :meth:`parameters`, then
+    :meth:`to_langchain` for a plain chain to serve, or :meth:`save` the prompts.
+
+    Attributes:
+        bound: The converted, differentiable chain (what runs).
+        original: The chain given to :func:`make_trainable` (left unchanged).
+        prompts: One entry per converted ``ChatPromptTemplate``, in the chain's order.
+
+    Example:
+        >>> from langchain_core.output_parsers import StrOutputParser
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> template = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
+        >>> chain = make_trainable(template | ScriptedChatModel(forward="Paris") | StrOutputParser())
+        >>> chain.invoke({"q": "Capital of France?"}).data
+        'Paris'
+        >>> saved = chain.state_dict()
+        >>> chain.named_prompts()["prompt_0.message_0"].data = "Be verbose."
+        >>> chain.load_state_dict(saved)
+        >>> [p.data for p in chain.parameters()]
+        ['Be brief.']
+    """
+
+    bound: Runnable
+    original: Runnable
+    prompts: list[TrainablePrompt]
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    # -- training ---------------------------------------------------------------------
+    def parameters(self) -> list[Variable]:
+        """The trainable Variables, each once, in the order the chain runs them."""
+        return parameters(self.bound)
+
+    def named_prompts(self) -> dict[str, Variable]:
+        """Stable key (``"prompt_0.message_0"``: template 0, message 0) -> Variable."""
+        return {
+            f"prompt_{k}.message_{index}": variable
+            for k, prompt in enumerate(self.prompts)
+            for index, variable in prompt.variables.items()
+        }
+
+    # -- export and persistence ---------------------------------------------------------
+    def to_langchain(self) -> Runnable:
+        """The original chain with the current prompt values baked into its templates:
+        plain LangChain objects (the original models and parsers), returning what the
+        original returned, with no dependency on the graph. Braces in learned text are
+        escaped, so they reach the model as written."""
+        exported = {id(p.template): p.export() for p in self.prompts}
+
+        def swap(runnable: Any) -> Any:
+            if id(runnable) in exported:
+                return exported[id(runnable)]
+            return replace_children(runnable, swap)
+
+        return swap(self.original)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The prompt values as a JSON-ready dict (with a format and version field)."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "prompts": [
+                {"key": key, "role": variable.role, "value": variable.data}
+                for key, variable in self.named_prompts().items()
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the prompt values from :meth:`state_dict` output (of the same chain).
+
+        Raises:
+            ValueError: Not a trainable-chain state, a newer version, or prompts that
+                do not match this chain's.
+        """
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a saved trainable chain (expected format {STATE_FORMAT!r})")
+        version = state.get("version")
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise ValueError(
+                f"saved trainable chain has version {version!r}; this package reads "
+                f"version {STATE_VERSION} and older"
+            )
+        values = {entry["key"]: entry["value"] for entry in state.get("prompts", [])}
+        named = self.named_prompts()
+        if set(values) != set(named):
+            raise ValueError(
+                "saved prompts do not match this chain: "
+                f"missing {sorted(set(named) - set(values))}, unknown {sorted(set(values) - set(named))}"
+            )
+        for key, variable in named.items():
+            variable.data = values[key]
+
+    def save(self, path: str | Path) -> None:
+        """Write the prompt values to ``path`` as JSON."""
+        Path(path).write_text(
+            json.dumps(self.state_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+    def load(self, path: str | Path) -> TrainableChain:
+        """Read prompt values written by :meth:`save` into this chain; returns self."""
+        self.load_state_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return self
+
+    # -- running: everything is the converted chain's -------------------------------------
+    def get_input_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.original.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.bound.get_output_schema(config)
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self.bound.invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self.bound.ainvoke(input, config, **kwargs)
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        return self.bound.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        return await self.bound.abatch(
+            inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.bound.stream(input, config, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self.bound.astream(input, config, **kwargs):
+            yield chunk
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield from self.bound.transform(input, config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self.bound.atransform(input, config, **kwargs):
+            yield chunk
+
+
+class _Converter:
+    """One conversion pass over a chain (one TrainablePrompt per template object)."""
+
+    def __init__(self, roles: Sequence[str], backward_model: Any) -> None:
+        self.roles = roles
+        self.backward_model = backward_model
+        self.prompts: dict[int, TrainablePrompt] = {}
+
+    def prompt_for(self, template: ChatPromptTemplate) -> TrainablePrompt:
+        # A template used twice trains one set of Variables.
+        if id(template) not in self.prompts:
+            self.prompts[id(template)] = convert_template(template, self.roles)
+        return self.prompts[id(template)]
+
+    def convert(self, runnable: Any) -> Any:
+        if isinstance(runnable, RunnableSequence):
+            return self.convert_sequence(runnable)
+        return replace_children(runnable, self.convert)
+
+    def convert_sequence(self, sequence: RunnableSequence) -> Any:
+        steps, out, i = sequence.steps, [], 0
+        while i < len(steps):
+            step = steps[i]
+            model = split_chat_model(steps[i + 1]) if i + 1 < len(steps) else None
+            if not isinstance(step, ChatPromptTemplate) or model is None:
+                out.append(self.convert(step))
+                i += 1
+                continue
+            chat_model, kwargs, rewrap = model
+            prompt = self.prompt_for(step)
+            out.append(rewrap(trainable_step(prompt, chat_model, kwargs, self.backward_model)))
+            i += 2
+            if i < len(steps) and isinstance(steps[i], BaseOutputParser):
+                out.append(_differentiable_parser(steps[i]))
+                i += 1
+        if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
+            return sequence
+        return out[0] if len(out) == 1 else RunnableSequence(*out, name=sequence.name)
+
+
+def _differentiable_parser(parser: BaseOutputParser) -> Runnable:
+    try:
+        return as_differentiable(parser)
+    except TypeError as exc:
+        raise ValueError(f"make_trainable: the parser after an LLM step cannot run on Variables: {exc}") from None
+
+
+def make_trainable(
+    chain: Runnable,
+    *,
+    roles: Sequence[str] = ("system",),
+    backward_model: Any = None,
+) -> TrainableChain:
+    """Make the prompts of an existing LangChain chain trainable.
+
+    Finds each ``ChatPromptTemplate`` directly followed by a chat model (possibly
+    wrapped by ``bind``, ``with_config`` or ``with_retry``), anywhere in sequences,
+    parallels, ``RunnablePassthrough.assign``, bindings, fallbacks, branches and
+    configurable runnables, and replaces the pair by a :class:`ChatCompletionRunnable`
+    whose system messages are trainable Variables. The output parser right after the
+    pair becomes its differentiable counterpart (``StrOutputParser``, JSON parsers, text
+    parsers). Templates keep their own input variables; text an optimizer writes is
+    inserted as a value, so braces in it never break templating. The original chain is
+    not modified.
+
+    Args:
+        chain: The chain, e.g. ``ChatPromptTemplate | chat_model | StrOutputParser()``.
+        roles: Which messages become trainable: ``"system"`` (default), ``"user"``,
+            ``"assistant"``.
+        backward_model: Model that writes the gradients (default: the process one).
+
+    Raises:
+        ValueError: No prompt + chat model pair with a message of ``roles`` was found,
+            or a pair cannot be converted (chat-history placeholders, mustache/jinja2
+            templates, a parser that does not return text); the message says which.
+
+    Example:
+        >>> from langchain_core.output_parsers import StrOutputParser
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain import make_trainable, set_backward_model
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> model = ScriptedChatModel(forward="Paris", feedback="Also name the country.")
+        >>> set_backward_model(model)
+        >>> prompt = ChatPromptTemplate.from_messages(
+        ...     [("system", "Answer briefly. Reply as {{\\"answer\\": ...}}"), ("human", "{question}")])
+        >>> chain = make_trainable(prompt | model | StrOutputParser())
+        >>> answer = chain.invoke({"question": "Capital of France?"})
+        >>> answer.backward("Too terse.")
+        >>> [p.grad[0].data for p in chain.parameters()]
+        ['Also name the country.']
+        >>> chain.parameters()[0].data = 'Answer with the city and country. Use {"answer": ...}'
+        >>> served = chain.to_langchain()
+        >>> served.invoke({"question": "Capital of France?"})
+        'Paris'
+        >>> model.calls[-1].messages[0].content
+        'Answer with the city and country. Use {"answer": ...}'
+        >>> set_backward_model(None)
+    """
+    if not isinstance(chain, Runnable):
+        raise TypeError(f"make_trainable takes a LangChain Runnable, got {type(chain).__name__}")
+    unknown = set(roles) - {"system", "user", "assistant"}
+    if isinstance(roles, str) or unknown:
+        raise ValueError(f"roles must be a list of 'system', 'user', 'assistant'; got {roles!r}")
+    converter = _Converter(tuple(roles), backward_model)
+    bound = converter.convert(chain)
+    prompts = list(converter.prompts.values())
+    if not prompts:
+        raise ValueError(
+            "make_trainable found no ChatPromptTemplate directly followed by a chat model "
+            "in this chain (looked inside sequences, parallels, assigns, bindings, fallbacks, "
+            "branches and configurable runnables)"
+        )
+    if not any(p.variables for p in prompts):
+        raise ValueError(
+            f"make_trainable found {len(prompts)} prompt template(s) but none has a message "
+            f"of roles {list(roles)} to train (try roles=('system', 'user'))"
+        )
+    if len(prompts) > 1:
+        for k, prompt in enumerate(prompts):
+            prompt.label(step=k + 1)
+    return TrainableChain(bound=bound, original=chain, prompts=prompts)

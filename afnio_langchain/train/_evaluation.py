@@ -1,0 +1,270 @@
+"""Running a chain on examples and scoring its outputs with a metric.
+
+Used by the trainer (for minibatches, with grad, and for evaluations, without) and
+on its own (:func:`evaluate`). A failing example (the chain or the metric raised)
+scores 0 and keeps its error; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from afnio_langchain._aio import run_sync, start_each
+from afnio_langchain.autodiff import describe_error, enable_grad, no_grad
+from afnio_langchain.loop import (
+    TARGET_KEYS,
+    Example,
+    Metric,
+    MetricResult,
+    as_metric_result,
+    ascore,
+    is_async_metric,
+    prediction_text,
+)
+from afnio_langchain.models import concurrency_limit
+
+InputFn = Callable[[Example], Any]
+"""Builds the chain's input from an example."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One example's outcome.
+
+    Attributes:
+        score: The metric's score (0 when the chain or the metric failed).
+        feedback: The metric's feedback, if any.
+        output: The text of the chain's output ("" on error).
+        error: What went wrong, or None.
+        prediction: The chain's output itself (not serialised).
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.train import evaluate, exact_match
+        >>> chain = RunnableLambda(lambda x: {"a": "A", "b": "C"}[x["question"]])
+        >>> examples = [{"question": q, "answer": q.upper()} for q in ("a", "b", "z")]
+        >>> ok, wrong, failed = evaluate(chain, examples, exact_match).items
+        >>> ok.score, ok.output, ok.error
+        (1.0, 'A', None)
+        >>> wrong.score, wrong.feedback
+        (0.0, "The expected output was exactly 'B', but the output was 'C'.")
+        >>> failed.score, failed.error
+        (0.0, "KeyError: 'z'")
+    """
+
+    score: float
+    feedback: str | None = None
+    output: str = ""
+    error: str | None = None
+    prediction: Any = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "feedback": self.feedback,
+            "output": self.output,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Scores of a chain on a set of examples.
+
+    Example:
+        >>> from afnio_langchain.train import EvalResult, ItemResult
+        >>> result = EvalResult((ItemResult(1.0), ItemResult(0.0, error="TimeoutError: ...")))
+        >>> result.score, result.errors
+        (0.5, 1)
+    """
+
+    items: tuple[ItemResult, ...] = ()
+
+    @property
+    def score(self) -> float | None:
+        """The mean score (None for no examples)."""
+        if not self.items:
+            return None
+        return sum(item.score for item in self.items) / len(self.items)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for item in self.items if item.error is not None)
+
+    @property
+    def all_failed(self) -> bool:
+        """True when every example failed (typically: the model cannot be reached)."""
+        return bool(self.items) and self.errors == len(self.items)
+
+    def first_error(self) -> str | None:
+        return next((item.error for item in self.items if item.error), None)
+
+    def to_dict(self, items: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"score": self.score, "examples": len(self.items), "errors": self.errors}
+        if items:
+            out["items"] = [item.to_dict() for item in self.items]
+        return out
+
+
+def default_input_fn(input_keys: Sequence[str] | None = None, target_key: str | None = None) -> InputFn:
+    """The chain input of an example: the ``input_keys`` fields, or every field but
+    the target (``target_key``, else the first of the usual target keys present).
+
+    Example:
+        >>> from afnio_langchain.train._evaluation import default_input_fn
+        >>> default_input_fn()({"question": "2+2?", "answer": "4"})
+        {'question': '2+2?'}
+    """
+    keys = list(input_keys) if input_keys is not None else None
+
+    def build(example: Example) -> dict[str, Any]:
+        if keys is not None:
+            missing = [k for k in keys if k not in example]
+            if missing:
+                raise KeyError(f"the example has no key(s) {', '.join(map(repr, missing))}")
+            return {k: example[k] for k in keys}
+        target = target_key or next((k for k in TARGET_KEYS if k in example), None)
+        return {k: v for k, v in example.items() if k != target}
+
+    return build
+
+
+def chain_inputs(examples: Sequence[Example], input_fn: InputFn, name: str = "examples") -> list[Any]:
+    """``input_fn`` applied to every example.
+
+    Raises:
+        ValueError: An example cannot be turned into an input (says which).
+    """
+    inputs = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise TypeError(f"{name}[{i}] must be a dict, got {type(example).__name__}")
+        try:
+            inputs.append(input_fn(example))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{name}[{i}]: cannot build the chain input: {exc}") from None
+    return inputs
+
+
+async def arun_chain(
+    chain: Any, inputs: list[Any], *, grad: bool, max_concurrency: int | None = None, phase: str = "eval"
+) -> list[Any]:
+    """Run ``chain`` on every input concurrently; failures come back as exceptions.
+
+    Each input runs through the whole chain as its own task (at most
+    ``max_concurrency`` at a time), rather than through ``abatch``, which runs a
+    sequence stage by stage: there every stage waits for the slowest item of the stage
+    before, so a minibatch takes the sum of the stages' slowest calls instead of its
+    slowest item's path.
+    """
+    config: dict[str, Any] = {
+        "run_name": f"afnio_train_{phase}",
+        "tags": ["afnio-train", phase],
+        "metadata": {"afnio_phase": phase},
+    }
+    slots = asyncio.Semaphore(max_concurrency) if max_concurrency is not None else None
+
+    async def one(value: Any) -> Any:
+        if slots is None:
+            return await chain.ainvoke(value, config=config)
+        async with slots:
+            return await chain.ainvoke(value, config=config)
+
+    with enable_grad() if grad else no_grad():
+        tasks = await start_each([one(value) for value in inputs])
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+def score_items(
+    metric: Metric, examples: Sequence[Example], predictions: Sequence[Any]
+) -> list[ItemResult]:
+    """Score every prediction. Plain metrics run here, one by one (so an interrupt
+    raised by one stops the run at once); async metrics run concurrently."""
+    results: list[ItemResult | None] = [None] * len(examples)
+    pending = []
+    for i, prediction in enumerate(predictions):
+        if isinstance(prediction, BaseException):
+            results[i] = ItemResult(0.0, error=describe_error(prediction))
+        else:
+            pending.append(i)
+    if is_async_metric(metric):
+
+        async def run_all() -> list[Any]:
+            return await asyncio.gather(
+                *(ascore(metric, examples[i], predictions[i]) for i in pending),
+                return_exceptions=True,
+            )
+
+        verdicts = run_sync(run_all) if pending else []
+    else:
+        verdicts = []
+        for i in pending:
+            try:
+                verdicts.append(as_metric_result(metric(examples[i], predictions[i])))
+            except Exception as exc:  # a broken metric fails this item, not the run
+                verdicts.append(exc)
+    for i, verdict in zip(pending, verdicts):
+        output = prediction_text(predictions[i])
+        if isinstance(verdict, BaseException):
+            if not isinstance(verdict, Exception):
+                raise verdict
+            results[i] = ItemResult(
+                0.0, output=output, error=f"metric: {describe_error(verdict)}", prediction=predictions[i]
+            )
+        else:
+            assert isinstance(verdict, MetricResult)
+            results[i] = ItemResult(
+                verdict.score, verdict.feedback, output=output, prediction=predictions[i]
+            )
+    return [r for r in results if r is not None]
+
+
+def run_and_score(
+    chain: Any,
+    metric: Metric,
+    examples: Sequence[Example],
+    inputs: list[Any],
+    *,
+    grad: bool,
+    max_concurrency: int | None = None,
+    phase: str = "eval",
+) -> EvalResult:
+    """Run the chain on ``inputs`` and score the outputs against ``examples``."""
+    predictions = run_sync(
+        lambda: arun_chain(chain, inputs, grad=grad, max_concurrency=max_concurrency, phase=phase)
+    )
+    return EvalResult(tuple(score_items(metric, examples, predictions)))
+
+
+def evaluate(
+    chain: Any,
+    examples: Sequence[Example],
+    metric: Metric,
+    *,
+    input_fn: InputFn | None = None,
+    input_keys: Sequence[str] | None = None,
+    target_key: str | None = None,
+    max_concurrency: int | None = None,
+) -> EvalResult:
+    """Score ``chain`` on ``examples`` with ``metric`` (no gradients are kept).
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.train import evaluate, exact_match
+        >>> chain = RunnableLambda(lambda x: x["question"].upper())
+        >>> result = evaluate(chain, [{"question": "a", "answer": "A"},
+        ...                           {"question": "b", "answer": "c"}], exact_match)
+        >>> result.score, [item.output for item in result.items]
+        (0.5, ['A', 'B'])
+    """
+    build = input_fn or default_input_fn(input_keys, target_key)
+    inputs = chain_inputs(examples, build)
+    if max_concurrency is not None:
+        with concurrency_limit(max_concurrency):
+            return run_and_score(
+                chain, metric, examples, inputs, grad=False, max_concurrency=max_concurrency
+            )
+    return run_and_score(chain, metric, examples, inputs, grad=False)

@@ -1,0 +1,188 @@
+"""Finding what to train: objects named ``module:attribute`` (or ``path/file.py:attribute``),
+chains and chain factories, and the trainable Variables of a chain."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from afnio_langchain.autodiff import Variable
+
+
+class ChainLoadError(ValueError):
+    """A chain (or metric) named on the command line cannot be loaded or trained."""
+
+
+def import_object(spec: str) -> Any:
+    """Import ``module:attribute`` (dotted attribute paths allowed) or
+    ``path/to/file.py:attribute``. The current folder is importable.
+
+    Raises:
+        ChainLoadError: Malformed spec, module not found, or attribute missing; the
+            message says which.
+
+    Example:
+        >>> from afnio_langchain.train import import_object
+        >>> import_object("json:dumps").__name__
+        'dumps'
+    """
+    if not isinstance(spec, str) or spec.count(":") < 1:
+        raise ChainLoadError(f"expected module:attribute (or file.py:attribute), got {spec!r}")
+    module_part, _, attr_path = spec.rpartition(":")
+    if not module_part or not attr_path:
+        raise ChainLoadError(f"expected module:attribute (or file.py:attribute), got {spec!r}")
+    if module_part.endswith(".py"):
+        file = Path(module_part)
+        if not file.is_file():
+            raise ChainLoadError(f"no such file {module_part!r} (from {spec!r})")
+        name = f"_afnio_user_{abs(hash(file.resolve()))}"
+        loader_spec = importlib.util.spec_from_file_location(name, file)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ChainLoadError(f"cannot import {module_part!r}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        cwd = str(Path.cwd())
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_part.startswith(exc.name):
+                raise ChainLoadError(
+                    f"cannot import module {module_part!r} (from {spec!r}): {exc}"
+                ) from None
+            raise
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ChainLoadError(f"{module_part!r} has no attribute {attr_path!r} (from {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_runnable(obj: Any) -> bool:
+    from langchain_core.runnables import Runnable
+
+    return isinstance(obj, Runnable)
+
+
+def load_chain(spec: str | Any, model: Any = None) -> Any:
+    """The chain to train: a Runnable, or a factory (a function) returning one.
+
+    A factory is called with ``model=model`` when a model is given (its signature
+    must take ``model``), else with no arguments.
+
+    Raises:
+        ChainLoadError: The spec cannot be imported, is neither a Runnable nor a
+            factory, or a model was given for a ready-made chain.
+    """
+    obj = import_object(spec) if isinstance(spec, str) else spec
+    name = spec if isinstance(spec, str) else type(spec).__name__
+    if _is_runnable(obj):
+        if model is not None:
+            raise ChainLoadError(
+                f"{name} is a ready-made chain, so its model is already chosen: a forward "
+                "model can only be given for a chain factory (a function taking model=...)"
+            )
+        return obj
+    if callable(obj):
+        if model is not None:
+            try:
+                accepts = "model" in inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                accepts = False
+            if not accepts:
+                raise ChainLoadError(
+                    f"the chain factory {name} takes no model= argument, but a forward model was given"
+                )
+            chain = obj(model=model)
+        else:
+            chain = obj()
+        if not _is_runnable(chain):
+            raise ChainLoadError(
+                f"the chain factory {name} returned a {type(chain).__name__}, not a LangChain Runnable"
+            )
+        return chain
+    raise ChainLoadError(
+        f"{name} is a {type(obj).__name__}: expected a LangChain Runnable or a function returning one"
+    )
+
+
+def find_parameters(chain: Any) -> list[Variable]:
+    """The trainable Variables of ``chain``, each once, in a stable order.
+
+    Uses ``afnio_langchain.runnables._parameters`` (which walks sequences, parallels,
+    assigns and bindings), else the chain's own ``parameters()`` method.
+
+    Raises:
+        ChainLoadError: Neither is available for this chain.
+    """
+    try:
+        from afnio_langchain.runnables import parameters
+    except ImportError:
+        parameters = None
+    if parameters is not None:
+        return list(parameters(chain))
+    method = getattr(chain, "parameters", None)
+    if callable(method):
+        return list(method())
+    raise ChainLoadError(
+        f"cannot find the trainable Variables of a {type(chain).__name__}: this version has no "
+        "runnable walker (afnio_langchain.runnables._parameters); pass params=[...] explicitly"
+    )
+
+
+def make_chain_trainable(chain: Any) -> Any:
+    """Convert a plain LangChain chain (prompt | chat model | parser) into a trainable
+    one with ``afnio_langchain.make_trainable``.
+
+    Raises:
+        ChainLoadError: ``make_trainable`` is not available in this version, or the
+            conversion failed (the message says why).
+    """
+    make_trainable = None
+    for module_name in ("afnio_langchain", "afnio_langchain.runnables"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        make_trainable = getattr(module, "make_trainable", None)
+        if make_trainable is not None:
+            break
+    if make_trainable is None:
+        raise ChainLoadError(
+            "the chain has no trainable Variables and make_trainable is not available in this "
+            "version: build it from ChatCompletionRunnable steps with Variable(..., requires_grad=True)"
+        )
+    try:
+        return make_trainable(chain)
+    except (TypeError, ValueError) as exc:
+        raise ChainLoadError(f"cannot make the chain trainable: {exc}") from exc
+
+
+def trainable_chain(chain: Any, params: Sequence[Variable] | None = None) -> tuple[Any, list[Variable]]:
+    """``(chain, params)`` ready for training: the given params, else those found in
+    the chain, else those of ``make_trainable(chain)``.
+
+    Raises:
+        ChainLoadError: No trainable Variable anywhere.
+    """
+    if params is not None:
+        found = list(params)
+    else:
+        found = find_parameters(chain)
+        if not found:
+            chain = make_chain_trainable(chain)
+            found = find_parameters(chain)
+    if not found:
+        raise ChainLoadError(
+            "the chain has no trainable Variables (none with requires_grad=True)"
+        )
+    return chain, found
