@@ -56,7 +56,14 @@ from afnio_langchain.autodiff._prompts import (
     neutralize,
     tag_attribute,
 )
-from afnio_langchain.autodiff._templating import MissingInputError, fill, placeholders
+from afnio_langchain.autodiff._templating import (
+    MissingInputError,
+    escape_fields,
+    fill,
+    from_fstring,
+    placeholders,
+    to_fstring,
+)
 from afnio_langchain.autodiff._variable import Data, Variable, validate_data
 
 __all__ = [
@@ -91,10 +98,12 @@ __all__ = [
     "chat_backward_messages",
     "describe_error",
     "enable_grad",
+    "escape_fields",
     "failed_items",
     "fill",
     "format_conversation",
     "format_variables",
+    "from_fstring",
     "get_backward_model",
     "is_grad_enabled",
     "item_gradients",
@@ -106,6 +115,7 @@ __all__ = [
     "set_grad_enabled",
     "stream_text_to",
     "tag_attribute",
+    "to_fstring",
     "use_backward_model",
     "validate_data",
 ]

@@ -3,15 +3,20 @@
 Only ``{identifier}`` fields are filled, in one pass, with values inserted verbatim:
 a value is never parsed again, format specs and attribute access (``{x.__class__}``,
 ``{x!r}``, ``{0}``) are not fields, and other braces (JSON examples, code) stay as
-written. ``{{name}}`` writes a literal ``{name}``.
+written. ``{{name}}`` writes a literal ``{name}``. LangChain's f-string templates (``{{`` for a
+literal brace) convert to and from this syntax (:func:`from_fstring`, :func:`to_fstring`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 
-_FIELD = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FIELD = re.compile(r"\{\{(" + _IDENT.pattern + r")\}\}|\{(" + _IDENT.pattern + r")\}")
+"""The whole grammar: ``{{name}}`` (a literal ``{name}``) or ``{name}`` (a field)."""
+_FIELD_LIKE = re.compile(r"\{(" + _IDENT.pattern + r")\}")
 
 
 class MissingInputError(KeyError):
@@ -56,3 +61,69 @@ def fill(template: str, values: Mapping[str, object], *, where: str = "template"
         return str(values[name])
 
     return _FIELD.sub(replace, template)
+
+
+def escape_fields(text: str) -> str:
+    """Make every ``{identifier}`` in ``text`` literal in this package's syntax."""
+    return _FIELD_LIKE.sub(lambda m: "{{" + m.group(1) + "}}", text)
+
+
+def from_fstring(template: str) -> str:
+    """A LangChain f-string template in this package's syntax.
+
+    Example:
+        >>> from afnio_langchain.autodiff import from_fstring
+        >>> from_fstring('Answer {question} as {{"answer": ...}}, not {{question}}')
+        'Answer {question} as {"answer": ...}, not {{question}}'
+    """
+    out: list[str] = []
+    emitted = 0
+    literal_text: list[str] = []  # literal pieces between fields (Formatter splits at "{{")
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        literal_text.append(literal)
+        if field is None:
+            continue
+        if not _IDENT.fullmatch(field) or spec or conversion:
+            raise ValueError(
+                f"template field {{{field}}} is not a plain variable name; only {{name}} "
+                "fields can be converted"
+            )
+        out.append(escape_fields("".join(literal_text)))
+        literal_text = []
+        out.append("{" + field + "}")
+        emitted += 1
+    out.append(escape_fields("".join(literal_text)))
+    converted = "".join(out)
+    if sum(1 for m in _FIELD.finditer(converted) if m.group(2)) != emitted:
+        # A literal "{" right before a field and "}" right after it would read as "{{name}}".
+        raise ValueError(
+            f"template {template!r} puts literal braces directly around a field "
+            "('{{{name}}}'); put a character between the brace and the field"
+        )
+    return converted
+
+
+def to_fstring(template: str, fields: Sequence[str]) -> str:
+    """This package's template syntax -> a LangChain f-string template whose only
+    fields are ``fields``; every other brace (learned text included) becomes literal.
+
+    Example:
+        >>> from afnio_langchain.autodiff import to_fstring
+        >>> to_fstring('Use {topic}. Reply as {"a": 1} {{literal}}', ["topic"])
+        'Use {topic}. Reply as {{"a": 1}} {{literal}}'
+    """
+    allowed = set(fields)
+    out, pos = [], 0
+    for match in _FIELD.finditer(template):
+        out.append(_escape_braces(template[pos : match.start()]))
+        if match.group(2) and match.group(2) in allowed:
+            out.append("{" + match.group(2) + "}")
+        else:
+            out.append("{{" + (match.group(1) or match.group(2)) + "}}")
+        pos = match.end()
+    out.append(_escape_braces(template[pos:]))
+    return "".join(out)
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")

@@ -3,6 +3,7 @@
 
 from afnio_langchain.runnables._base import VariableRunnable
 from afnio_langchain.runnables._chat import ChatCompletionRunnable, VariableSchema
+from afnio_langchain.runnables._coerce import as_variable, as_variables
 from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
 from afnio_langchain.runnables._text_functions import TextFunction, as_differentiable
@@ -17,6 +18,8 @@ __all__ = [
     "VariableSchema",
     "VariableStrOutputParser",
     "as_differentiable",
+    "as_variable",
+    "as_variables",
     "make_trainable",
     "parameters",
 ]

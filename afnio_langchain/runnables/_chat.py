@@ -22,6 +22,7 @@ from afnio_langchain.autodiff import (
     stream_text_to,
 )
 from afnio_langchain.runnables._base import VariableRunnable
+from afnio_langchain.runnables._coerce import as_variables
 from afnio_langchain.runnables._messages import normalize_messages
 
 _DONE = object()
@@ -31,23 +32,6 @@ VariableSchema = Annotated[
     WithJsonSchema({"type": "string", "description": "text held in a Variable of the graph"}),
 ]
 """``Variable`` as a pydantic annotation whose JSON schema is a string (for Runnable schemas)."""
-
-
-def to_variable(value: Any, name: str) -> Variable | list[Variable]:
-    """An input value as a Variable: strings are wrapped (not trainable); Variables and
-    lists of them pass through; anything else is a TypeError naming the input."""
-    if isinstance(value, Variable):
-        return value
-    if isinstance(value, str):
-        return Variable(value, role=name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Variable(str(value), role=name)
-    if isinstance(value, list) and all(isinstance(v, (Variable, str)) for v in value):
-        return [v if isinstance(v, Variable) else Variable(v, role=name) for v in value]
-    raise TypeError(
-        f"input {name!r} must be a Variable, a str, or a list of them; got {type(value).__name__} "
-        "(convert other values to text first, e.g. with a RunnableLambda)"
-    )
 
 
 def _accumulate(chunks: list[Any]) -> Any:
@@ -206,7 +190,7 @@ class ChatCompletionRunnable(VariableRunnable):
             if self.coerce_inputs and not isinstance(value, Variable):
                 prepared[key] = Variable(str(value), role=key)
             else:
-                prepared[key] = to_variable(value, key)
+                prepared[key] = as_variables(value, key, f"input {key!r}")
         if self.input_variables is not None:
             # Fields that are not declared (e.g. written by an optimizer) stay literal.
             for name in self._template_fields():

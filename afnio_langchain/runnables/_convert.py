@@ -24,9 +24,8 @@ from langchain_core.prompts.chat import (
 from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_core.runnables.base import RunnableBindingBase
 
-from afnio_langchain.autodiff import Variable
+from afnio_langchain.autodiff import Variable, escape_fields, from_fstring, to_fstring
 from afnio_langchain.runnables._chat import ChatCompletionRunnable
-from afnio_langchain.runnables._messages import escape_fields, from_fstring, to_fstring
 
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
 _ROLES = {"system", "user", "assistant"}

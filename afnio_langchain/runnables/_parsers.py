@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from afnio_langchain.autodiff import ParseJson, Variable
-from afnio_langchain.runnables._text_functions import as_input_variable
+from afnio_langchain.runnables._coerce import as_variable
 
 
 class _TextStream:
@@ -60,7 +60,7 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
         return Variable
 
     def _parse(self, value: Any) -> Variable:
-        return as_input_variable(value, self.get_name())
+        return as_variable(value, "text", self.get_name())
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
         return self._call_with_config(self._parse, input, config, run_type="parser")
@@ -133,7 +133,7 @@ class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
     def _parse(self, value: Any) -> dict[str, Variable]:
         from afnio_langchain.models import parse_json_object
 
-        variable = as_input_variable(value, self.get_name())
+        variable = as_variable(value, "text", self.get_name())
         outputs = ParseJson.apply(variable)
         keys: dict[str, None] = {}
         for item in variable.items():

@@ -5,30 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import TextTransform, Variable
+from afnio_langchain.runnables._coerce import as_variable
+from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
 
 TextFunc = Callable[[str], Any]
-
-
-def as_input_variable(value: Any, where: str) -> Variable:
-    """A step's input as a Variable: Variables pass through (keeping the graph), text
-    and chat messages become non-trainable Variables."""
-    if isinstance(value, Variable):
-        return value
-    if isinstance(value, str):
-        return Variable(value, role="text")
-    if isinstance(value, BaseMessage):
-        from afnio_langchain.models import message_text
-
-        return Variable(message_text(value), role=f"{value.type} message")
-    raise TypeError(
-        f"{where} takes a Variable, a str or a chat message, got {type(value).__name__} "
-        "(pick one value out of a dict first, e.g. with itemgetter)"
-    )
 
 
 class TextFunction(RunnableSerializable[Any, Variable]):
@@ -85,11 +69,11 @@ class TextFunction(RunnableSerializable[Any, Variable]):
         return self.description or getattr(self.func, "__name__", "") or "a function"
 
     def _apply(self, value: Any) -> Variable:
-        return TextTransform.apply(as_input_variable(value, self.get_name()), self.func, self._label())
+        return TextTransform.apply(as_variable(value, "text", self.get_name()), self.func, self._label())
 
     async def _aapply(self, value: Any) -> Variable:
         return await TextTransform.aapply(
-            as_input_variable(value, self.get_name()), self.func, self._label()
+            as_variable(value, "text", self.get_name()), self.func, self._label()
         )
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
@@ -132,7 +116,6 @@ def as_differentiable(step: Any, description: str = "") -> RunnableSerializable:
     """
     from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, StrOutputParser
 
-    from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
 
     if isinstance(step, (TextFunction, VariableStrOutputParser, VariableJsonOutputParser)):
         return step

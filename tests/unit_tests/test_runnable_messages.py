@@ -10,13 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import PromptTemplate
 
 from afnio_langchain import Variable
-from afnio_langchain.autodiff import fill, placeholders
-from afnio_langchain.runnables._messages import (
-    escape_fields,
-    from_fstring,
-    normalize_messages,
-    to_fstring,
-)
+from afnio_langchain.autodiff import escape_fields, fill, from_fstring, placeholders, to_fstring
+from afnio_langchain.runnables._messages import normalize_messages
 
 NAMES = ["a", "name", "x_1"]
 VALUES = {"a": "<A {a}>", "name": "N}{", "x_1": "{x_1!r}"}
