@@ -81,28 +81,20 @@ def plays_a_model(request: ScriptedRequest) -> Any:
     return f"You said: {words}" if words else "Hello."
 
 
-class TestScriptedChatModelUnit(ChatModelUnitTests):
+class _ScriptedSuite:
+    """What every suite below is told: the fake, its script, and that it has JSON mode
+    and a per-call model override (as ordinary provider models do)."""
+
+    fake: type[ScriptedChatModel] = ScriptedChatModel
+    script_argument = "forward"
+
     @property
     def chat_model_class(self) -> type[ScriptedChatModel]:
-        return ScriptedChatModel
+        return self.fake
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"forward": plays_a_model, "model_name": "scripted-standard"}
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-
-class TestScriptedChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ScriptedChatModel]:
-        return ScriptedChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"forward": plays_a_model, "model_name": "scripted-standard"}
+        return {self.script_argument: plays_a_model, "model_name": f"{self.fake.__name__}-standard"}
 
     @property
     def supports_json_mode(self) -> bool:
@@ -110,36 +102,22 @@ class TestScriptedChatModelIntegration(ChatModelIntegrationTests):
 
     @property
     def model_override_value(self) -> str:
-        return "scripted-override"
+        return "override-model"
 
 
-class TestToolCallingChatModelUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ToolCallingChatModel]:
-        return ToolCallingChatModel
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"turns": plays_a_model, "model_name": "tool-calling-standard"}
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
+class TestScriptedChatModelUnit(_ScriptedSuite, ChatModelUnitTests):
+    pass
 
 
-class TestToolCallingChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ToolCallingChatModel]:
-        return ToolCallingChatModel
+class TestScriptedChatModelIntegration(_ScriptedSuite, ChatModelIntegrationTests):
+    pass
 
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"turns": plays_a_model, "model_name": "tool-calling-standard"}
 
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
+class TestToolCallingChatModelUnit(_ScriptedSuite, ChatModelUnitTests):
+    fake = ToolCallingChatModel
+    script_argument = "turns"
 
-    @property
-    def model_override_value(self) -> str:
-        return "tool-calling-override"
+
+class TestToolCallingChatModelIntegration(_ScriptedSuite, ChatModelIntegrationTests):
+    fake = ToolCallingChatModel
+    script_argument = "turns"
