@@ -112,12 +112,16 @@ def endpoint_models(base_url: str, model: str) -> tuple[Any, Any]:
 
 def main() -> None:
     base_url, model = os.environ.get("AFNIO_OPENAI_BASE_URL"), os.environ.get("AFNIO_MODEL")
+    scored_by = f" [{model}]" if base_url and model else " [scripted models]"
     if base_url and model:
         task_model, coach = endpoint_models(base_url, model)
         print(f"Endpoint run: {model} at {base_url}")
     else:
         task_model, coach = scripted_models()
-        print("OFFLINE: scripted fake models; this shows the plumbing, not optimizer quality.")
+        print(
+            "OFFLINE: scripted fake models; this shows the plumbing, not optimizer quality "
+            "(the scores are the fakes' and the instructions their scripted proposals)."
+        )
 
     examples = [
         dspy.Example(country=c, capital=k).with_inputs("country") for c, k in CAPITALS.items()
@@ -143,13 +147,13 @@ def main() -> None:
         with track_usage() as gepa_usage, contextlib.redirect_stdout(io.StringIO()):
             gepa_program = gepa.compile(CapitalProgram(), trainset=trainset, valset=valset)
 
-        print(f"\nstudent  val score {evaluate(CapitalProgram()).score:5.1f}%")
+        print(f"\nstudent  val score {evaluate(CapitalProgram()).score:5.1f}%{scored_by}")
         for name, program, usage in (
             ("ours", ours_program, ours_usage),
             ("GEPA", gepa_program, gepa_usage),
         ):
             calls = {purpose: c.calls for purpose, c in usage.by_purpose().items()}
-            print(f"{name:<8} val score {evaluate(program).score:5.1f}%  calls {calls}")
+            print(f"{name:<8} val score {evaluate(program).score:5.1f}%{scored_by}  calls {calls}")
             for predictor_name, predictor in program.named_predictors():
                 print(f"    {predictor_name:<7} {predictor.signature.instructions!r}")
 

@@ -130,6 +130,11 @@ def chosen_model() -> Any:
 
 def main() -> None:
     model = chosen_model()
+    if not os.environ.get("AFNIO_OPENAI_BASE_URL"):
+        print(
+            "OFFLINE: a scripted fake model. The answer, the gradients and the new prompts "
+            "below are its scripted replies: this shows the plumbing, not learning."
+        )
     set_backward_model(model)
     pipeline, prompts = build_pipeline(model)
     assert parameters(pipeline) == list(prompts.values())

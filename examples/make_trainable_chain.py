@@ -6,7 +6,8 @@ Variable; a few TGD steps on a tiny support dataset teach it the refund policy; 
 learned prompt is saved as JSON and exported to a plain LangChain chain for serving
 (braces in the learned text survive the export).
 
-Offline by default, with a scripted fake model::
+Offline by default, with a scripted fake model (its "learned" rule is written by hand
+in ``LEARNED_RULE``: the offline run shows the plumbing, and says so)::
 
     python examples/make_trainable_chain.py [--out prompts.json]
 
@@ -94,12 +95,20 @@ def main() -> None:
     args = parser.parse_args()
 
     model = chosen_model()
+    offline = not os.environ.get("AFNIO_OPENAI_BASE_URL")
+    scored_by = "scripted model" if offline else f"model {os.environ.get('AFNIO_MODEL', 'gpt-4o-mini')}"
+    if offline:
+        print(
+            "OFFLINE: a scripted fake model. Its optimizer reply is the prompt written by hand "
+            "in LEARNED_RULE, so the accuracies show the plumbing (feedback, a TGD step, save, "
+            "export), not learning."
+        )
     set_backward_model(model)
     chain = build_chain(model)
     trainable = make_trainable(chain)
     (system,) = trainable.parameters()
     print("trainable prompt:", repr(system.data))
-    print(f"accuracy before: {accuracy(trainable, 'Acme Shop'):.0%}")
+    print(f"accuracy before ({scored_by}): {accuracy(trainable, 'Acme Shop'):.0%}")
 
     optimizer = TGD(trainable.parameters(), model=model)
     for epoch in range(args.epochs):
@@ -112,7 +121,8 @@ def main() -> None:
         for answer, feedback in wrong:
             answer.backward(feedback)
         optimizer.step()
-    print("learned prompt:", repr(system.data))
+    written_by = "hand-written in LEARNED_RULE, not learned" if offline else "learned"
+    print(f"new prompt ({written_by}):", repr(system.data))
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "prompts.json"
     trainable.save(out)
@@ -123,7 +133,7 @@ def main() -> None:
     reply = served.invoke({"product": "Acme Shop", "question": DATASET[0][0]})
     print(f"served chain returns a str ({isinstance(reply, str)}): {reply}")
     print("served system prompt:", served.steps[0].messages[0].prompt.template)
-    print(f"accuracy after: {accuracy(served, 'Acme Shop'):.0%}")
+    print(f"accuracy after ({scored_by}): {accuracy(served, 'Acme Shop'):.0%}")
     totals = get_usage().by_purpose()
     print("model calls:", ", ".join(f"{p}={c.calls}" for p, c in sorted(totals.items())))
 

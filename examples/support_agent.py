@@ -6,9 +6,10 @@ the right tools with the right arguments, within a step budget?) and on its fina
 answer; the metric's feedback flows back through the run to the system prompt, and
 two TGD steps rewrite the prompt.
 
-Offline by default, with scripted tool-calling fake models (the fake agent follows
-whatever tool rules its system prompt states, so a better prompt really gives better
-runs)::
+Offline by default, with scripted tool-calling fake models: the fake agent follows
+whatever tool rules its system prompt states, and the fake optimizer returns prompts
+written by hand in this file (``FAKE_PROMPTS``), so the offline scores show the
+plumbing, not learning (the output says so)::
 
     python examples/support_agent.py
 
@@ -201,6 +202,14 @@ def fake_optimizer(request: str) -> str:
     return FAKE_PROMPTS[0] if "lookup_order" not in current else FAKE_PROMPTS[1]
 
 
+OFFLINE_NOTE = (
+    "OFFLINE: scripted fake models. The agent model follows whatever tool rules its "
+    "prompt states, and the optimizer is a fake that returns the two prompts written by "
+    "hand in FAKE_PROMPTS: the scores below show the plumbing (trajectory feedback "
+    "reaches the prompt, the agent follows the new prompt), not what TGD learns."
+)
+
+
 def offline_models() -> tuple[Any, Any, Any]:
     agent_model = ToolCallingChatModel(turns=fake_agent)
     helper = ToolCallingChatModel(feedback=fake_feedback, optimizer=fake_optimizer)
@@ -249,12 +258,19 @@ def main() -> None:
         model=optimizer_model,
         constraints=["Keep it under 120 words.", "Name the tools the agent must use."],
     )
+    if base_url:
+        name = os.environ.get("AFNIO_MODEL", "gpt-4o-mini")
+        print(f"Endpoint run: {name} at {base_url}")
+        scored_by, written_by = f"model {name}", f"written by TGD with {name}"
+    else:
+        print(OFFLINE_NOTE)
+        scored_by, written_by = "scripted models", "hand-written in FAKE_PROMPTS, not learned"
     print("prompt before:", prompt.data)
-    print(f"score before: {score(agent):.3f}")
+    print(f"score before ({scored_by}): {score(agent):.3f}")
     for step in range(1, 3):
         train_step(agent, optimizer)
-        print(f"score after step {step}: {score(agent):.3f}")
-    print("prompt after:", prompt.data)
+        print(f"score after step {step} ({scored_by}): {score(agent):.3f}")
+    print(f"prompt after ({written_by}):", prompt.data)
     totals = get_usage().by_purpose()
     print(
         "model calls:",

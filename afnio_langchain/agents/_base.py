@@ -17,7 +17,12 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.pydantic import create_model_v2
 from pydantic import ConfigDict
 
-from afnio_langchain.agents._op import DEFAULT_AGENT_OUTPUT_ROLE, AgentRun, AgentTask
+from afnio_langchain.agents._op import (
+    DEFAULT_AGENT_OUTPUT_ROLE,
+    AgentRun,
+    AgentRunner,
+    AgentTask,
+)
 from afnio_langchain.agents._trajectory import Trajectory
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.runnables import VariableRunnable, VariableSchema
@@ -112,18 +117,19 @@ class AgentRunnableBase(VariableRunnable):
             f"{self.input_key!r}, or a non-empty list of tasks; got {type(value).__name__}"
         )
 
+    def prepare(
+        self, input: Any, config: RunnableConfig
+    ) -> tuple[AgentRunner, Variable | list[Variable]]:
+        """The runner for ``input`` and its task(s) (subclasses take more input shapes)."""
+        return functools.partial(self.run_task, config=config), self.task_of(input)
+
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> Variable:
         prompt, descriptions = self.prompt_variables()
         kwargs: dict[str, Any] = {"output_role": self.output_role}
         if self.backward_model is not None:
             kwargs["backward_model"] = self.backward_model
-        return await AgentRun.aapply(
-            functools.partial(self.run_task, config=config),
-            prompt,
-            descriptions,
-            self.task_of(input),
-            **kwargs,
-        )
+        runner, task = self.prepare(input, config)
+        return await AgentRun.aapply(runner, prompt, descriptions, task, **kwargs)
 
 
 __all__ = ["TASK_ROLE", "AgentRunnableBase"]

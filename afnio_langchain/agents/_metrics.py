@@ -24,6 +24,7 @@ from afnio_langchain.agents import _prompts as prompts
 from afnio_langchain.agents._trajectory import (
     ToolCallRecord,
     Trajectory,
+    jsonable,
     tool_args_text,
     trajectory_from_messages,
     trajectory_of,
@@ -35,6 +36,7 @@ from afnio_langchain.loop import (
     Metric,
     MetricResult,
     ascore,
+    find_target,
     metric_name,
     optional_reference,
 )
@@ -42,6 +44,7 @@ from afnio_langchain.models import (
     ModelClient,
     as_model_client,
     message_text,
+    parse_json_object,
     parse_score,
     request_fields,
 )
@@ -61,7 +64,9 @@ def as_trajectory(prediction: Any) -> Trajectory:
         messages = prediction["messages"]
         start = max((k for k, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
         task = message_text(messages[start]) if start >= 0 else ""
-        return trajectory_from_messages(task, messages[start + 1 :])
+        return trajectory_from_messages(
+            task, messages[start + 1 :], structured_response=prediction.get("structured_response")
+        )
     found = trajectory_of(prediction)
     if isinstance(found, list):
         raise TypeError(
@@ -300,6 +305,12 @@ class StepCount:
 class FinalAnswerMatch:
     """Is the run's final answer the expected one (exactly, or containing it)?
 
+    A run that returned a structured response (``create_agent`` with a
+    ``response_format``) is scored on it: an expected dict is compared field by field
+    (``"contains"``: the expected fields, ``"exact"``: the same fields; values compare
+    leniently, as :class:`ToolCallMatch`'s arguments do); an expected text is looked for
+    in the response's JSON.
+
     Args:
         target_key: The example key holding the expected answer (default: the usual names).
         mode: ``"contains"`` or ``"exact"`` (see :class:`~afnio_langchain.train.Contains`,
@@ -311,6 +322,10 @@ class FinalAnswerMatch:
         >>> from afnio_langchain.agents import FinalAnswerMatch
         >>> run = trajectory_from_messages("Where is order 7?", [AIMessage("It has shipped.")])
         >>> FinalAnswerMatch()({"answer": "shipped"}, run).score
+        1.0
+        >>> run = trajectory_from_messages("Order 7?", [AIMessage('{"status": "Shipped"}')],
+        ...                                structured_response={"status": "Shipped"})
+        >>> FinalAnswerMatch()({"answer": {"status": "shipped"}}, run).score
         1.0
     """
 
@@ -324,7 +339,29 @@ class FinalAnswerMatch:
         self._inner = Contains(target_key) if mode == "contains" else ExactMatch(target_key)
 
     def __call__(self, example: Example, prediction: Any) -> MetricResult:
-        return self._inner(example, as_trajectory(prediction).final_answer)
+        run = as_trajectory(prediction)
+        expected = find_target(example, self.target_key)
+        if isinstance(expected, Mapping):
+            return self._fields(expected, run)
+        return self._inner(example, run.final_answer)
+
+    def _fields(self, expected: Mapping[str, Any], run: Trajectory) -> MetricResult:
+        got = jsonable(run.structured_response)
+        if not isinstance(got, Mapping):
+            got = parse_json_object(run.final_answer) or {}
+        want, have = _norm(dict(expected)), _norm(dict(got))
+        wrong = sorted(k for k, v in want.items() if have.get(k) != v)
+        extra = sorted(set(have) - set(want)) if self.mode == "exact" else []
+        if not wrong and not extra:
+            return MetricResult(1.0)
+        return MetricResult(
+            (len(want) - len(wrong)) / max(1, len(want) + len(extra)),
+            prompts.STRUCTURED_ANSWER_FEEDBACK.format(
+                fields=", ".join(wrong + extra),
+                expected=json.dumps(jsonable(dict(expected)), ensure_ascii=False, sort_keys=True),
+                answer=run.final_answer[:500],
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"FinalAnswerMatch(target_key={self.target_key!r}, mode={self.mode!r})"

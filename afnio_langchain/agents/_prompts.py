@@ -127,6 +127,15 @@ DEFAULT_TRAJECTORY_CRITERIA = (
 MAX_TOOL_TEXT_CHARS = 2000
 """Tool results and model texts longer than this are cut in backward and judge requests."""
 
+STRUCTURED_OUTPUT_RETURNED = (
+    "(the structured-output tool: this call returned the final answer, shown as JSON)"
+)
+STRUCTURED_OUTPUT_REJECTED = (
+    "(the structured-output tool: these arguments did not fit the answer's schema; "
+    "the agent was asked again)"
+)
+
+
 def format_tools(tools: Mapping[str, str]) -> str:
     """The tools an agent was shown (name -> description), one tagged line each."""
     if not tools:
@@ -163,7 +172,19 @@ def format_trajectory(trajectory: Trajectory) -> str:
                     f'<TOOL_RESULT name="{tag_attribute(call.name)}" status="{call.status}">\n'
                     f"{output}\n</TOOL_RESULT>"
                 )
-        if not step.tool_calls:
+        for call in step.structured_output:
+            args = neutralize(tool_args_text(call.args), MAX_TOOL_TEXT_CHARS)
+            lines.append(f'<TOOL_CALL name="{tag_attribute(call.name)}">{args}</TOOL_CALL>')
+            if call.status == "error":
+                output = neutralize(call.output or "", MAX_TOOL_TEXT_CHARS)
+                lines.append(
+                    f'<TOOL_RESULT name="{tag_attribute(call.name)}" status="error">\n'
+                    f"{output}\n</TOOL_RESULT>"
+                )
+                lines.append(STRUCTURED_OUTPUT_REJECTED)
+            else:
+                lines.append(STRUCTURED_OUTPUT_RETURNED)
+        if not step.tool_calls and not step.structured_output:
             lines.append("(no tool call: this step gave the final answer)")
         lines.append("</STEP>")
         blocks.append("\n".join(lines))
@@ -237,3 +258,9 @@ STEP_LIMIT_FEEDBACK = (
     "The agent used all {limit} of its steps without giving a final answer: it kept "
     "calling tools instead of answering."
 )
+
+STRUCTURED_ANSWER_FEEDBACK = (
+    "The agent's structured answer has wrong or unexpected fields ({fields}): expected "
+    "{expected}, got {answer}."
+)
+

@@ -33,6 +33,9 @@ class ModelCallRecord:
         messages: The messages sent after the system prompt.
         response: The model's reply, when the integration sees it (the middleware does;
             a LangGraph callable prompt does not).
+        structured_output_tools: Names of the tools that return a structured response
+            (``create_agent``'s ``ToolStrategy``), when the integration knows them.
+        model_name: The name of the model called, when the integration knows it.
 
     Example:
         >>> from langchain_core.messages import HumanMessage
@@ -51,6 +54,8 @@ class ModelCallRecord:
     tool_descriptions: dict[str, str] = field(default_factory=dict)
     messages: tuple[BaseMessage, ...] = ()
     response: AIMessage | None = None
+    structured_output_tools: tuple[str, ...] = ()
+    model_name: str | None = None
 
 
 class RunRecorder:

@@ -114,7 +114,8 @@ def trainable_tool_descriptions(
     }
 
 
-def _model_name(model: Any) -> str:
+def model_name_of(model: Any) -> str:
+    """The name a model's usage is counted under (its client's ``model_name``)."""
     try:
         return as_model_client(model).model_name
     except TypeError:
@@ -311,7 +312,7 @@ class AgentRunnable(AgentRunnableBase):
     async def run_task(self, item: AgentTask, config: RunnableConfig) -> Trajectory:
         """Run the tool-calling loop on one task and return its trajectory."""
         model = self._bound_model(item.tool_descriptions)
-        name = _model_name(self.model)
+        name = model_name_of(self.model)
         messages: list[BaseMessage] = []
         if item.system_prompt:
             messages.append(SystemMessage(item.system_prompt))
@@ -347,6 +348,7 @@ __all__ = [
     "AgentRunnable",
     "AgentStepLimitError",
     "as_tools",
+    "model_name_of",
     "tool_description_role",
     "trainable_tool_descriptions",
     "trajectory_of",

@@ -9,9 +9,10 @@ metrics and for the backward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +77,9 @@ class AgentStep:
 
     text: str
     tool_calls: tuple[ToolCallRecord, ...] = ()
+    structured_output: tuple[ToolCallRecord, ...] = ()
+    """Calls of the structured-output tool (``create_agent``'s ``ToolStrategy``): the
+    way the run returns its answer, not tool calls of the agent."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class Trajectory:
         max_steps: The run's step limit (None when unknown or unlimited).
         tools: Tool name -> description the model was shown.
         messages: The run's LangChain messages after the task (AI and tool messages).
+        structured_response: The run's structured response (``create_agent`` with a
+            ``response_format``), or None; the final answer is then its JSON.
 
     Example:
         >>> from langchain_core.messages import AIMessage, ToolMessage
@@ -114,6 +120,7 @@ class Trajectory:
     max_steps: int | None = None
     tools: Mapping[str, str] = field(default_factory=dict)
     messages: tuple[BaseMessage, ...] = ()
+    structured_response: Any = None
 
     @property
     def num_steps(self) -> int:
@@ -146,6 +153,7 @@ class Trajectory:
                 for step in self.steps
             ],
             "final_answer": self.final_answer,
+            "structured_response": jsonable(self.structured_response),
             "stopped": self.stopped,
             "max_steps": self.max_steps,
         }
@@ -153,6 +161,32 @@ class Trajectory:
 
 def _tool_status(message: ToolMessage) -> ToolStatus:
     return "error" if getattr(message, "status", "success") == "error" else "success"
+
+
+def jsonable(value: Any) -> Any:
+    """A structured response as JSON-ready data (pydantic models, dataclasses, dicts)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json.loads(json.dumps(dataclasses.asdict(value), default=str))
+    return json.loads(json.dumps(value, default=str))
+
+
+def structured_answer(value: Any) -> str:
+    """The final answer text of a structured response: its JSON."""
+    return value if isinstance(value, str) else json.dumps(jsonable(value), ensure_ascii=False)
+
+
+def _answered_last_calls(messages: Sequence[BaseMessage]) -> set[str]:
+    """Names of the last AI message's tool calls that a later tool message answers: how
+    a structured response returned through a tool looks when its tool names are unknown."""
+    last = next((k for k in range(len(messages) - 1, -1, -1) if isinstance(messages[k], AIMessage)), None)
+    if last is None:
+        return set()
+    answered = {m.tool_call_id for m in messages[last + 1 :] if isinstance(m, ToolMessage)}
+    return {str(c.get("name")) for c in messages[last].tool_calls or [] if c.get("id") in answered}
 
 
 def tool_args_text(args: Mapping[str, Any]) -> str:
@@ -169,6 +203,8 @@ def trajectory_from_messages(
     max_steps: int | None = None,
     tools: Mapping[str, str] | None = None,
     final_answer: str | None = None,
+    structured_response: Any = None,
+    structured_tools: Collection[str] | None = None,
 ) -> Trajectory:
     """Build the :class:`Trajectory` of a run from the messages that followed its task.
 
@@ -177,8 +213,23 @@ def trajectory_from_messages(
     answer is the text of the last ``AIMessage`` unless given; ``stopped`` defaults to
     ``"step_limit"`` when the last step still asked for tools.
 
+    A run with a ``structured_response`` answered with it: the final answer is its JSON,
+    and calls of the structured-output tools (``structured_tools``; by default the last
+    step's answered calls) are kept apart from the agent's tool calls.
+
     Raises:
         TypeError: ``messages`` holds something that is not a LangChain message.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, ToolMessage
+        >>> from afnio_langchain.agents._trajectory import trajectory_from_messages
+        >>> run = trajectory_from_messages("Contact: John, john@example.com", [
+        ...     AIMessage("", tool_calls=[{"name": "ContactInfo", "id": "c1",
+        ...                                "args": {"name": "John", "email": "john@example.com"}}]),
+        ...     ToolMessage("Returning structured response", tool_call_id="c1"),
+        ... ], structured_response={"name": "John", "email": "john@example.com"})
+        >>> run.final_answer, run.stopped, run.tool_calls
+        ('{"name": "John", "email": "john@example.com"}', 'final_answer', [])
     """
     steps: list[tuple[AIMessage, list[dict[str, Any]]]] = []
     results: dict[str, ToolMessage] = {}
@@ -192,26 +243,39 @@ def trajectory_from_messages(
             steps.append((message, list(message.tool_calls or [])))
         elif isinstance(message, ToolMessage):
             results[message.tool_call_id] = message
+    structured: Collection[str] = ()
+    if structured_response is not None:
+        structured = (
+            set(structured_tools) if structured_tools is not None else _answered_last_calls(messages)
+        )
+    elif structured_tools is not None:
+        structured = set(structured_tools)
     built = []
     for ai, calls in steps:
-        records = []
+        records, outputs = [], []
         for call in calls:
             answer = results.get(call.get("id") or "")
-            records.append(
-                ToolCallRecord(
-                    name=str(call.get("name", "")),
-                    args=dict(call.get("args") or {}),
-                    id=call.get("id"),
-                    output=None if answer is None else message_text(answer),
-                    status="not_run" if answer is None else _tool_status(answer),
-                )
+            record = ToolCallRecord(
+                name=str(call.get("name", "")),
+                args=dict(call.get("args") or {}),
+                id=call.get("id"),
+                output=None if answer is None else message_text(answer),
+                status="not_run" if answer is None else _tool_status(answer),
             )
-        built.append(AgentStep(text=message_text(ai), tool_calls=tuple(records)))
-    last_asked_tools = bool(built and built[-1].tool_calls)
+            (outputs if record.name in structured else records).append(record)
+        built.append(
+            AgentStep(
+                text=message_text(ai), tool_calls=tuple(records), structured_output=tuple(outputs)
+            )
+        )
     if stopped is None:
-        stopped = "step_limit" if last_asked_tools else "final_answer"
+        answered = structured_response is not None
+        stopped = "step_limit" if built and built[-1].tool_calls and not answered else "final_answer"
     if final_answer is None:
-        final_answer = built[-1].text if built else ""
+        if structured_response is not None:
+            final_answer = structured_answer(structured_response)
+        else:
+            final_answer = built[-1].text if built else ""
     return Trajectory(
         task=task,
         steps=tuple(built),
@@ -221,6 +285,7 @@ def trajectory_from_messages(
         max_steps=max_steps,
         tools=dict(tools or {}),
         messages=tuple(messages),
+        structured_response=structured_response,
     )
 
 

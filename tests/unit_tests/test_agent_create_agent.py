@@ -49,8 +49,8 @@ def build(turns: Any, *, descriptions: dict[str, Variable] | None = None, **kwar
     )
     prompt = Variable("You are a support agent.", role="system prompt", requires_grad=True)
     middleware = TrainablePromptMiddleware(prompt, descriptions)
-    agent = create_agent(
-        model, [lookup_order], system_prompt="replaced", middleware=[middleware], **kwargs
+    agent = create_agent(  # the app's own prompt, which the Variable was made from
+        model, [lookup_order], system_prompt="You are a support agent.", middleware=[middleware], **kwargs
     )
     return TrainableAgent(agent=agent, prompt=middleware, backward_model=model), model, prompt
 

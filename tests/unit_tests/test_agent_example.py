@@ -25,20 +25,24 @@ def run(env: dict[str, str] | None = None) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_support_agent_example_improves_its_prompt_offline():
+def test_support_agent_example_improves_its_prompt_offline_and_says_how():
     lines = run({"AFNIO_OPENAI_BASE_URL": ""})
-    assert lines[0] == (
+    assert lines[0].startswith("OFFLINE: scripted fake models.")
+    assert "written by hand in FAKE_PROMPTS" in lines[0]
+    assert lines[1] == (
         "prompt before: You are a friendly customer-support assistant for an online shop."
     )
-    assert lines[1:4] == [
-        "score before: 0.333",
-        "score after step 1: 0.667",
-        "score after step 2: 1.000",
+    assert lines[2:5] == [
+        "score before (scripted models): 0.333",
+        "score after step 1 (scripted models): 0.667",
+        "score after step 2 (scripted models): 1.000",
     ]
-    assert lines[4].startswith("prompt after: You are a friendly customer-support assistant")
+    assert lines[5].startswith(
+        "prompt after (hand-written in FAKE_PROMPTS, not learned): You are a friendly"
+    )
     for tool_name in ("lookup_order", "track_parcel", "open_refund"):
-        assert tool_name in lines[4]
-    assert lines[5].startswith("model calls: backward=")
+        assert tool_name in lines[5]
+    assert lines[6].startswith("model calls: backward=")
 
 
 def test_support_agent_example_against_an_endpoint(openai_server):
@@ -50,7 +54,10 @@ def test_support_agent_example_against_an_endpoint(openai_server):
             "OPENAI_API_KEY": "sk-test-not-a-key",
         }
     )
-    assert lines[0].startswith("prompt before:") and lines[-1].startswith("model calls:")
+    assert lines[0] == f"Endpoint run: fake-model at {openai_server.base_url}"
+    assert lines[1].startswith("prompt before:") and lines[-1].startswith("model calls:")
+    assert lines[2].startswith("score before (model fake-model): ")
+    assert lines[-2].startswith("prompt after (written by TGD with fake-model):")
     agent_requests = [body for body in openai_server.requests if body.get("tools")]
     assert agent_requests, "the agent's model calls carry the tool schemas"
     names = {t["function"]["name"] for t in agent_requests[0]["tools"]}

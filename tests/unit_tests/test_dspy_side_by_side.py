@@ -40,9 +40,12 @@ def test_example_runs_offline_and_both_optimizers_rewrite_instructions(
     example.main()
     out = capsys.readouterr().out
     assert "OFFLINE" in out
-    assert "student  val score   0.0%" in out
-    assert "ours     val score 100.0%  calls {'forward': 18, 'backward': 6, 'optimizer': 2}" in out
-    assert "GEPA     val score 100.0%" in out
+    assert "student  val score   0.0% [scripted models]" in out
+    assert (
+        "ours     val score 100.0% [scripted models]  calls "
+        "{'forward': 18, 'backward': 6, 'optimizer': 2}" in out
+    )
+    assert "GEPA     val score 100.0% [scripted models]" in out
     assert "including the name of its capital city" in out
 
 

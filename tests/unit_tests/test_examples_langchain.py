@@ -30,6 +30,7 @@ def run(name: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
 
 def test_lcel_pipeline_offline_reaches_all_three_prompts_and_steps_them():
     lines = run("lcel_pipeline.py")
+    assert lines.pop(0).startswith("OFFLINE: a scripted fake model.")
     assert lines[0] == "answer: 'Paris.'"
     assert lines[1] == "gradients reached 3 of 3 system prompts: drafter, critic, finalizer"
     for name in ("drafter", "critic", "finalizer"):
@@ -42,10 +43,12 @@ def test_lcel_pipeline_offline_reaches_all_three_prompts_and_steps_them():
 def test_make_trainable_example_offline_trains_saves_and_exports(tmp_path):
     out = tmp_path / "prompts.json"
     lines = run("make_trainable_chain.py", "--out", str(out))
-    assert "accuracy before: 0%" in lines
+    assert lines[0].startswith("OFFLINE: a scripted fake model.")
+    assert "accuracy before (scripted model): 0%" in lines
     assert "epoch 2: 0 of 2 answers need feedback" in lines
     assert "reloaded prompt matches: True" in lines
-    assert "accuracy after: 100%" in lines
+    assert "accuracy after (scripted model): 100%" in lines
+    assert any(line.startswith("new prompt (hand-written in LEARNED_RULE, not learned):") for line in lines)
     assert any(line.startswith("served chain returns a str (True)") for line in lines)
     served = next(line for line in lines if line.startswith("served system prompt:"))
     assert '{{"answer": "..."}}' in served and "{product}" in served

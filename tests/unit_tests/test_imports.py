@@ -257,6 +257,7 @@ EXPECTED_ALL = {
         "OpenAICompatServer",
         "ScriptedCall",
         "ScriptedChatModel",
+        "ScriptedRequest",
         "ToolCallingChatModel",
         "count_tokens",
         "default_responder",
