@@ -25,7 +25,7 @@ from afnio_langchain.agents._op import (
 )
 from afnio_langchain.agents._trajectory import Trajectory
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.runnables import VariableRunnable, VariableSchema
+from afnio_langchain.runnables import VariableRunnable, VariableSchema, as_variables
 
 TASK_ROLE = "task"
 
@@ -106,12 +106,11 @@ class AgentRunnableBase(VariableRunnable):
                     f"got keys {sorted(input)}"
                 )
             value = input[self.input_key]
-        if isinstance(value, Variable):
-            return value
-        if isinstance(value, str):
-            return Variable(value, role=TASK_ROLE)
-        if isinstance(value, list) and value and all(isinstance(v, (str, Variable)) for v in value):
-            return [v if isinstance(v, Variable) else Variable(v, role=TASK_ROLE) for v in value]
+        if value != [] and not isinstance(value, (int, float)):  # a number is no task
+            try:
+                return as_variables(value, TASK_ROLE, f"{self.get_name()}'s task")
+            except TypeError:
+                pass
         raise TypeError(
             f"{self.get_name()} takes a task: a str, a Variable, a dict with "
             f"{self.input_key!r}, or a non-empty list of tasks; got {type(value).__name__}"
