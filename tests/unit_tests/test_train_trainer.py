@@ -23,7 +23,7 @@ from afnio_langchain.train import (
     fit,
     load_checkpoint,
 )
-from afnio_langchain.train._trainer import epoch_order
+from afnio_langchain.train._run import epoch_order
 
 
 def examples(n: int, start: int = 1) -> list[dict[str, str]]:
@@ -220,7 +220,8 @@ def run_plan(tmp_path, metric, name, resume=False):
 
 
 def test_an_interrupted_run_resumes_without_losing_a_completed_step(tmp_path):
-    train, val = examples(6), examples(4, start=7)
+    # validation rises with each version (v1: 0.25, v2: 0.75...), so steps are kept
+    train, val = examples(6), examples(4, start=1)
     reference, ref_model, ref_system = run_plan(tmp_path, exact_match, "ref.json")
     expected = reference.fit(train, val)
 
