@@ -50,7 +50,8 @@ class GatePolicy:
 
     Rules:
         ``"improve"`` (the default): only when the candidate's validation score is higher
-            than the current one (and by at least ``min_improvement``). A tie is never
+            than the current one, by at least ``min_improvement`` (which only this rule
+            takes). A tie is never
             kept, so a rewrite that validation cannot tell apart from the current values
             (a broken proposal on a model whose answers do not depend on it, say) never
             replaces them.
@@ -84,6 +85,8 @@ class GatePolicy:
             raise TypeError(f"min_improvement must be a number, got {value!r}")
         if value < 0:
             raise ValueError(f"min_improvement must be >= 0, got {value}")
+        if value and self.rule != "improve":
+            raise ValueError(f"min_improvement applies to gate='improve', not {self.rule!r}")
 
     @property
     def validates(self) -> bool:
@@ -96,20 +99,21 @@ class GatePolicy:
         if self.rule == "off" or current is None:
             return GateDecision(True, ACCEPTED)
         rise = candidate - current
+        tie = abs(rise) <= _TIE_TOLERANCE
+        shown = f"rolled back: validation {candidate:.3f}"
+        if self.rule == "no_worse":
+            if rise > _TIE_TOLERANCE or (tie and current > 0):
+                return GateDecision(True, ACCEPTED)
+            if tie:
+                return GateDecision(False, f"{shown} = {current:.3f} (a tie at zero is never kept)")
+            return GateDecision(False, f"{shown} < {current:.3f}")
         if rise > _TIE_TOLERANCE and rise >= self.min_improvement - _TIE_TOLERANCE:
             return GateDecision(True, ACCEPTED)
-        tie = abs(rise) <= _TIE_TOLERANCE
-        if self.rule == "no_worse" and tie and current > 0:
-            return GateDecision(True, ACCEPTED)
-        shown = f"validation {candidate:.3f}"
-        if tie and self.rule == "no_worse":
-            return GateDecision(False, f"rolled back: {shown} = {current:.3f} (a tie at zero is never kept)")
-        if rise > _TIE_TOLERANCE:  # a rise, but smaller than min_improvement
+        if rise > _TIE_TOLERANCE:
             return GateDecision(
-                False, f"rolled back: {shown} < {current:.3f} + min_improvement {self.min_improvement:g}"
+                False, f"{shown} < {current:.3f} + min_improvement {self.min_improvement:g}"
             )
-        sign = "<=" if self.rule == "improve" else "<"
-        return GateDecision(False, f"rolled back: {shown} {sign} {current:.3f}")
+        return GateDecision(False, f"{shown} <= {current:.3f}")
 
 
 @dataclass(frozen=True)
