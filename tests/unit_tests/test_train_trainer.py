@@ -167,15 +167,34 @@ def test_the_rolled_back_value_is_restored_before_the_next_step():
     assert seen_values == ["prompt v1", "prompt v1"]
 
 
-def test_gate_improve_rejects_a_step_that_only_ties():
+def test_the_default_gate_rejects_a_step_that_only_ties():
     model = make_model(optimizer="prompt v1 (reworded)")
     chain, system = make_chain(model, "prompt v1")
-    result = trainer_for(model, chain, batch_size=2, gate="improve", evaluate_train=False).fit(
+    for options in ({}, {"gate": "improve"}):  # "improve" is the default
+        result = trainer_for(model, chain, batch_size=2, evaluate_train=False, **options).fit(
+            examples(2, start=3), examples(2)
+        )
+        (step,) = result.history["steps"]
+        assert step["decision"] == "rolled back: validation 0.500 <= 0.500"
+        assert system.data == "prompt v1"
+
+
+def test_gate_no_worse_keeps_a_tie_above_zero_but_never_a_tie_at_zero():
+    model = make_model(optimizer="prompt v1 (reworded)")
+    chain, system = make_chain(model, "prompt v1")  # val: question 1 right -> 0.5
+    result = trainer_for(model, chain, batch_size=2, gate="no_worse", evaluate_train=False).fit(
         examples(2, start=3), examples(2)
     )
+    assert result.history["steps"][0]["decision"] == "accepted"
+    assert system.data == "prompt v1 (reworded)"
+
+    chain, system = make_chain(model, "prompt v0")  # val: nothing right -> 0.0, and so after
+    result = trainer_for(model, chain, batch_size=2, gate="no_worse", evaluate_train=False).fit(
+        examples(2, start=3), examples(2, start=5)
+    )
     (step,) = result.history["steps"]
-    assert step["decision"].startswith("rolled back: validation 0.500 <= 0.500")
-    assert system.data == "prompt v1"
+    assert step["decision"] == "rolled back: validation 0.000 = 0.000 (a tie at zero is never kept)"
+    assert system.data == "prompt v0"
 
 
 def test_gate_off_keeps_every_step_and_restores_the_best_values_at_the_end():
