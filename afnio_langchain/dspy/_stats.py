@@ -47,22 +47,12 @@ class StepRecord:
             0.000 <= 0.000"``, ``"no feedback: ..."``, ``"failed: ..."``).
 
     Example:
-        >>> import dspy
-        >>> from dspy.utils import DummyLM
-        >>> from afnio_langchain.dspy import TextualGradientDescent
-        >>> from afnio_langchain.testing import ScriptedChatModel
-        >>> coach = ScriptedChatModel(feedback="Ask for the capital city.",
-        ...                           optimizer="Answer with the name of the capital city.")
-        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
-        >>> def metric(gold, pred, trace=None):
-        ...     return gold.capital == pred.capital
-        >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
-        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]
-        >>> with dspy.context(lm=DummyLM(replies)):
-        ...     _ = optimizer.compile(dspy.Predict("country -> capital"), trainset=trainset)
-        >>> step = optimizer.last_report.steps[0]
-        >>> step.train_score, step.with_feedback, step.updated, step.val_score, step.accepted
-        (0.0, 1, ['self'], 1.0, True)
+        >>> from afnio_langchain.dspy import StepRecord
+        >>> record = StepRecord(step=1, epoch=1, batch_size=4, train_score=0.25, with_feedback=3,
+        ...                     updated=["answer"], val_score=0.5, accepted=False,
+        ...                     note="rolled back: validation 0.500 <= 0.750")
+        >>> record.accepted, record.note.startswith("rolled back")
+        (False, True)
     """
 
     step: int

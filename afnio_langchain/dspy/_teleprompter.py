@@ -127,20 +127,20 @@ class TextualGradientDescent(Teleprompter):
         >>> from dspy.utils import DummyLM
         >>> from afnio_langchain.dspy import TextualGradientDescent
         >>> from afnio_langchain.testing import ScriptedChatModel
-        >>> coach = ScriptedChatModel(feedback="Ask for the name of the capital city.",
-        ...                           optimizer="Answer with the name of the capital city.")
-        >>> program = dspy.Predict("country -> capital")
-        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
-        >>> def metric(gold, pred, trace=None):
-        ...     return gold.capital == pred.capital
+        >>> program = dspy.Predict("question -> answer")
+        >>> trainset = [dspy.Example(question="2+2?", answer="4").with_inputs("question")]
+        >>> def metric(gold, pred, trace=None, pred_name=None, pred_trace=None):  # GEPA-style
+        ...     right = gold.answer == pred.answer
+        ...     return dspy.Prediction(score=float(right), feedback="" if right else "Use digits.")
+        >>> coach = ScriptedChatModel(feedback="Ask for digits.", optimizer="Answer in digits.")
         >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
-        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]  # before, during, after
+        >>> replies = [{"answer": "four"}] * 2 + [{"answer": "4"}]  # before, during, after
         >>> with dspy.context(lm=DummyLM(replies)):
         ...     optimized = optimizer.compile(program, trainset=trainset)
         >>> optimized.signature.instructions
-        'Answer with the name of the capital city.'
+        'Answer in digits.'
         >>> program.signature.instructions  # the student is left as it was
-        'Given the fields `country`, produce the fields `capital`.'
+        'Given the fields `question`, produce the fields `answer`.'
         >>> optimizer.last_report.steps[0].accepted, optimized.total_calls
         (True, 3)
     """
