@@ -26,6 +26,8 @@ from afnio_langchain.dspy._compat import require_dspy
 dspy = require_dspy("afnio_langchain.dspy._protocol")
 
 from afnio_langchain._aio import run_sync
+from afnio_langchain.dspy import _prompts as prompts
+from afnio_langchain.dspy._lm import bridged_client
 from afnio_langchain.models import (
     Completion,
     JsonSchema,
@@ -35,10 +37,6 @@ from afnio_langchain.models import (
     as_model_client,
     json_instruction,
 )
-
-REQUEST_FIELD = "request"
-REQUEST_DESCRIPTION = "What is asked, with everything needed to answer it"
-"""The one input field of a request's signature."""
 
 
 class AdapterProtocolClient:
@@ -97,7 +95,7 @@ class AdapterProtocolClient:
             return await self.client.acomplete(messages, purpose=purpose, **params)
         signature = request_signature(messages, json_schema)
         adapter = self.adapter or dspy.settings.adapter or dspy.ChatAdapter()
-        formatted = adapter.format(signature, [], {REQUEST_FIELD: request_text(messages, json_schema)})
+        formatted = adapter.format(signature, [], {prompts.REQUEST_FIELD: request_text(messages, json_schema)})
         reply = await self.client.acomplete(_plain(formatted), purpose=purpose, **params)
         try:
             fields = adapter.parse(signature, reply.text)
@@ -124,16 +122,17 @@ class AdapterProtocolClient:
 def feedback_client(model: Any) -> ModelClient:
     """The client that writes the teleprompter's gradients or proposals with ``model``:
     an :class:`AdapterProtocolClient` for a ``dspy.LM`` (also one wrapped as a model
-    client), else the model's own client (the package's JSON protocol)."""
+    client), else the model's own client (the package's JSON protocol). A ``dspy.LM``
+    made by :func:`~afnio_langchain.dspy.as_dspy_lm` is a package model client behind
+    DSPy's API: that client is asked directly, in the JSON protocol."""
     if isinstance(model, AdapterProtocolClient):
         return model
-    if isinstance(model, dspy.BaseLM):
-        return AdapterProtocolClient(model)
     client = as_model_client(model)
-    lm = getattr(client, "lm", None)
-    if isinstance(lm, dspy.BaseLM):
-        return AdapterProtocolClient(lm)
-    return client
+    lm = model if isinstance(model, dspy.BaseLM) else getattr(client, "lm", None)
+    if not isinstance(lm, dspy.BaseLM):
+        return client
+    bridged = bridged_client(lm)  # an as_dspy_lm LM: ask its own client, in JSON
+    return bridged if bridged is not None else AdapterProtocolClient(lm)
 
 
 def request_signature(messages: Sequence[Message], json_schema: JsonSchema) -> Any:
@@ -143,7 +142,7 @@ def request_signature(messages: Sequence[Message], json_schema: JsonSchema) -> A
     if not properties:
         raise ValueError(f"the JSON schema {json_schema.name!r} has no properties to ask for")
     fields: dict[str, Any] = {
-        REQUEST_FIELD: (str, dspy.InputField(desc=REQUEST_DESCRIPTION)),
+        prompts.REQUEST_FIELD: (str, dspy.InputField(desc=prompts.REQUEST_DESCRIPTION)),
     }
     for name, spec in properties.items():
         fields[name] = (str, dspy.OutputField(desc=str(spec.get("description", name))))

@@ -246,6 +246,25 @@ def test_a_dspy_lm_that_answers_the_protocol_writes_gradients_and_proposals(adap
     assert "improved_value" in str(proposal["messages"]) and "var_1" in str(backward["messages"])
 
 
+def test_an_as_dspy_lm_lm_as_the_only_model_asks_its_own_client_in_json():
+    """A dspy.LM bridging a LangChain chat model (as_dspy_lm) is the package's own model
+    client behind DSPy's API: gradients and proposals go to that client directly, in
+    the JSON protocol, counted under their purposes."""
+    chat = ScriptedChatModel(
+        forward=chat_adapter_reply(
+            {"capital": lambda t: _capital(t) if "name of the capital city" in t else _country(t)}
+        ),
+        feedback="Ask for the capital city, by name.",
+        optimizer=REWRITE,
+    )
+    dspy.configure(lm=as_dspy_lm(chat))
+    optimizer = TextualGradientDescent(exact, num_threads=1)
+    optimized = optimizer.compile(dspy.Predict("country -> capital"), trainset=examples(("France", "Paris")))
+    assert optimized.signature.instructions == REWRITE
+    assert len(chat.calls_of("backward")) == 1 and len(chat.calls_of("optimizer")) == 1
+    assert set(optimizer.last_report.usage["by_purpose"]) == {"forward", "backward", "optimizer"}
+
+
 # ------------------------------------------------------------------ the gate
 
 
