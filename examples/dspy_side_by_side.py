@@ -132,7 +132,9 @@ def main() -> None:
     )
 
     with dspy.context(lm=as_dspy_lm(task_model)):  # or dspy.configure(lm=...)
-        ours = TextualGradientDescent(metric, backward_model=coach, batch_size=3, max_steps=1)
+        ours = TextualGradientDescent(
+            metric, backward_model=coach, batch_size=3, max_steps=1, track_stats=True
+        )
         with track_usage() as ours_usage:
             ours_program = ours.compile(CapitalProgram(), trainset=trainset, valset=valset)
 
@@ -156,6 +158,11 @@ def main() -> None:
             print(f"{name:<8} val score {evaluate(program).score:5.1f}%{scored_by}  calls {calls}")
             for predictor_name, predictor in program.named_predictors():
                 print(f"    {predictor_name:<7} {predictor.signature.instructions!r}")
+
+        # DSPy's names for the statistics (COPRO, MIPROv2), on the returned program
+        scores = [c["score"] for c in ours_program.candidate_programs]
+        print(f"\nours: candidate_programs scores {scores}, total_calls {ours_program.total_calls}, "
+              f"results_best {ours_program.results_best['answer']['max']}")
 
 
 if __name__ == "__main__":

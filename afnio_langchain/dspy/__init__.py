@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from afnio_langchain.dspy._graph import PredictorCall, build_graph
     from afnio_langchain.dspy._lm import AsyncModelClientEngine, ModelClientEngine, as_dspy_lm
     from afnio_langchain.dspy._metric import MetricResult, call_metric
-    from afnio_langchain.dspy._teleprompter import CompileReport, StepRecord, TextualGradientDescent
+    from afnio_langchain.dspy._stats import CompileReport, StepRecord
+    from afnio_langchain.dspy._teleprompter import TextualGradientDescent
 
 _LAZY = {
     "AsyncModelClientEngine": "afnio_langchain.dspy._lm",
@@ -33,8 +34,8 @@ _LAZY = {
     "build_graph": "afnio_langchain.dspy._graph",
     "MetricResult": "afnio_langchain.dspy._metric",
     "call_metric": "afnio_langchain.dspy._metric",
-    "CompileReport": "afnio_langchain.dspy._teleprompter",
-    "StepRecord": "afnio_langchain.dspy._teleprompter",
+    "CompileReport": "afnio_langchain.dspy._stats",
+    "StepRecord": "afnio_langchain.dspy._stats",
     "TextualGradientDescent": "afnio_langchain.dspy._teleprompter",
     "chat_adapter_reply": "afnio_langchain.dspy._adapter_replies",
 }

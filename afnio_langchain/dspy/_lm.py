@@ -345,8 +345,16 @@ def as_dspy_lm(
     )
 
 
+def bridged_client(lm: Any) -> ModelClient | None:
+    """The model client behind a ``dspy.LM`` made by :func:`as_dspy_lm` (None for any
+    other LM)."""
+    engine = getattr(lm, "_engine_spec", None)
+    return engine.client if isinstance(engine, ModelClientEngine) else None
+
+
 __all__ = [
     "AsyncModelClientEngine",
+    "bridged_client",
     "LM_PREFIX",
     "ModelClientEngine",
     "as_dspy_lm",

@@ -38,6 +38,17 @@ def call_metric(metric: Metric, example: Any, prediction: Any) -> MetricResult:
     return as_metric_result(metric(*_arguments(metric, example, prediction)))
 
 
+def check_metric(metric: Metric) -> None:
+    """Check, without calling it, that ``metric`` takes one of the accepted forms.
+
+    Raises:
+        TypeError: It is not callable, or accepts none of the forms.
+    """
+    if not callable(metric):
+        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+    _arguments(metric, None, None)
+
+
 def _arguments(metric: Metric, example: Any, prediction: Any) -> tuple[Any, ...]:
     try:
         signature = inspect.signature(metric)
@@ -59,4 +70,4 @@ def _arguments(metric: Metric, example: Any, prediction: Any) -> tuple[Any, ...]
     )
 
 
-__all__ = ["Metric", "MetricResult", "call_metric"]
+__all__ = ["Metric", "MetricResult", "call_metric", "check_metric"]

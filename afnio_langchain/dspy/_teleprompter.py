@@ -1,21 +1,19 @@
 """``TextualGradientDescent``: textual gradient descent as a DSPy optimizer (Teleprompter).
 
-Every predictor's ``signature.instructions`` becomes a trainable Variable. Each step
-runs a minibatch of the trainset under DSPy's trace, scores it with the metric,
-replays each failing run as an autodiff graph (:mod:`afnio_langchain.dspy._graph`),
-sends the metric's feedback back through the program's steps to every predictor's
-instructions, and lets :class:`~afnio_langchain.optim.TGD` rewrite them. A rewrite is
-kept only if the program scores at least as well on the validation set.
+Every predictor's ``signature.instructions`` becomes a trainable Variable, and each
+step is the package's one validation-gated step
+(:func:`afnio_langchain.loop.training_step`, the same as ``fit``'s): a minibatch of the
+trainset runs under DSPy's trace and is scored by the metric; each failing run is
+replayed as an autodiff graph (:mod:`afnio_langchain.dspy._graph`) and its feedback
+sent back through the program's steps to every predictor's instructions;
+:class:`~afnio_langchain.optim.TGD` rewrites them; and the rewrite is kept only when
+the validation score says it is better (the one gate rule).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
 import logging
-import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from afnio_langchain.dspy._compat import require_dspy
@@ -24,137 +22,18 @@ dspy = require_dspy("afnio_langchain.dspy.TextualGradientDescent")
 
 from dspy.teleprompt.teleprompt import Teleprompter
 
-from afnio_langchain._aio import run_sync
-from afnio_langchain.autodiff import (
-    Variable,
-    get_backward_model,
-    run_backward,
-)
-from afnio_langchain.dspy import _prompts as prompts
-from afnio_langchain.dspy._graph import build_graph, value_text
-from afnio_langchain.dspy._metric import Metric, MetricResult, call_metric
-from afnio_langchain.models import as_model_client, track_usage
-from afnio_langchain.optim import TGD
+from afnio_langchain.autodiff import get_backward_model
+from afnio_langchain.dspy._compile_args import compile_options
+from afnio_langchain.dspy._compile_run import CompileRun, score_text
+from afnio_langchain.dspy._evaluation import EvalSettings, ExampleRun
+from afnio_langchain.dspy._graph import value_text
+from afnio_langchain.dspy._metric import Metric, check_metric
+from afnio_langchain.dspy._protocol import feedback_client
+from afnio_langchain.dspy._stats import CompileReport, StepRecord
+from afnio_langchain.loop import GATES, GatePolicy
+from afnio_langchain.models import track_usage
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExampleRun:
-    """One example run through the program: prediction, trace, score and any error.
-
-    Example:
-        >>> import dspy
-        >>> from afnio_langchain.dspy import call_metric
-        >>> from afnio_langchain.dspy._teleprompter import ExampleRun
-        >>> example = dspy.Example(country="France", capital="Paris").with_inputs("country")
-        >>> run = ExampleRun(example, prediction=dspy.Prediction(capital="Lyon"))
-        >>> run.result = call_metric(lambda gold, pred, trace=None: gold.capital == pred.capital,
-        ...                          example, run.prediction)
-        >>> run.result.score, run.error, run.trace
-        (0.0, None, [])
-    """
-
-    example: Any
-    prediction: Any = None
-    trace: list[Any] = field(default_factory=list)
-    result: MetricResult = field(default_factory=lambda: MetricResult(0.0))
-    error: BaseException | None = None
-
-
-@dataclass
-class StepRecord:
-    """What one optimization step did.
-
-    Attributes:
-        step: The step number (from 1).
-        epoch: The pass over the trainset it belongs to (from 1).
-        batch_size: Examples in its minibatch.
-        train_score: Mean metric score of the minibatch before the update.
-        with_feedback: Examples whose feedback was sent backward (the others scored
-            as correct, or were skipped).
-        updated: Predictors whose instructions the optimizer rewrote.
-        val_score: Validation score of the rewritten program (None: not validated).
-        accepted: Whether the rewrite was kept (None: nothing was rewritten).
-        note: Why nothing happened, when nothing did.
-
-    Example:
-        >>> import dspy
-        >>> from dspy.utils import DummyLM
-        >>> from afnio_langchain.dspy import TextualGradientDescent
-        >>> from afnio_langchain.testing import ScriptedChatModel
-        >>> coach = ScriptedChatModel(feedback="Ask for the capital city.",
-        ...                           optimizer="Answer with the name of the capital city.")
-        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
-        >>> def metric(gold, pred, trace=None):
-        ...     return gold.capital == pred.capital
-        >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
-        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]
-        >>> with dspy.context(lm=DummyLM(replies)):
-        ...     _ = optimizer.compile(dspy.Predict("country -> capital"), trainset=trainset)
-        >>> step = optimizer.last_report.steps[0]
-        >>> step.train_score, step.with_feedback, step.updated, step.val_score, step.accepted
-        (0.0, 1, ['self'], 1.0, True)
-    """
-
-    step: int
-    epoch: int
-    batch_size: int
-    train_score: float
-    with_feedback: int = 0
-    updated: list[str] = field(default_factory=list)
-    val_score: float | None = None
-    accepted: bool | None = None
-    note: str = ""
-
-
-@dataclass
-class CompileReport:
-    """The record of one ``compile``.
-
-    Attributes:
-        initial_score: Validation score of the student (None without validation).
-        best_score: Validation score of the returned program (None without validation).
-        steps: One :class:`StepRecord` per step.
-        instructions: Predictor name -> the returned program's instructions.
-        program_calls: Predictor calls the program made while compiling (training and
-            validation runs; each is one model call unless DSPy's cache answered it).
-        usage: Model calls and tokens by purpose and model, as
-            :meth:`~afnio_langchain.models.UsageTracker.as_dict` (calls through this
-            package's clients: backward, optimizer, and the program's own calls when
-            it runs on :func:`~afnio_langchain.dspy.as_dspy_lm`).
-
-    Example:
-        >>> import dspy
-        >>> from dspy.utils import DummyLM
-        >>> from afnio_langchain.dspy import TextualGradientDescent
-        >>> from afnio_langchain.testing import ScriptedChatModel
-        >>> coach = ScriptedChatModel(feedback="Ask for the capital city.",
-        ...                           optimizer="Answer with the name of the capital city.")
-        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
-        >>> def metric(gold, pred, trace=None):
-        ...     return gold.capital == pred.capital
-        >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
-        >>> replies = [{"capital": "France"}] * 2 + [{"capital": "Paris"}]  # before, during, after
-        >>> with dspy.context(lm=DummyLM(replies)):
-        ...     _ = optimizer.compile(dspy.Predict("country -> capital"), trainset=trainset)
-        >>> report = optimizer.last_report
-        >>> report.initial_score, report.best_score, report.program_calls, report.instructions
-        (0.0, 1.0, 3, {'self': 'Answer with the name of the capital city.'})
-        >>> report.usage["by_purpose"]["optimizer"]["calls"], len(report.steps)
-        (1, 1)
-    """
-
-    initial_score: float | None
-    best_score: float | None
-    steps: list[StepRecord]
-    instructions: dict[str, str]
-    program_calls: int
-    usage: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 class TextualGradientDescent(Teleprompter):
@@ -170,8 +49,14 @@ class TextualGradientDescent(Teleprompter):
     receives feedback on its instructions; :class:`~afnio_langchain.optim.TGD` then
     rewrites them (one optimizer call per predictor with feedback), the new
     instructions are written with ``signature.with_instructions``, and the program is
-    scored on ``valset``: the rewrite is kept when the score is at least the best so
-    far plus ``min_improvement``, and undone otherwise.
+    scored on ``valset`` with ``dspy.Evaluate``. The gate
+    (:class:`~afnio_langchain.loop.GatePolicy`, the same rule as ``fit``'s) keeps the
+    rewrite only when that score is higher than the current one; otherwise it is undone.
+
+    Examples that fail (the program raises, DSPy's adapter cannot parse a reply, the
+    metric raises) score ``failure_score``, are counted and logged, and the compile
+    goes on, as in ``dspy.Evaluate``; a compile that cannot run at all (no LM, no
+    model for the feedback, examples without inputs) fails before any call.
 
     Model calls per step: one program run per minibatch example, one backward call
     per predictor call of each example with feedback, one optimizer call per
@@ -183,24 +68,34 @@ class TextualGradientDescent(Teleprompter):
             returning ``dspy.Prediction(score=..., feedback=...)``.
         backward_model: The model that writes the textual gradients (a ``dspy.LM``, a
             LangChain chat model or a model client). Default: the process default of
-            :func:`~afnio_langchain.set_backward_model`, else ``dspy.settings.lm``.
+            :func:`~afnio_langchain.set_backward_model`, else ``dspy.settings.lm``. A
+            ``dspy.LM`` is asked through DSPy's adapter
+            (:mod:`afnio_langchain.dspy._protocol`), other models through the
+            package's JSON protocol.
         optimizer_model: The model that rewrites the instructions (default: the
             backward model).
         batch_size: Examples per step.
         num_epochs: Passes over the trainset.
-        max_steps: Stop after this many steps (None: no limit).
+        max_steps: Stop after this many steps (None: no limit; MIPROv2's
+            ``num_trials`` in ``compile`` sets it too).
         success_threshold: A score at or above it counts as correct.
         skip_correct: Send no feedback for correct examples (their feedback costs
             calls and says little).
-        validate: Gate each rewrite on the validation score (``valset``, or the
-            trainset when no valset is given). False keeps every rewrite.
-        min_improvement: How much a rewrite must add to the best validation score to
-            be kept (0: ties are kept).
+        gate: ``"improve"`` (default): keep a rewrite only when the validation score
+            rises; ``"no_worse"``: also on a tie above zero; ``"off"``: keep every
+            rewrite without validating.
+        min_improvement: How much a rise must add to be kept.
         show_labels: Show the example's expected outputs in the feedback of
             score-only metrics.
         momentum: TGD momentum (earlier values and their feedback shown).
         constraints: Rules every new instruction must follow (TGD constraints).
         num_threads: Examples run at once (default: ``dspy.settings.num_threads``).
+        max_errors: Failed examples in one pass that stop the compile (default:
+            ``dspy.settings.max_errors``, as ``dspy.Evaluate``).
+        failure_score: The score of a failed example (``dspy.Evaluate``'s).
+        track_stats: Attach DSPy's statistics to the returned program
+            (``results_best``, ``results_latest``, ``score``, ``trial_logs``...; see
+            docs/dspy.md). ``candidate_programs`` and ``total_calls`` are always set.
         max_concurrency: Cap on backward calls in flight.
         seed: Seed of the minibatch shuffling.
         **optimizer_args: Further :class:`~afnio_langchain.optim.TGD` options
@@ -215,21 +110,22 @@ class TextualGradientDescent(Teleprompter):
         >>> from dspy.utils import DummyLM
         >>> from afnio_langchain.dspy import TextualGradientDescent
         >>> from afnio_langchain.testing import ScriptedChatModel
-        >>> coach = ScriptedChatModel(feedback="Ask for the name of the capital city.",
-        ...                           optimizer="Answer with the name of the capital city.")
-        >>> program = dspy.Predict("country -> capital")
-        >>> trainset = [dspy.Example(country="France", capital="Paris").with_inputs("country")]
-        >>> def metric(gold, pred, trace=None):
-        ...     return gold.capital == pred.capital
+        >>> program = dspy.Predict("question -> answer")
+        >>> trainset = [dspy.Example(question="2+2?", answer="4").with_inputs("question")]
+        >>> def metric(gold, pred, trace=None, pred_name=None, pred_trace=None):  # GEPA-style
+        ...     right = gold.answer == pred.answer
+        ...     return dspy.Prediction(score=float(right), feedback="" if right else "Use digits.")
+        >>> coach = ScriptedChatModel(feedback="Ask for digits.", optimizer="Answer in digits.")
         >>> optimizer = TextualGradientDescent(metric, backward_model=coach, num_threads=1)
-        >>> with dspy.context(lm=DummyLM({"France": {"capital": "France"}})):
+        >>> replies = [{"answer": "four"}] * 2 + [{"answer": "4"}]  # before, during, after
+        >>> with dspy.context(lm=DummyLM(replies)):
         ...     optimized = optimizer.compile(program, trainset=trainset)
         >>> optimized.signature.instructions
-        'Answer with the name of the capital city.'
+        'Answer in digits.'
         >>> program.signature.instructions  # the student is left as it was
-        'Given the fields `country`, produce the fields `capital`.'
-        >>> optimizer.last_report.steps[0].accepted
-        True
+        'Given the fields `question`, produce the fields `answer`.'
+        >>> optimizer.last_report.steps[0].accepted, optimized.total_calls
+        (True, 3)
     """
 
     def __init__(
@@ -243,40 +139,39 @@ class TextualGradientDescent(Teleprompter):
         max_steps: int | None = None,
         success_threshold: float = 1.0,
         skip_correct: bool = True,
-        validate: bool = True,
+        gate: str = "improve",
         min_improvement: float = 0.0,
         show_labels: bool = True,
         momentum: int = 0,
         constraints: Sequence[str] | str = (),
         num_threads: int | None = None,
+        max_errors: int | None = None,
+        failure_score: float = 0.0,
+        track_stats: bool = False,
         max_concurrency: int | None = None,
         seed: int = 0,
         **optimizer_args: Any,
     ) -> None:
         super().__init__()
-        if not callable(metric):
-            raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+        check_metric(metric)
         _positive_int("batch_size", batch_size)
         _positive_int("num_epochs", num_epochs)
         for name, value in (
             ("max_steps", max_steps),
             ("num_threads", num_threads),
+            ("max_errors", max_errors),
             ("max_concurrency", max_concurrency),
         ):
             if value is not None:
                 _positive_int(name, value)
-        for name, value in (
-            ("success_threshold", success_threshold),
-            ("min_improvement", min_improvement),
-        ):
+        for name, value in (("success_threshold", success_threshold), ("failure_score", failure_score)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if min_improvement < 0:
-            raise ValueError(f"min_improvement must be >= 0, got {min_improvement}")
+        self.gate_policy = GatePolicy(gate, min_improvement)  # checks both
         for name, value in (
             ("skip_correct", skip_correct),
-            ("validate", validate),
             ("show_labels", show_labels),
+            ("track_stats", track_stats),
         ):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
@@ -288,17 +183,19 @@ class TextualGradientDescent(Teleprompter):
         self.max_steps = max_steps
         self.success_threshold = float(success_threshold)
         self.skip_correct = skip_correct
-        self.validate = validate
+        self.gate = gate
         self.min_improvement = float(min_improvement)
         self.show_labels = show_labels
         self.momentum = momentum
         self.constraints = constraints
         self.num_threads = num_threads
+        self.max_errors = max_errors
+        self.failure_score = float(failure_score)
+        self.track_stats = track_stats
         self.max_concurrency = max_concurrency
         self.seed = seed
         self.optimizer_args = optimizer_args
         self.last_report: CompileReport | None = None
-        self._program_calls = 0
 
     # -- compile ---------------------------------------------------------------------------
     def compile(
@@ -308,153 +205,85 @@ class TextualGradientDescent(Teleprompter):
         trainset: list[Any],
         teacher: Any = None,
         valset: list[Any] | None = None,
+        eval_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Return an optimized copy of ``student`` (the student is not changed).
 
+        Takes the arguments of DSPy's instruction optimizers (COPRO, MIPROv2, GEPA),
+        honoured where this optimizer has the same thing and refused, with the reason,
+        where it has none (:mod:`afnio_langchain.dspy._compile_args`).
+
         Args:
             student: The DSPy program (``dspy.Module``) to optimize.
             trainset: ``dspy.Example``s with their inputs marked (``with_inputs``).
-            teacher: Not used (instructions are learned from feedback, not from a
-                teacher's demonstrations); accepted for DSPy's API.
+            teacher: Must be None: the instructions are learned from feedback, and no
+                demos are bootstrapped from a teacher (GEPA refuses one too).
             valset: Examples that gate each rewrite (default: the trainset).
+            eval_kwargs: ``dspy.Evaluate`` options for the validation passes
+                (``num_threads``, ``max_errors``, ``failure_score``,
+                ``display_progress``, ``display_table``, ``provide_traceback``...);
+                threads, error limit and failure score apply to minibatches too.
+            **kwargs: MIPROv2's ``num_trials``, ``seed``, ``provide_traceback``,
+                ``max_bootstrapped_demos=0``, ``max_labeled_demos=0``,
+                ``minibatch=False``...
 
         Raises:
-            TypeError: ``student`` is not a DSPy module, or an unknown argument.
-            ValueError: Empty trainset, or a program with no predictors.
-            RuntimeError: Every example of a minibatch failed (the first error is
-                chained), or no backward model is available.
+            TypeError: ``student`` is not a DSPy module, an example is not a
+                ``dspy.Example``, or an unknown argument.
+            ValueError: Empty trainset, examples without inputs, a program with no
+                predictors, a teacher, or an argument that cannot be honoured.
+            RuntimeError: No LM for a predictor or no model for the feedback (raised
+                before any call), or ``max_errors`` examples of one pass failed.
         """
-        if kwargs:
-            raise TypeError(
-                f"TextualGradientDescent.compile got unknown arguments {sorted(kwargs)}"
-            )
         if not isinstance(student, dspy.Module):
             raise TypeError(f"student must be a dspy.Module, got {type(student).__name__}")
+        if teacher is not None:
+            raise ValueError(
+                "TextualGradientDescent learns instructions from feedback and bootstraps no "
+                "demos, so a teacher has nothing to do here (dspy.GEPA refuses one too): pass "
+                "teacher=None"
+            )
+        options = compile_options(kwargs)
         trainset = _examples("trainset", trainset)
         valset = _examples("valset", valset) if valset is not None else trainset
-        if teacher is not None:
-            logger.warning("TextualGradientDescent does not use a teacher; it was ignored")
-
+        settings = EvalSettings.build(
+            {
+                "num_threads": self.num_threads,
+                "max_errors": self.max_errors,
+                "failure_score": self.failure_score,
+                "provide_traceback": options.provide_traceback,
+            },
+            eval_kwargs,
+        )
         program = student.deepcopy()
         predictors = program.named_predictors()
         if not predictors:
             raise ValueError("the student has no predictors (dspy.Predict modules) to optimize")
-        params = {
-            name: Variable(
-                predictor.signature.instructions,
-                role=prompts.INSTRUCTIONS_ROLE.format(predictor=name),
-                requires_grad=True,
-            )
-            for name, predictor in predictors
-        }
-        by_id = {id(p): name for name, p in predictors}
-        variables = {id(p): params[name] for name, p in predictors}
         backward_model = self._backward_model()
-        optimizer = TGD(
-            list(params.values()),
-            model=as_model_client(self.optimizer_model)
-            if self.optimizer_model is not None
-            else backward_model,
-            momentum=self.momentum,
-            constraints=self.constraints,
-            **self.optimizer_args,
+        _check_lms(predictors)
+        optimizer_model = (
+            feedback_client(self.optimizer_model) if self.optimizer_model is not None else backward_model
         )
-
-        steps: list[StepRecord] = []
-        self._program_calls = 0
+        run = CompileRun(self, program, predictors, backward_model, optimizer_model, settings)
+        seed = options.seed if options.seed is not None else self.seed
+        max_steps = options.max_steps or self.max_steps
         with track_usage() as usage:
-            best = self._score(program, valset) if self.validate else None
-            initial = best
-            order = list(range(len(trainset)))
-            rng = random.Random(self.seed)
-            for epoch in range(1, self.num_epochs + 1):
-                rng.shuffle(order)
-                for start in range(0, len(order), self.batch_size):
-                    if self.max_steps is not None and len(steps) >= self.max_steps:
-                        break
-                    batch = [trainset[i] for i in order[start : start + self.batch_size]]
-                    record, best = self._step(
-                        len(steps) + 1,
-                        epoch,
-                        program,
-                        batch,
-                        valset,
-                        best,
-                        params,
-                        predictors,
-                        by_id,
-                        variables,
-                        backward_model,
-                        optimizer,
-                    )
-                    steps.append(record)
-        self.last_report = CompileReport(
-            initial_score=initial,
-            best_score=best,
-            steps=steps,
-            instructions={name: p.signature.instructions for name, p in predictors},
-            program_calls=self._program_calls,
-            usage=usage.as_dict(),
+            run.execute(trainset, valset, seed, max_steps)
+        self.last_report = run.report(usage.as_dict())
+        run.log.attach(
+            program,
+            track_stats=self.track_stats,
+            total_calls=run.metric_calls,
+            prompt_model_calls=_calls(self.last_report.usage, "optimizer"),
+        )
+        logger.info(
+            "Returning the program with validation score %s (the student's: %s)",
+            score_text(self.last_report.best_score), score_text(self.last_report.initial_score),
         )
         program._compiled = True
         return program
 
-    def _step(
-        self,
-        number: int,
-        epoch: int,
-        program: Any,
-        batch: list[Any],
-        valset: list[Any],
-        best: float | None,
-        params: dict[str, Variable],
-        predictors: list[tuple[str, Any]],
-        by_id: dict[int, str],
-        variables: dict[int, Variable],
-        backward_model: Any,
-        optimizer: TGD,
-    ) -> tuple[StepRecord, float | None]:
-        runs = self._run(program, batch)
-        record = StepRecord(number, epoch, len(batch), _mean(r.result.score for r in runs))
-        roots: list[tuple[Variable, str]] = []
-        for run in runs:
-            if run.error is not None or not self._needs_feedback(run.result):
-                continue
-            graph = build_graph(
-                run.trace, run.prediction, variables, by_id, backward_model=backward_model
-            )
-            if graph.roots:
-                record.with_feedback += 1
-                text = self._feedback(run)
-                roots.extend((root, text) for root in graph.roots)
-        if not roots:
-            record.note = "no example needed feedback"
-            return record, best
-
-        run_sync(lambda: run_backward(roots, max_concurrency=self.max_concurrency))
-        before = {name: p.signature.instructions for name, p in predictors}
-        optimizer.step()
-        optimizer.zero_grad()
-        record.updated = [name for name, var in params.items() if var.data != before[name]]
-        if not record.updated:
-            record.note = "the optimizer proposed no acceptable rewrite"
-            return record, best
-        _write(predictors, {name: str(var.data) for name, var in params.items()})
-        if not self.validate:
-            record.accepted = True
-            return record, best
-        score = self._score(program, valset)
-        record.val_score = score
-        record.accepted = best is None or score >= best + self.min_improvement
-        if record.accepted:
-            return record, score
-        for name, var in params.items():  # undo: back to the instructions before the step
-            var.data = before[name]
-        _write(predictors, before)
-        return record, best
-
-    # -- pieces --------------------------------------------------------------------------
     def _backward_model(self) -> Any:
         model = self.backward_model
         if model is None:
@@ -463,65 +292,37 @@ class TextualGradientDescent(Teleprompter):
             raise RuntimeError(
                 "TextualGradientDescent needs a model to write feedback: pass "
                 "backward_model=..., call afnio_langchain.set_backward_model(...), or "
-                "dspy.configure(lm=...)"
+                "dspy.configure(lm=...) (nothing was run)"
             )
-        return as_model_client(model)
+        return feedback_client(model)
 
-    def _needs_feedback(self, result: MetricResult) -> bool:
-        return not (self.skip_correct and result.score >= self.success_threshold)
-
-    def _feedback(self, run: ExampleRun) -> str:
-        score, threshold = _number(run.result.score), _number(self.success_threshold)
-        if run.result.feedback:
-            return prompts.METRIC_FEEDBACK.format(
-                score=score, threshold=threshold, feedback=run.result.feedback
-            )
-        text = prompts.SCORE_FEEDBACK.format(score=score, threshold=threshold)
-        labels = _labels(run.example) if self.show_labels else ""
-        return f"{text}\n{prompts.EXPECTED_OUTPUT.format(labels=labels)}" if labels else text
-
-    def _run(self, program: Any, examples: list[Any]) -> list[ExampleRun]:
-        """Run and score every example, ``num_threads`` at once (contextvars carried)."""
-        threads = self.num_threads or dspy.settings.num_threads or 1
-
-        def one(example: Any) -> ExampleRun:
-            run = ExampleRun(example)
-            with dspy.context(trace=[]):
-                try:
-                    run.prediction = program(**example.inputs())
-                    run.result = call_metric(self.metric, example, run.prediction)
-                except Exception as exc:
-                    run.error = exc
-                    logger.warning("example failed: %s: %s", type(exc).__name__, exc)
-                run.trace = list(dspy.settings.trace)
-            return run
-
-        if threads == 1 or len(examples) == 1:
-            runs = [one(e) for e in examples]
-        else:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-                futures = [pool.submit(contextvars.copy_context().run, one, e) for e in examples]
-                runs = [f.result() for f in futures]
-        self._program_calls += sum(len(r.trace) for r in runs)
-        errors = [r.error for r in runs if r.error is not None]
-        if errors and len(errors) == len(runs):
-            raise RuntimeError(
-                f"all {len(runs)} examples failed; the first error: "
-                f"{type(errors[0]).__name__}: {errors[0]}"
-            ) from errors[0]
-        return runs
-
-    def _score(self, program: Any, examples: list[Any]) -> float:
-        return _mean(run.result.score for run in self._run(program, examples))
+    def _expected(self, example: Any) -> str | None:
+        if not self.show_labels:
+            return None
+        try:
+            labels = example.labels()
+        except ValueError:  # inputs not marked: every field counts as input
+            return None
+        if not labels:
+            return None
+        if len(labels) == 1:
+            return value_text(next(iter(labels.values())))
+        return "; ".join(f"{k}: {value_text(v)}" for k, v in labels.items())
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _write(predictors: list[tuple[str, Any]], instructions: dict[str, str]) -> None:
-    for name, predictor in predictors:
-        if predictor.signature.instructions != instructions[name]:
-            predictor.signature = predictor.signature.with_instructions(instructions[name])
+def _check_lms(predictors: list[tuple[str, Any]]) -> None:
+    """Fail before any call when a predictor has no LM to run on."""
+    if dspy.settings.lm is not None:
+        return
+    missing = [name for name, p in predictors if getattr(p, "lm", None) is None]
+    if missing:
+        raise RuntimeError(
+            f"no LM is configured for the predictor(s) {missing}: call dspy.configure(lm=...) "
+            "or predictor.set_lm(...) (nothing was run)"
+        )
 
 
 def _examples(name: str, examples: Any) -> list[Any]:
@@ -530,24 +331,16 @@ def _examples(name: str, examples: Any) -> list[Any]:
     for i, example in enumerate(examples):
         if not isinstance(example, dspy.Example):
             raise TypeError(f"{name}[{i}] must be a dspy.Example, got {type(example).__name__}")
+        if example._input_keys is None:
+            raise ValueError(
+                f"{name}[{i}] has no inputs marked: build it with .with_inputs(...) so the program "
+                "knows what to run on (nothing was run)"
+            )
     return list(examples)
 
 
-def _labels(example: Any) -> str:
-    try:
-        labels = example.labels()
-    except ValueError:  # inputs not marked: every field counts as input
-        return ""
-    return "\n".join(f"{k}: {value_text(v)}" for k, v in labels.items())
-
-
-def _mean(values: Any) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
+def _calls(usage: dict[str, Any], purpose: str) -> int:
+    return int(usage.get("by_purpose", {}).get(purpose, {}).get("calls", 0))
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -557,4 +350,4 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-__all__ = ["CompileReport", "ExampleRun", "StepRecord", "TextualGradientDescent"]
+__all__ = ["GATES", "CompileReport", "ExampleRun", "StepRecord", "TextualGradientDescent"]

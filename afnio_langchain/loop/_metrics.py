@@ -179,12 +179,9 @@ def optional_reference(example: Mapping[str, Any], target_key: str | None = None
     Raises:
         KeyError: ``target_key`` was given and the example lacks it.
     """
-    try:
+    if target_key is not None:
         return str(find_target(example, target_key))
-    except KeyError:
-        if target_key is not None:
-            raise
-        return None
+    return expected_text(example)
 
 
 _PUNCTUATION = string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb"
@@ -282,18 +279,39 @@ contains = Contains()
 """:class:`Contains` with default options."""
 
 
+def feedback_text(result: MetricResult, metric: str, expected: str | None = None) -> str:
+    """The feedback a scored item sends backward: the metric's own text, or (when it
+    gave none) a note of the score on ``metric`` and the ``expected`` output, if known.
+    The one wording of both faces (``fit`` and the DSPy teleprompter).
+
+    Example:
+        >>> from afnio_langchain.loop import MetricResult, feedback_text
+        >>> feedback_text(MetricResult(0.0, "Name the city."), "exact_match")
+        'Name the city.'
+        >>> feedback_text(MetricResult(0.25), "exact_match", expected="42")
+        "This output scored 0.25 out of 1 on the metric exact_match. The expected output was '42'."
+    """
+    if result.feedback and result.feedback.strip():
+        return result.feedback
+    text = prompts.DEFAULT_FEEDBACK.format(score=result.score, metric=metric)
+    if expected is not None:
+        text += prompts.DEFAULT_FEEDBACK_TARGET.format(target=expected)
+    return text
+
+
 def default_feedback(
     result: MetricResult, example: Example, metric: Metric, target_key: str | None = None
 ) -> str:
-    """The metric's feedback, or a default showing the score (and the expected output)."""
-    if result.feedback and result.feedback.strip():
-        return result.feedback
-    text = prompts.DEFAULT_FEEDBACK.format(score=result.score, metric=metric_name(metric))
+    """:func:`feedback_text` for an example dict (its target read with :func:`find_target`)."""
+    return feedback_text(result, metric_name(metric), expected_text(example, target_key))
+
+
+def expected_text(example: Mapping[str, Any], target_key: str | None = None) -> str | None:
+    """The expected output of an example dict as text, or None when it has none."""
     try:
-        text += prompts.DEFAULT_FEEDBACK_TARGET.format(target=str(find_target(example, target_key)))
+        return str(find_target(example, target_key))
     except KeyError:
-        pass
-    return text
+        return None
 
 
 def _clip(text: str, limit: int = 500) -> str:

@@ -47,6 +47,8 @@ def test_example_runs_offline_and_both_optimizers_rewrite_instructions(
     )
     assert "GEPA     val score 100.0% [scripted models]" in out
     assert "including the name of its capital city" in out
+    # 3 validation examples before, 3 in the minibatch, 3 to validate the rewrite
+    assert "ours: candidate_programs scores [100.0, 0.0], total_calls 9" in out
 
 
 def test_benchmark_offline_reports_calls_and_tokens_per_optimizer(

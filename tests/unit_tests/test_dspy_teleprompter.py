@@ -59,6 +59,23 @@ def dummy_two_step() -> DummyLM:
     )
 
 
+def two_step_lm():
+    """The two-step program on a scripted model (through the DSPy bridge) whose answer
+    predictor gets France right only once its instructions were rewritten: drafts
+    DRAFT-A (France) / DRAFT-B (2+2); answers 4 to DRAFT-B, and Lyon to DRAFT-A unless
+    the instructions say "NEW answer instructions." (then Paris)."""
+
+    def draft(text: str) -> str:
+        return "DRAFT-A" if "capital of France" in text else "DRAFT-B"
+
+    def answer(text: str) -> str:
+        if "DRAFT-B" in text:
+            return "4"
+        return "Paris" if "NEW answer instructions." in text else "Lyon"
+
+    return as_dspy_lm(ScriptedChatModel(forward=chat_adapter_reply({"draft": draft, "answer": answer})))
+
+
 def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
     correct = gold.answer == pred.answer
     feedback = (
@@ -89,7 +106,7 @@ def test_compile_updates_both_predictors_of_a_two_predictor_program_offline():
     student = TwoStep()
     model = coach()
     optimizer = TextualGradientDescent(feedback_metric, backward_model=model, num_threads=1)
-    with dspy.context(lm=dummy_two_step()):
+    with dspy.context(lm=two_step_lm()):
         optimized = optimizer.compile(student, trainset=trainset())
     assert optimized is not student and optimized._compiled
     assert optimized.draft.signature.instructions == "NEW draft instructions."
@@ -102,6 +119,7 @@ def test_compile_updates_both_predictors_of_a_two_predictor_program_offline():
     report = optimizer.last_report
     step = report.steps[0]
     assert (step.with_feedback, step.updated, step.accepted) == (1, ["draft", "answer"], True)
+    assert (report.initial_score, step.val_score, report.best_score) == (0.5, 1.0, 1.0)
     assert report.instructions == {
         "draft": "NEW draft instructions.",
         "answer": "NEW answer instructions.",
@@ -117,7 +135,7 @@ def test_compile_updates_both_predictors_of_a_two_predictor_program_offline():
 def test_metric_feedback_reaches_the_backward_prompts_of_every_predictor():
     model = coach()
     optimizer = TextualGradientDescent(feedback_metric, backward_model=model, num_threads=1)
-    with dspy.context(lm=dummy_two_step()):
+    with dspy.context(lm=two_step_lm()):
         optimizer.compile(TwoStep(), trainset=trainset())
     backward = [call.text for call in model.calls_of("backward")]
     (answer_request,) = [t for t in backward if "outputs of the DSPy predictor 'answer'" in t]
@@ -140,7 +158,9 @@ def test_score_only_metric_feedback_shows_the_score_and_the_expected_output():
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
     first = model.calls_of("backward")[0].text
-    assert "scored 0 on the metric" in first and "answer: Paris" in first
+    # the one feedback wording of fit and the teleprompter (loop.feedback_text)
+    assert "This output scored 0.00 out of 1 on the metric exact." in first
+    assert "The expected output was 'Paris'." in first
 
     model = coach()
     optimizer = TextualGradientDescent(
@@ -148,7 +168,7 @@ def test_score_only_metric_feedback_shows_the_score_and_the_expected_output():
     )
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
-    assert "answer: Paris" not in model.calls_of("backward")[0].text
+    assert "The expected output" not in model.calls_of("backward")[0].text
 
 
 def test_correct_examples_are_skipped_and_a_batch_without_feedback_makes_no_calls():
@@ -159,7 +179,7 @@ def test_correct_examples_are_skipped_and_a_batch_without_feedback_makes_no_call
     with dspy.context(lm=lm):
         optimized = optimizer.compile(TwoStep(), trainset=data)
     assert model.calls == []
-    assert optimizer.last_report.steps[0].note == "no example needed feedback"
+    assert optimizer.last_report.steps[0].note == "no feedback: every item already correct"
     assert optimized.answer.signature.instructions == TwoStep().answer.signature.instructions
 
     # skip_correct=False sends feedback for correct examples too
@@ -205,39 +225,69 @@ def test_validation_gate_undoes_a_rewrite_that_lowers_the_score():
     assert optimizer.last_report.initial_score == optimizer.last_report.best_score == 1.0
     assert optimized.signature.instructions == student.signature.instructions
 
+    assert step.note == "rolled back: validation 0.000 <= 1.000"
+
     # without validation the rewrite is kept
     optimizer = TextualGradientDescent(
-        exact, backward_model=coach(optimizer="BAD instructions."), num_threads=1, validate=False
+        exact, backward_model=coach(optimizer="BAD instructions."), num_threads=1, gate="off"
     )
     with dspy.context(lm=instruction_sensitive_lm()):
         optimized = optimizer.compile(student, trainset=train)
     assert optimized.signature.instructions == "BAD instructions."
     assert optimizer.last_report.best_score is None
 
-    # min_improvement: a tie is not enough
-    optimizer = TextualGradientDescent(
-        exact,
-        backward_model=coach(optimizer="Fine instructions."),
-        num_threads=1,
-        min_improvement=0.1,
-    )
-    with dspy.context(lm=instruction_sensitive_lm()):
-        optimized = optimizer.compile(student, trainset=train, valset=val)
-    assert optimizer.last_report.steps[0].accepted is False
-    assert optimized.signature.instructions == student.signature.instructions
+    # the default gate keeps no tie; "no_worse" keeps a tie above zero
+    for gate, kept in (("improve", False), ("no_worse", True)):
+        optimizer = TextualGradientDescent(
+            exact, backward_model=coach(optimizer="Fine instructions."), num_threads=1, gate=gate
+        )
+        with dspy.context(lm=instruction_sensitive_lm()):
+            optimized = optimizer.compile(student, trainset=train, valset=val)
+        step = optimizer.last_report.steps[0]
+        assert (step.val_score, step.accepted) == (1.0, kept)
+        expected = "Fine instructions." if kept else student.signature.instructions
+        assert optimized.signature.instructions == expected
+
+
+def test_min_improvement_asks_more_than_a_rise():
+    data = [
+        dspy.Example(question="What is the capital of France?", answer="Paris").with_inputs(
+            "question"
+        ),
+        dspy.Example(question="What is 2+2?", answer="5").with_inputs("question"),
+    ]
+    # the rewrite mentions GOOD: 2+2 is answered 5, validation goes from 0.5 to 1.0
+    def answer(text: str) -> str:
+        if "France" in text:
+            return "Paris"
+        return "5" if "GOOD" in text else "4"
+
+    lm = as_dspy_lm(ScriptedChatModel(forward=chat_adapter_reply({"answer": answer})))
+    for min_improvement, kept in ((0.5, True), (0.6, False)):
+        optimizer = TextualGradientDescent(
+            exact,
+            backward_model=coach(optimizer="GOOD instructions."),
+            num_threads=1,
+            min_improvement=min_improvement,
+        )
+        with dspy.context(lm=lm):
+            optimizer.compile(dspy.Predict("question -> answer"), trainset=data)
+        step = optimizer.last_report.steps[0]
+        assert (step.val_score, step.accepted) == (1.0, kept)
+    assert step.note == "rolled back: validation 1.000 < 0.500 + min_improvement 0.6"
 
 
 def test_minibatches_epochs_and_max_steps():
     data = trainset() * 3  # 6 examples
     optimizer = TextualGradientDescent(
-        exact, backward_model=coach(), batch_size=4, num_epochs=2, num_threads=1, validate=False
+        exact, backward_model=coach(), batch_size=4, num_epochs=2, num_threads=1, gate="off"
     )
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=data)
     steps = optimizer.last_report.steps
     assert [(s.epoch, s.batch_size) for s in steps] == [(1, 4), (1, 2), (2, 4), (2, 2)]
     optimizer = TextualGradientDescent(
-        exact, backward_model=coach(), batch_size=2, max_steps=1, num_threads=1, validate=False
+        exact, backward_model=coach(), batch_size=2, max_steps=1, num_threads=1, gate="off"
     )
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=data)
@@ -252,7 +302,7 @@ def test_constraints_and_momentum_pass_through_to_tgd():
         num_threads=1,
         constraints=["Stay under 20 words."],
         momentum=2,
-        validate=False,
+        gate="off",
     )
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
@@ -269,7 +319,9 @@ def test_chain_of_thought_outputs_get_the_metric_feedback_once():
             return self.solve(question=question)
 
     model = coach()
-    optimizer = TextualGradientDescent(feedback_metric, backward_model=model, num_threads=1)
+    optimizer = TextualGradientDescent(
+        feedback_metric, backward_model=model, num_threads=1, gate="off"
+    )
     lm = DummyLM({"France": {"reasoning": "It is Lyon.", "answer": "Lyon"}})
     data = [
         dspy.Example(question="What is the capital of France?", answer="Paris").with_inputs(
@@ -287,7 +339,7 @@ def test_chain_of_thought_outputs_get_the_metric_feedback_once():
 def test_backward_model_defaults_to_the_process_default_then_dspy_lm():
     model = coach()
     set_backward_model(model)
-    optimizer = TextualGradientDescent(exact, num_threads=1, validate=False)
+    optimizer = TextualGradientDescent(exact, num_threads=1, gate="off")
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
     assert len(model.calls_of("backward")) == 2
@@ -300,7 +352,7 @@ def test_backward_model_defaults_to_the_process_default_then_dspy_lm():
 def test_separate_optimizer_model():
     backward, rewriter = coach(), coach()
     optimizer = TextualGradientDescent(
-        exact, backward_model=backward, optimizer_model=rewriter, num_threads=1, validate=False
+        exact, backward_model=backward, optimizer_model=rewriter, num_threads=1, gate="off"
     )
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
@@ -321,25 +373,32 @@ def test_usage_counts_the_program_calls_made_through_the_bridge():
     assert report.to_dict()["steps"][0]["with_feedback"] == 1
 
 
-def test_failing_examples_score_zero_and_a_fully_failing_batch_raises():
+def test_failing_examples_score_zero_are_counted_and_the_compile_goes_on():
     def flaky(gold, pred, trace=None):
         if "France" in gold.question:
             raise ValueError("metric bug")
         return exact(gold, pred)
 
-    optimizer = TextualGradientDescent(flaky, backward_model=coach(), num_threads=1, validate=False)
+    optimizer = TextualGradientDescent(flaky, backward_model=coach(), num_threads=1, gate="off")
     with dspy.context(lm=dummy_two_step()):
         optimizer.compile(TwoStep(), trainset=trainset())
-    assert optimizer.last_report.steps[0].train_score == 0.5
+    step = optimizer.last_report.steps[0]
+    assert (step.train_score, step.errors) == (0.5, 1)
 
     def broken(gold, pred, trace=None):
         raise ValueError("metric bug")
 
+    model = coach()
+    optimizer = TextualGradientDescent(broken, backward_model=model, num_threads=1)
     with dspy.context(lm=dummy_two_step()):
-        with pytest.raises(RuntimeError, match="all 2 examples failed.*metric bug"):
-            TextualGradientDescent(broken, backward_model=coach(), num_threads=1).compile(
-                TwoStep(), trainset=trainset()
-            )
+        optimized = optimizer.compile(TwoStep(), trainset=trainset())
+    report = optimizer.last_report
+    assert report.initial_score == 0.0 and report.initial_errors == 2
+    (step,) = report.steps
+    assert step.errors == 2 and step.accepted is None
+    assert step.note == "failed: every example of the minibatch failed: ValueError: metric bug"
+    assert report.failed_examples == 4 and model.calls == []  # nothing to learn from
+    assert optimized.answer.signature.instructions == TwoStep().answer.signature.instructions
 
 
 def test_argument_checks():
@@ -349,8 +408,8 @@ def test_argument_checks():
         TextualGradientDescent(exact, batch_size=0)
     with pytest.raises(TypeError, match="num_threads must be an int"):
         TextualGradientDescent(exact, num_threads=1.5)
-    with pytest.raises(TypeError, match="validate must be a bool"):
-        TextualGradientDescent(exact, validate="yes")
+    with pytest.raises(ValueError, match="gate must be one of"):
+        TextualGradientDescent(exact, gate="yes")
     with pytest.raises(ValueError, match="min_improvement must be >= 0"):
         TextualGradientDescent(exact, min_improvement=-1)
     optimizer = TextualGradientDescent(exact, backward_model=coach())
@@ -360,8 +419,8 @@ def test_argument_checks():
         optimizer.compile(TwoStep(), trainset=[])
     with pytest.raises(TypeError, match=r"trainset\[0\] must be a dspy.Example"):
         optimizer.compile(TwoStep(), trainset=[{"question": "q"}])
-    with pytest.raises(TypeError, match="unknown arguments"):
-        optimizer.compile(TwoStep(), trainset=trainset(), num_trials=3)
+    with pytest.raises(TypeError, match="unknown argument 'breadth'"):
+        optimizer.compile(TwoStep(), trainset=trainset(), breadth=3)
 
     class NoPredictors(dspy.Module):
         def forward(self, question):

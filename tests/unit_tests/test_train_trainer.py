@@ -23,7 +23,7 @@ from afnio_langchain.train import (
     fit,
     load_checkpoint,
 )
-from afnio_langchain.train._trainer import epoch_order
+from afnio_langchain.train._run import epoch_order
 
 
 def examples(n: int, start: int = 1) -> list[dict[str, str]]:
@@ -167,15 +167,34 @@ def test_the_rolled_back_value_is_restored_before_the_next_step():
     assert seen_values == ["prompt v1", "prompt v1"]
 
 
-def test_gate_improve_rejects_a_step_that_only_ties():
+def test_the_default_gate_rejects_a_step_that_only_ties():
     model = make_model(optimizer="prompt v1 (reworded)")
     chain, system = make_chain(model, "prompt v1")
-    result = trainer_for(model, chain, batch_size=2, gate="improve", evaluate_train=False).fit(
+    for options in ({}, {"gate": "improve"}):  # "improve" is the default
+        result = trainer_for(model, chain, batch_size=2, evaluate_train=False, **options).fit(
+            examples(2, start=3), examples(2)
+        )
+        (step,) = result.history["steps"]
+        assert step["decision"] == "rolled back: validation 0.500 <= 0.500"
+        assert system.data == "prompt v1"
+
+
+def test_gate_no_worse_keeps_a_tie_above_zero_but_never_a_tie_at_zero():
+    model = make_model(optimizer="prompt v1 (reworded)")
+    chain, system = make_chain(model, "prompt v1")  # val: question 1 right -> 0.5
+    result = trainer_for(model, chain, batch_size=2, gate="no_worse", evaluate_train=False).fit(
         examples(2, start=3), examples(2)
     )
+    assert result.history["steps"][0]["decision"] == "accepted"
+    assert system.data == "prompt v1 (reworded)"
+
+    chain, system = make_chain(model, "prompt v0")  # val: nothing right -> 0.0, and so after
+    result = trainer_for(model, chain, batch_size=2, gate="no_worse", evaluate_train=False).fit(
+        examples(2, start=3), examples(2, start=5)
+    )
     (step,) = result.history["steps"]
-    assert step["decision"].startswith("rolled back: validation 0.500 <= 0.500")
-    assert system.data == "prompt v1"
+    assert step["decision"] == "rolled back: validation 0.000 = 0.000 (a tie at zero is never kept)"
+    assert system.data == "prompt v0"
 
 
 def test_gate_off_keeps_every_step_and_restores_the_best_values_at_the_end():
@@ -220,7 +239,8 @@ def run_plan(tmp_path, metric, name, resume=False):
 
 
 def test_an_interrupted_run_resumes_without_losing_a_completed_step(tmp_path):
-    train, val = examples(6), examples(4, start=7)
+    # validation rises with each version (v1: 0.25, v2: 0.75...), so steps are kept
+    train, val = examples(6), examples(4, start=1)
     reference, ref_model, ref_system = run_plan(tmp_path, exact_match, "ref.json")
     expected = reference.fit(train, val)
 

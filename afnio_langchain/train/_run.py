@@ -1,0 +1,450 @@
+"""One call of ``Trainer.fit``: the baseline, the epochs of minibatch steps, stopping
+(patience, target score, call/token/cost budgets) and the final evaluation.
+
+Each step is the package's one validation-gated step
+(:func:`afnio_langchain.loop.training_step`): the chain runs on the minibatch with
+grad, every failed item's feedback goes back through its own graph, the optimizer
+rewrites the parameters, and the gate keeps the rewrite only when the validation
+score says so (else the parameters roll back). The run's state is checkpointed after
+every step (:mod:`afnio_langchain.train._run_state`), so an interrupted run resumes
+with no completed step lost.
+
+The loop runs in the caller's thread (model calls run concurrently on the package's
+event loop), so Ctrl-C stops it at once and leaves the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from afnio_langchain.autodiff import Variable
+from afnio_langchain.loop import (
+    Example,
+    FeedbackPolicy,
+    GatePolicy,
+    MetricResult,
+    ScoredItem,
+    StepOutcome,
+    Validation,
+    expected_text,
+    metric_name,
+    training_step,
+)
+from afnio_langchain.models import UsageTracker, track_usage
+from afnio_langchain.train._accounting import (
+    CostReport,
+    estimate_cost,
+    merge_usage,
+    usage_from_pairs,
+)
+from afnio_langchain.train._checkpoint import TrainingState
+from afnio_langchain.train._evaluation import EvalResult, chain_inputs, run_and_score
+from afnio_langchain.train._run_state import save_state, start_state
+
+if TYPE_CHECKING:
+    from afnio_langchain.train._trainer import Trainer
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the model is unreachable, steps keep failing...). The
+    last checkpoint is kept, so the run can be resumed once the cause is fixed."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        chain: The trained chain (its parameters hold the best values found).
+        params: The trained Variables, in order.
+        state: The full run state (history, scores, values), as checkpointed.
+        usage: Calls and tokens of the whole run (all sessions), per model and purpose.
+        eval_usage: The part of ``usage`` spent on evaluations.
+        cost: Money spent, from ``usage`` and the price table.
+        wall_time_s: Wall time of the whole run (all sessions).
+        checkpoint_path: Where the checkpoint is (None if not written).
+        config: The run's settings, for reports.
+
+    Example:
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train import exact_match, fit
+        >>> model = ScriptedChatModel(forward=lambda text: "4" if "digits" in text else "four",
+        ...                           feedback="Ask for digits.", optimizer="Answer with digits.")
+        >>> system = Variable("Answer the question.", role="system prompt", requires_grad=True)
+        >>> chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{q}")])
+        >>> data = [{"q": "2+2?", "answer": "4"}]
+        >>> result = fit(chain, data, val=data, metric=exact_match, optimizer_model=model,
+        ...              backward_model=model, progress=False)
+        >>> result.baseline["val"], result.final["val"], [p.data for p in result.params]
+        (0.0, 1.0, ['Answer with digits.'])
+        >>> result.usage.total().calls, result.eval_usage.total().calls, result.cost.total
+        (7, 4, 0.0)
+    """
+
+    chain: Any
+    params: list[Variable]
+    state: TrainingState
+    usage: UsageTracker
+    eval_usage: UsageTracker
+    cost: CostReport
+    wall_time_s: float
+    checkpoint_path: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> dict[str, float | None]:
+        return dict(self.state.baseline)
+
+    @property
+    def final(self) -> dict[str, float | None]:
+        return dict(self.state.final)
+
+    @property
+    def history(self) -> dict[str, list[dict[str, Any]]]:
+        return self.state.history
+
+    @property
+    def best_val(self) -> float | None:
+        return self.state.best_val
+
+    @property
+    def stopped(self) -> str | None:
+        return self.state.stopped
+
+
+class TrainingRun:
+    """One call of :meth:`Trainer.fit`: the loop and its bookkeeping."""
+
+    def __init__(self, trainer: Trainer, train: list[Example], val: list[Example] | None) -> None:
+        if not train:
+            raise ValueError("the training set is empty")
+        if val is not None and not val:
+            raise ValueError("the validation set is empty (pass val=None to train without one)")
+        self.t = trainer
+        self.train = train
+        self.val = val
+        self.train_inputs = chain_inputs(train, trainer.input_fn, "train")
+        self.val_inputs = chain_inputs(val, trainer.input_fn, "val") if val is not None else None
+        self.n_batches = math.ceil(len(train) / trainer.batch_size)
+        self.state = start_state(trainer, train, val)
+        self.state.sessions += 1
+        self.base_usage = usage_from_pairs(self.state.usage["total"])
+        self.base_eval = usage_from_pairs(self.state.usage["evaluation"])
+        self.eval_usage = UsageTracker()
+        self.live: UsageTracker | None = None
+        self.session_start = time.monotonic()
+        self.base_elapsed = self.state.elapsed_s
+        self.failed_steps = 0
+        self.feedback = FeedbackPolicy(
+            metric_name(trainer.metric), trainer.skip_correct, trainer.success_threshold
+        )
+        self.gate = GatePolicy(trainer.gate)
+        self.bar: Any = None
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _usage(self) -> UsageTracker:
+        return merge_usage(self.base_usage, self.live or UsageTracker())
+
+    def _cost(self) -> CostReport:
+        return estimate_cost(self._usage(), self.t.prices)
+
+    def _save(self) -> None:
+        save_state(
+            self.state,
+            self.t,
+            usage=self._usage(),
+            eval_usage=merge_usage(self.base_eval, self.eval_usage),
+            elapsed_s=self.base_elapsed + (time.monotonic() - self.session_start),
+        )
+
+    # -- the loop ----------------------------------------------------------------------
+    def execute(self) -> TrainResult:
+        t = self.t
+        with t._limits(), track_usage() as live:
+            self.live = live
+            total = t.epochs * self.n_batches
+            self.bar = tqdm(
+                total=total,
+                initial=min(total, (self.state.epoch - 1) * self.n_batches + self.state.batch),
+                desc="optimizing",
+                unit="step",
+                disable=not t.progress,
+                dynamic_ncols=True,
+            )
+            try:
+                if self.state.stage == "baseline":
+                    self._baseline()
+                while self.state.stage == "training":
+                    self._epoch()
+                if self.state.stage == "final":
+                    self._final()
+            finally:
+                self.bar.close()
+            self._save()
+        return TrainResult(
+            chain=t.chain,
+            params=list(t.params),
+            state=self.state,
+            usage=self._usage(),
+            eval_usage=merge_usage(self.base_eval, self.eval_usage),
+            cost=self._cost(),
+            wall_time_s=self.state.elapsed_s,
+            checkpoint_path=t.checkpoint_path,
+            config=t.config(),
+        )
+
+    def _evaluate(self, examples: list[Example], inputs: list[Any], what: str) -> EvalResult:
+        self.bar.set_description(f"evaluating {what}")
+        with track_usage() as usage:
+            result = run_and_score(
+                self.t.chain, self.t.metric, examples, inputs, grad=False,
+                max_concurrency=self.t.max_concurrency, phase="eval",
+            )
+        self.eval_usage = merge_usage(self.eval_usage, usage)
+        self.bar.set_description("optimizing")
+        return result
+
+    def _baseline(self) -> None:
+        state = self.state
+        record: dict[str, Any] = {"epoch": 0, "train_score": None, "val_score": None}
+        if self.val is not None:
+            val = self._evaluate(self.val, self.val_inputs, "validation set (before training)")
+            if val.all_failed:
+                raise TrainingError(f"the chain failed on every validation example: {val.first_error()}")
+            state.current_val = state.best_val = val.score
+            record["val_score"] = val.score
+            record["val_errors"] = val.errors
+        if self.t.evaluate_train:
+            train = self._evaluate(self.train, self.train_inputs, "training set (before training)")
+            if train.all_failed:
+                raise TrainingError(f"the chain failed on every training example: {train.first_error()}")
+            record["train_score"] = train.score
+            record["train_errors"] = train.errors
+        state.baseline = {"train": record["train_score"], "val": record["val_score"]}
+        state.history["epochs"].append(record)
+        state.stage = "training"
+        self._postfix()
+        self._save()
+
+    def _epoch(self) -> None:
+        state, t = self.state, self.t
+        if state.epoch > t.epochs:
+            state.stage = "final"
+            return
+        order = epoch_order(len(self.train), t.seed, state.epoch, t.shuffle)
+        batches = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+        while state.batch < len(batches) and state.stopped is None:
+            self._step(batches[state.batch])
+            state.batch += 1
+            state.steps_done += 1
+            self.bar.update(1)
+            self._postfix()
+            self._check_stop()
+            self._save()
+        self._end_epoch()
+
+    def _step(self, indices: list[int]) -> None:
+        state, t = self.state, self.t
+        examples = [self.train[i] for i in indices]
+        inputs = [self.train_inputs[i] for i in indices]
+        record: dict[str, Any] = {
+            "step": state.steps_done + 1, "epoch": state.epoch, "batch": state.batch,
+            "examples": indices,
+        }
+        state.history["steps"].append(record)
+        validated: list[EvalResult] = []
+
+        def minibatch() -> list[ScoredItem]:
+            result = run_and_score(
+                t.chain, t.metric, examples, inputs, grad=True,
+                max_concurrency=t.max_concurrency, phase="train",
+            )
+            return [
+                ScoredItem(
+                    MetricResult(item.score, item.feedback),
+                    item.prediction,
+                    expected=expected_text(example, t.target_key),
+                    error=item.error,
+                )
+                for example, item in zip(examples, result.items)
+            ]
+
+        def validate() -> Validation:
+            val = self._evaluate(self.val, self.val_inputs, "validation set")
+            validated.append(val)
+            return Validation(val.score, val.errors)
+
+        outcome = training_step(
+            t.optimizer,
+            minibatch,
+            lambda item: [_trainable_output(item.prediction)],
+            feedback=self.feedback,
+            gate=self.gate,
+            validate=validate if self.val is not None else None,
+            current=state.current_val,
+        )
+        self._record(record, outcome, validated[0] if validated else None)
+
+    def _record(self, record: dict[str, Any], outcome: StepOutcome, val: EvalResult | None) -> None:
+        state, t = self.state, self.t
+        record.update(train_score=outcome.train_score, size=len(outcome.items), errors=outcome.errors)
+        record["feedback_items"] = outcome.feedback_items
+        if outcome.feedback_items:
+            record["backward_errors"] = outcome.backward_errors
+        if outcome.report is not None:
+            record["params"] = [r.to_dict() for r in outcome.report]
+        if val is not None:
+            record["val_score"] = val.score
+            record["val_errors"] = val.errors
+        record["decision"] = outcome.decision
+        if outcome.failed:
+            return self._failed(outcome.decision.removeprefix("failed: "))
+        self.failed_steps = 0
+        if outcome.kept and self.val is None:
+            state.best_values = [p.data for p in t.params]
+        elif outcome.kept and val is not None:
+            state.current_val = val.score
+            if state.best_val is None or val.score >= state.best_val:
+                state.best_val = val.score
+                state.best_values = [p.data for p in t.params]
+
+    def _failed(self, reason: str) -> None:
+        self.failed_steps += 1
+        if self.failed_steps >= self.t.max_failed_steps:
+            self.state.batch += 1  # this step is done (it failed); do not retry it on resume
+            self.state.steps_done += 1
+            self._save()
+            raise TrainingError(
+                f"{self.failed_steps} steps in a row failed; the last one: {reason}. The "
+                "checkpoint was kept: fix the cause and resume"
+            )
+
+    def _end_epoch(self) -> None:
+        state, t = self.state, self.t
+        steps = [s for s in state.history["steps"] if s["epoch"] == state.epoch]
+        sized = [(s["train_score"], s.get("size", 0)) for s in steps if s.get("train_score") is not None]
+        total = sum(n for _, n in sized)
+        previous_best = _last_best(state.history["epochs"])
+        if self.val is not None and not self.gate.validates:
+            val = self._evaluate(self.val, self.val_inputs, "validation set")
+            state.current_val = val.score
+            if state.best_val is None or val.score > state.best_val:
+                state.best_val = val.score
+                state.best_values = [p.data for p in t.params]
+        state.history["epochs"].append(
+            {
+                "epoch": state.epoch,
+                "train_score": sum(s * n for s, n in sized) / total if total else None,
+                "val_score": state.current_val,
+                "best_val": state.best_val,
+                "steps": len(steps),
+                "accepted": sum(1 for s in steps if s.get("decision") == "accepted"),
+                "rolled_back": sum(1 for s in steps if str(s.get("decision", "")).startswith("rolled back")),
+            }
+        )
+        improved = state.best_val is not None and (previous_best is None or state.best_val > previous_best)
+        state.stale_epochs = 0 if improved else state.stale_epochs + 1
+        if t.patience is not None and self.val is not None and state.stale_epochs >= t.patience and state.stopped is None:
+            state.stopped = f"early stopping: no better validation score for {state.stale_epochs} epoch(s)"
+        state.epoch += 1
+        state.batch = 0
+        if state.stopped is not None or state.epoch > t.epochs:
+            state.stage = "final"
+        self._save()
+
+    def _check_stop(self) -> None:
+        state, t = self.state, self.t
+        if t.target_score is not None and state.current_val is not None and state.current_val >= t.target_score:
+            state.stopped = f"target score reached: validation {state.current_val:.3f} >= {t.target_score}"
+            return
+        usage = self._usage().total()
+        if t.max_calls is not None and usage.calls >= t.max_calls:
+            state.stopped = f"budget: {usage.calls} calls >= max_calls {t.max_calls}"
+        elif t.max_tokens is not None and usage.input_tokens + usage.output_tokens >= t.max_tokens:
+            tokens = usage.input_tokens + usage.output_tokens
+            state.stopped = f"budget: {tokens} tokens >= max_tokens {t.max_tokens}"
+        elif t.max_cost is not None and self._cost().total >= t.max_cost:
+            state.stopped = f"budget: ${self._cost().total:.4f} >= max_cost ${t.max_cost}"
+
+    def _final(self) -> None:
+        state, t = self.state, self.t
+        if self.val is not None:
+            for p, value in zip(t.params, state.best_values):
+                p.data = value
+            state.current_val = state.best_val
+        else:
+            state.best_values = [p.data for p in t.params]
+        final: dict[str, float | None] = {"val": state.best_val, "train": None}
+        if t.evaluate_train:
+            train = self._evaluate(self.train, self.train_inputs, "training set (after training)")
+            final["train"] = train.score
+            final["train_errors"] = train.errors
+        state.final = final
+        state.stage = "finished"
+        self._postfix()
+        self._save()
+
+    def _postfix(self) -> None:
+        state = self.state
+        steps = state.history["steps"]
+        last = steps[-1].get("train_score") if steps else state.baseline.get("train")
+        usage = self._usage().total()
+        self.bar.set_postfix(
+            train=_fmt(last), val=_fmt(state.current_val), best=_fmt(state.best_val),
+            calls=usage.calls, cost=f"${self._cost().total:.4f}", refresh=False,
+        )
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The order of the ``n`` training examples in ``epoch``: a permutation drawn
+    from ``(seed, epoch)``, the same on every run (so a resumed run sees the same
+    minibatches).
+
+    Example:
+        >>> from afnio_langchain.train._run import epoch_order
+        >>> epoch_order(5, seed=0, epoch=1) == epoch_order(5, seed=0, epoch=1)
+        True
+        >>> epoch_order(3, seed=0, epoch=1, shuffle=False)
+        [0, 1, 2]
+    """
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"afnio-epoch:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def _trainable_output(prediction: Any) -> Variable:
+    """The chain's output, checked to be a Variable that feedback can flow back from."""
+    if not isinstance(prediction, Variable):
+        raise TrainingError(
+            f"the chain returned a {type(prediction).__name__}, not a Variable: its output must "
+            "come from a trainable step (ChatCompletionRunnable, or a chain from make_trainable) "
+            "so that feedback can flow back to its prompts"
+        )
+    if not prediction.requires_grad or prediction.grad_fn is None:
+        raise TrainingError(
+            "the chain's output does not depend on any trainable Variable (requires_grad=True), "
+            "so feedback cannot reach a prompt"
+        )
+    return prediction
+
+
+def _last_best(epochs: list[dict[str, Any]]) -> float | None:
+    for record in reversed(epochs):
+        if record.get("epoch", 0) > 0 and record.get("best_val") is not None:
+            return record["best_val"]
+        if record.get("epoch") == 0:
+            return record.get("val_score")
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,114 @@
+"""A training run's checkpointed state: started fresh or resumed from the checkpoint
+file, and written back after every step (through :mod:`afnio_langchain.train._checkpoint`).
+
+A resumed run must be the same run: the fingerprint (the parameters' roles, hashes of
+the data, batch size, seed and shuffling) is checked against the saved one, the
+optimizer's state and the parameters' values are restored, and a finished run asked
+for more epochs goes on training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from afnio_langchain.loop import Example
+from afnio_langchain.models import UsageTracker
+from afnio_langchain.optim import Optimizer
+from afnio_langchain.train._accounting import usage_pairs
+from afnio_langchain.train._checkpoint import (
+    CheckpointError,
+    TrainingState,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from afnio_langchain.train._trainer import Trainer
+
+
+def run_fingerprint(
+    trainer: Trainer, train: Sequence[Example], val: Sequence[Example] | None
+) -> dict[str, Any]:
+    """What identifies a run: a resumed run must match it."""
+    return {
+        "params": [p.role for p in trainer.params],
+        "train": _digest(train),
+        "val": _digest(val) if val is not None else None,
+        "batch_size": trainer.batch_size,
+        "seed": trainer.seed,
+        "shuffle": trainer.shuffle,
+    }
+
+
+def start_state(
+    trainer: Trainer, train: Sequence[Example], val: Sequence[Example] | None
+) -> TrainingState:
+    """The state a run starts from: the checkpoint's (with ``resume`` and an existing
+    checkpoint; the parameters and the optimizer are restored from it), else a fresh one.
+
+    Raises:
+        CheckpointError: The checkpoint belongs to another run, is malformed, or holds
+            an optimizer state that does not fit.
+    """
+    fingerprint = run_fingerprint(trainer, train, val)
+    path = trainer.checkpoint_path
+    if trainer.resume and path is not None and path.exists():
+        state = load_checkpoint(path)
+        check_resumable(state, fingerprint, str(path))
+        try:
+            trainer.optimizer.load_state_dict(state.optimizer)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: the optimizer state does not fit: {exc}") from None
+        for p, value in zip(trainer.params, state.values):
+            p.data = value
+        if state.stage == "finished" and state.epoch <= trainer.epochs and state.stopped is None:
+            state.stage = "training"  # more epochs were asked for than were run
+        return state
+    values = [p.data for p in trainer.params]
+    return TrainingState(
+        fingerprint=fingerprint,
+        roles=[p.role for p in trainer.params],
+        initial_values=list(values),
+        values=list(values),
+        best_values=list(values),
+        info=trainer.config(),
+    )
+
+
+def save_state(
+    state: TrainingState,
+    trainer: Trainer,
+    *,
+    usage: UsageTracker,
+    eval_usage: UsageTracker,
+    elapsed_s: float,
+) -> Path | None:
+    """Record the parameters, the optimizer, the usage and the time in ``state``, and
+    write it to the trainer's checkpoint (if it has one)."""
+    state.values = [p.data for p in trainer.params]
+    state.optimizer = portable_state_dict(trainer.optimizer)
+    state.usage = {"total": usage_pairs(usage), "evaluation": usage_pairs(eval_usage)}
+    state.elapsed_s = elapsed_s
+    if trainer.checkpoint_path is None:
+        return None
+    return save_checkpoint(trainer.checkpoint_path, state)
+
+
+def portable_state_dict(optimizer: Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict without model-call options (which stay with the
+    optimizer built for the resumed run and may hold credentials)."""
+    state = optimizer.state_dict()
+    for group in state.get("param_groups", []):
+        for key in ("completion_args", "model_name"):
+            group.pop(key, None)
+    return state
+
+
+def _digest(examples: Sequence[Example] | None) -> str:
+    text = json.dumps(list(examples or []), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
