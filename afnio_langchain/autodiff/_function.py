@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from afnio_langchain._aio import run_in_thread
-from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED, is_grad_enabled
+from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED
 from afnio_langchain.autodiff._variable import Variable
 
 GradientResult = Variable | list[Variable] | None
