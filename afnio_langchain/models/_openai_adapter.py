@@ -93,6 +93,9 @@ class OpenAIClient(BaseModelClient):
     def __repr__(self) -> str:
         return f"OpenAIClient(model_name={self.model_name!r}, base_url={str(self._client.base_url)!r})"
 
+    def cache_identity(self) -> str:
+        return f"openai:{self._client.base_url}:{self.model_name}"
+
     async def _agenerate(
         self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
     ) -> Completion:
@@ -212,4 +215,5 @@ def _completion_from(response: Any, default_model: str) -> Completion:
         input_tokens=int(_field(usage, "prompt_tokens") or 0),
         output_tokens=int(_field(usage, "completion_tokens") or 0),
         raw=response,
+        cached_input_tokens=int(_field(_field(usage, "prompt_tokens_details"), "cached_tokens") or 0),
     )
