@@ -78,8 +78,8 @@ AGENT_BACKWARD_USER = """<TASK>
 {feedback}
 </FEEDBACK>
 
-Write feedback for each of these variables of the agent (one with in="..." is the text \
-shown there, not repeated):
+Write feedback for each of these variables of the agent ([SYSTEM_PROMPT], [TASK]: the \
+text shown there):
 {variables}
 
 {json_instruction}"""

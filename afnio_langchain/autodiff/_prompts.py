@@ -26,7 +26,7 @@ CHAT_BACKWARD_SYSTEM = (
     "briefly. " + DATA_RULE
 )
 
-VARIABLES_INTRO = 'Variables (in="message N": text of the N-th message below; in="here": shown here):'
+VARIABLES_INTRO = "Variables ([message N]: the text of the N-th message below):"
 """Opens every backward request's user message (before its variable-specific parts, so
 requests of one op share a long identical prefix that providers' prompt caches reuse)."""
 
@@ -180,27 +180,27 @@ def format_variables(
 ) -> str:
     """``(key, role, value)`` triples as tagged blocks. A value that one of ``places``
     (``(label, text)`` pairs, e.g. :func:`message_places`) already shows is not repeated:
-    its block names the place (``in="message 1"``); any other value is shown in its
-    block (``in="here"``). Every block has the same tags and attributes either way.
+    its block holds the place's label in brackets (``[message 1]``) instead. Every block
+    has the same tags either way.
 
     Example:
         >>> from afnio_langchain.autodiff import format_variables
         >>> print(format_variables([("var_1", "system prompt", "Be brief."),
         ...                         ("var_2", "question", "Why?")],
         ...                        [("message 1", "Be brief.")]))
-        <VARIABLE key="var_1" role="system prompt" in="message 1"></VARIABLE>
-        <VARIABLE key="var_2" role="question" in="here">
+        <VARIABLE key="var_1" role="system prompt">[message 1]</VARIABLE>
+        <VARIABLE key="var_2" role="question">
         Why?
         </VARIABLE>
     """
     blocks = []
     for key, role, value in variables:
-        head = f'<VARIABLE key="{key}" role="{tag_attribute(role)}"'
+        head = f'<VARIABLE key="{key}" role="{tag_attribute(role)}">'
         where = shown_in(value, places)
         if where is not None:
-            blocks.append(f'{head} in="{tag_attribute(where)}"></VARIABLE>')
+            blocks.append(f"{head}[{tag_attribute(where)}]</VARIABLE>")
         else:
-            blocks.append(f'{head} in="here">\n{neutralize(value)}\n</VARIABLE>')
+            blocks.append(f"{head}\n{neutralize(value)}\n</VARIABLE>")
     return "\n".join(blocks)
 
 

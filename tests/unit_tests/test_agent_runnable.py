@@ -172,8 +172,8 @@ def test_gradients_reach_the_prompt_and_tool_descriptions_and_see_the_trajectory
         "order A1: shipped, tracking TRK-9",
         "<FINAL_ANSWER",
         "It should not guess a lowercase id first.",
-        '<VARIABLE key="var_1" role="system prompt" in="SYSTEM_PROMPT"></VARIABLE>',
-        '<VARIABLE key="var_2" role="description of the tool \'lookup_order\'" in="here">',
+        '<VARIABLE key="var_1" role="system prompt">',
+        '<VARIABLE key="var_2" role="description of the tool \'lookup_order\'">',
     ):
         assert expected in request, expected
     assert call.kwargs.get("response_format") is None  # a fake takes the keys from the text

@@ -152,7 +152,9 @@ def test_usage_by_purpose_maps_textgrad_kinds_to_purposes():
     ]
     usage = usage_by_purpose(records)
     assert [usage[p]["calls"] for p in ("forward", "backward", "optimizer")] == [1, 1, 1]
-    assert usage["total"] == {"calls": 3, "input_tokens": 90, "output_tokens": 12}
+    assert usage["total"] == {
+        "calls": 3, "input_tokens": 90, "output_tokens": 12, "cached_input_tokens": 0
+    }
 
 
 @pytest.mark.skipif(not pipeline_textgrad.available(), reason="textgrad is not installed")
