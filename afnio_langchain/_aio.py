@@ -8,6 +8,7 @@ LangChain's run tree) must follow the call.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextvars
 import inspect
@@ -37,6 +38,19 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             thread.start()
             _LOOP, _LOOP_THREAD = loop, thread
         return _LOOP
+
+
+@atexit.register
+def _close_background_loop() -> None:
+    """At exit, let the background loop finalise its async generators, which close the
+    connection pools opened on it (an aiohttp session left open warns at exit)."""
+    loop, thread = _LOOP, _LOOP_THREAD
+    if loop is None or loop.is_closed() or thread is None or not thread.is_alive():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+    except Exception:  # exiting anyway: never fail the interpreter's shutdown
+        pass
 
 
 def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:

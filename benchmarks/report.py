@@ -52,7 +52,8 @@ def step_table(steps: Sequence[dict[str, Any]]) -> str:
     ]
     for s in steps:
         lines.append(
-            f"| {s['library']} | {s['client']} | {s['mode']} | {s['minibatch']} | {s['limit']} "
+            f"| {s['library']} | {s['client']} | {s['mode']}{' (loaded)' if s.get('loaded') else ''} "
+            f"| {s['minibatch']} | {s['limit']} "
             f"| {_num(s['wall_s'])} | {_num(s.get('bound_s'))} | {_num(s.get('ratio'))} "
             f"| {s['calls_per_step']} ({_calls(s['usage'])}) | {_tokens(s['usage'], 'input_tokens')} "
             f"| {_tokens(s['usage'], 'output_tokens')} | {_cpu_per_call(s)} |"
@@ -63,13 +64,18 @@ def step_table(steps: Sequence[dict[str, Any]]) -> str:
 def overhead_table(rows: Sequence[dict[str, Any]]) -> str:
     """One Markdown row per library of the engine-overhead scenario."""
     lines = [
-        "| library | nodes | forward (µs/node) | backward (µs/node) | peak memory (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        "| library | nodes | minibatch | forward (µs) | backward (µs) | sync forward (µs) "
+        "| sync backward (µs) | per | peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
+        per = "item call" if "items" in r else "node"
+        unit = "_us_per_item_call" if "items" in r else "_us_per_node"
         lines.append(
-            f"| {r['library']} | {r['nodes']} | {_num(r['forward_us_per_node'], 1)} "
-            f"| {_num(r['backward_us_per_node'], 1)} | {_num(r['peak_memory_mib'], 2)} |"
+            f"| {r['library']} | {r['nodes']} | {r.get('items', 1)} "
+            f"| {_num(r.get('forward' + unit), 1)} | {_num(r.get('backward' + unit), 1)} "
+            f"| {_num(r.get('forward_sync' + unit), 1)} | {_num(r.get('backward_sync' + unit), 1)} "
+            f"| {per} | {_num(r.get('peak_memory_mib'), 2)} |"
         )
     return "\n".join(lines)
 

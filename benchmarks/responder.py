@@ -131,14 +131,25 @@ def _last_user(body: dict[str, Any]) -> str:
     return last
 
 
+PREFIX_BLOCK = 16
+"""Tokens per block of the simulated prompt cache (providers cache whole blocks of a
+prompt's prefix; OpenAI's are 128 tokens, from 1,024 up)."""
+
+
 @dataclass(frozen=True)
 class CallRecord:
-    """One answered request: its kind, token counts and when it arrived."""
+    """One answered request: its kind, token counts and when it arrived.
+
+    ``cached_input_tokens`` is what a provider's prompt cache could have served: the
+    longest prefix of the request, in whole :data:`PREFIX_BLOCK`-token blocks, that an
+    earlier request of the same step began with (no minimum length: it measures how
+    stable the prompts' prefixes are, not a price)."""
 
     kind: str
     input_tokens: int
     output_tokens: int
     arrived: float
+    cached_input_tokens: int = 0
 
     @property
     def purpose(self) -> str:
@@ -175,17 +186,30 @@ class BenchmarkResponder:
         self.feedback_words = feedback_words
         self._lock = threading.Lock()
         self._records: list[CallRecord] = []
+        self._prefixes: set[int] = set()
 
     # -- replies ---------------------------------------------------------------------------
     def __call__(self, body: dict[str, Any]) -> str:
         kind = classify(body)
         text = self.reply(kind, body)
-        record = CallRecord(
-            kind, count_tokens(request_text(body)), count_tokens(text), time.perf_counter()
-        )
+        tokens = request_text(body).split()
         with self._lock:
-            self._records.append(record)
+            cached = self._cached_prefix(tokens)
+            self._records.append(
+                CallRecord(kind, len(tokens), count_tokens(text), time.perf_counter(), cached)
+            )
         return text
+
+    def _cached_prefix(self, tokens: list[str]) -> int:
+        """Tokens of ``tokens``' longest block prefix seen before; remembers its prefixes."""
+        cached = 0
+        for end in range(PREFIX_BLOCK, len(tokens) + 1, PREFIX_BLOCK):
+            key = hash(tuple(tokens[:end]))
+            if key in self._prefixes:
+                cached = end
+            else:
+                self._prefixes.add(key)
+        return cached
 
     def reply(self, kind: str, body: dict[str, Any]) -> str:
         """The reply to a request of ``kind`` (see :func:`classify`)."""
@@ -224,6 +248,7 @@ class BenchmarkResponder:
         """Forget the recorded calls."""
         with self._lock:
             self._records.clear()
+            self._prefixes.clear()
 
 
 def _last_user_with_value(body: dict[str, Any]) -> str:
@@ -249,14 +274,15 @@ def usage_by_purpose(records: Sequence[CallRecord]) -> dict[str, dict[str, int]]
 
     Example:
         >>> usage_by_purpose([CallRecord("forward", 10, 3, 0.0)])["total"]
-        {'calls': 1, 'input_tokens': 10, 'output_tokens': 3}
+        {'calls': 1, 'input_tokens': 10, 'output_tokens': 3, 'cached_input_tokens': 0}
     """
     out: dict[str, dict[str, int]] = {}
     for purpose in ("forward", "backward", "optimizer", "total"):
-        out[purpose] = {"calls": 0, "input_tokens": 0, "output_tokens": 0}
+        out[purpose] = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}
     for record in records:
         for key in (record.purpose, "total"):
             out[key]["calls"] += 1
             out[key]["input_tokens"] += record.input_tokens
             out[key]["output_tokens"] += record.output_tokens
+            out[key]["cached_input_tokens"] += record.cached_input_tokens
     return out

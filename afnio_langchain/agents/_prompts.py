@@ -78,7 +78,8 @@ AGENT_BACKWARD_USER = """<TASK>
 {feedback}
 </FEEDBACK>
 
-Write feedback for each of these variables of the agent:
+Write feedback for each of these variables of the agent ([SYSTEM_PROMPT], [TASK]: the \
+text shown there):
 {variables}
 
 {json_instruction}"""
@@ -215,7 +216,10 @@ def agent_backward_messages(
         tools=format_tools(trajectory.tools),
         answer_role=tag_attribute(answer_role),
         feedback=neutralize(feedback),
-        variables=format_variables(variables),
+        variables=format_variables(
+            variables,
+            [("SYSTEM_PROMPT", trajectory.system_prompt), ("TASK", trajectory.task)],
+        ),
         json_instruction=json_instruction([key for key, _, _ in variables]),
     )
     return [{"role": "system", "content": AGENT_BACKWARD_SYSTEM}, {"role": "user", "content": user}]

@@ -58,6 +58,15 @@ async def _complete_all(
 
         return await gather_items([streamed()])
 
+    if not conversation.batched:  # one call: no task to start, no items to gather
+        try:
+            reply = await client.acomplete(
+                conversation.items[0], purpose="forward", **completion_args
+            )
+        except Exception as exc:
+            return [None], {0: exc}
+        return [reply.text], {}
+
     async def one(item: list[Message]) -> str:
         return (await client.acomplete(item, purpose="forward", **completion_args)).text
 

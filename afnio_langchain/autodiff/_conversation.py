@@ -195,12 +195,17 @@ def gradients_for_slots(
     per item; a batched Variable gets one list-valued gradient; an item's own Variable
     gets its single gradient.
     """
+    by_slot: dict[int, list[tuple[int, str]]] = {}  # one pass over the items, not one per slot
+    for i, item in enumerate(per_item):
+        if item:
+            for j, text in item.items():
+                by_slot.setdefault(j, []).append((i, text))
     out: list[Variable | list[Variable] | None] = []
     for j, slot in enumerate(slots):
         if not needs_grad[j]:
             out.append(None)
             continue
-        texts = [(i, item[j]) for i, item in enumerate(per_item) if item and j in item]
+        texts = by_slot.get(j, [])
         if not texts:
             out.append(None)
         elif slot.variable.is_batched:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -233,30 +233,54 @@ async def _propagate(
     # 2. Propagate: run every node whose gradients are all in, as they become ready.
     staged: list[tuple[Variable, Variable]] = []
     ready = [n for n in nodes if waiting[n] == 0]
-    running: dict[asyncio.Task, Node] = {}
+    running: dict[asyncio.Future, Node] = {}
+    finished: deque[asyncio.Future] = deque()  # filled by done callbacks, in completion order
+    wake = asyncio.Event()
+
+    def on_done(task: asyncio.Future) -> None:
+        finished.append(task)
+        wake.set()
+
+    def deliver(node: Node, results: list[GradientResult]) -> None:
+        for (child, output_nr), result in zip(node.next_functions, results):
+            if child is None:
+                continue
+            inbox[child][output_nr].extend(_as_list(result))
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+
     try:
         while ready or running:
-            for i, node in enumerate(ready):
-                run = _run_node(node, inbox.pop(node), staged, failures)
-                running[asyncio.ensure_future(run)] = node
-                if i < len(ready) - 1:
-                    await asyncio.sleep(0)  # let it send its request before the next is built
-            ready = []
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            started = 0
+            batch = ready[:]
+            ready.clear()
+            for node in batch:
+                if isinstance(node, AccumulateGrad):  # no model call: no task
+                    staged.extend((node.variable, g) for g in inbox.pop(node)[0])
+                    continue
+                if started:
+                    await asyncio.sleep(0)  # let the last one send its request first
+                task = asyncio.ensure_future(_run_node(node, inbox.pop(node), staged, failures))
+                task.add_done_callback(on_done)
+                running[task] = node
+                started += 1
+            if not running:
+                break
+            while not finished:
+                wake.clear()
+                await wake.wait()
+            while finished:
+                task = finished.popleft()
                 node = running.pop(task)
-                if failures is not None and isinstance(task.exception(), BackwardError):
-                    failures.append(BackwardFailure(node.name(), None, task.exception().__cause__))
-                    results: list[GradientResult] = [None] * len(node.next_functions)
+                error = task.exception()
+                if failures is not None and isinstance(error, BackwardError):
+                    failures.append(BackwardFailure(node.name(), None, error.__cause__))
+                    deliver(node, [None] * len(node.next_functions))
+                elif error is not None:
+                    raise error
                 else:
-                    results = task.result()
-                for (child, output_nr), result in zip(node.next_functions, results):
-                    if child is None:
-                        continue
-                    inbox[child][output_nr].extend(_as_list(result))
-                    waiting[child] -= 1
-                    if waiting[child] == 0:
-                        ready.append(child)
+                    deliver(node, task.result())
     finally:
         for task in running:
             task.cancel()

@@ -13,13 +13,13 @@ Variables (several contributions, each appended to the input's ``grad``).
 
 from __future__ import annotations
 
-import functools
 import inspect
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from afnio_langchain._aio import run_in_thread
-from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED, is_grad_enabled
+from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED
 from afnio_langchain.autodiff._variable import Variable
 
 GradientResult = Variable | list[Variable] | None
@@ -238,36 +238,23 @@ class Function:
 
     @classmethod
     def _uses_setup_context(cls) -> bool:
-        return any("setup_context" in k.__dict__ for k in cls.__mro__ if k is not Function)
+        return _spec(cls).setup_context
 
     @classmethod
     def _prepare(cls, args: tuple, kwargs: dict) -> tuple[FunctionCtx, list[Variable], bool]:
-        has_forward = any(
-            name in k.__dict__ for k in cls.__mro__ if k is not Function
-            for name in ("forward", "aforward")
-        )
-        if not has_forward:
+        spec = _spec(cls)
+        if not spec.defined:
             raise TypeError(f"{cls.__name__} must define a static forward() (or aforward())")
-        inputs = list(iter_variables(cls._ordered_arguments(args, kwargs)))
-        record = is_grad_enabled() and any(v.requires_grad for v in inputs)
+        inputs = _variables_in(spec.ordered(cls, args, kwargs))
+        record = False
+        if _GRAD_ENABLED.get():
+            for v in inputs:
+                if v._requires_grad:
+                    record = True
+                    break
         ctx = FunctionCtx()
-        ctx.needs_input_grad = tuple(record and v.requires_grad for v in inputs)
+        ctx.needs_input_grad = tuple(record and v._requires_grad for v in inputs)
         return ctx, inputs, record
-
-    @classmethod
-    def _ordered_arguments(cls, args: tuple, kwargs: dict) -> list[Any]:
-        """Arguments in the order of forward's parameters, however they were passed."""
-        forward = cls.forward if "forward" in _defined(cls) else cls.aforward  # type: ignore[attr-defined]
-        signature = _signature(forward)
-        takes_ctx = not cls._uses_setup_context()
-        try:
-            bound = signature.bind(None, *args, **kwargs) if takes_ctx else signature.bind(
-                *args, **kwargs
-            )
-        except TypeError as exc:
-            raise TypeError(f"{cls.__name__}.apply(): {exc}") from None
-        values = list(bound.arguments.values())
-        return values[1:] if takes_ctx else values
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
@@ -276,7 +263,7 @@ class Function:
         ctx, inputs, record = cls._prepare(args, kwargs)
         token = _GRAD_ENABLED.set(False)
         try:
-            if "forward" not in _defined(cls):
+            if "forward" not in _spec(cls).defined:
                 from afnio_langchain._aio import run_sync
 
                 output = run_sync(lambda: cls._call_aforward(ctx, args, kwargs))
@@ -296,7 +283,7 @@ class Function:
         ctx, inputs, record = cls._prepare(args, kwargs)
         token = _GRAD_ENABLED.set(False)
         try:
-            if "aforward" in _defined(cls):
+            if "aforward" in _spec(cls).defined:
                 output = await cls._call_aforward(ctx, args, kwargs)
             elif cls._uses_setup_context():
                 output = await run_in_thread(cls.forward, *args, **kwargs)
@@ -335,21 +322,122 @@ class Function:
         return tuple(outputs) if isinstance(output, tuple) else outputs[0]
 
 
-@functools.lru_cache(maxsize=1024)
-def _signature(function: Any) -> inspect.Signature:
-    """``inspect.signature``, computed once per forward function (it costs more than
-    the rest of ``apply``'s bookkeeping)."""
-    return inspect.signature(function)
+class _OpSpec:
+    """What ``apply`` needs to know about an op class, computed once per class: which
+    of ``forward``/``aforward`` it defines, whether it uses ``setup_context``, and the
+    parameters of its forward (to order the arguments as forward declares them)."""
+
+    __slots__ = ("defined", "setup_context", "signature", "takes_ctx", "names", "index",
+                 "required", "var_keyword", "max_positional")
+
+    def __init__(self, cls: type[Function]) -> None:
+        classes = [k for k in cls.__mro__ if k is not Function and k is not object]
+        self.defined = frozenset(
+            name for k in classes for name in ("forward", "aforward") if name in k.__dict__
+        )
+        self.setup_context = any("setup_context" in k.__dict__ for k in classes)
+        self.signature: inspect.Signature | None = None
+        if not self.defined:
+            return
+        forward = cls.forward if "forward" in self.defined else cls.aforward  # type: ignore[attr-defined]
+        self.signature = inspect.signature(forward)
+        self.takes_ctx = not self.setup_context
+        params = list(self.signature.parameters.values())[1 if self.takes_ctx else 0 :]
+        kinds = inspect.Parameter
+        named = [p for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)]
+        self.names = tuple(p.name for p in named)
+        self.index = {p.name: i for i, p in enumerate(params) if p in named}
+        self.required = frozenset(p.name for p in named if p.default is p.empty)
+        self.var_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+        positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY,
+                                                      kinds.POSITIONAL_OR_KEYWORD)]
+        has_var_positional = any(p.kind is kinds.VAR_POSITIONAL for p in params)
+        self.max_positional = None if has_var_positional else len(positional)
+        if any(p.kind is kinds.POSITIONAL_ONLY for p in params):
+            self.index = {}  # rare: let Signature.bind order them
+            self.max_positional = -1
+
+    def ordered(self, cls: type, args: tuple, kwargs: dict) -> tuple | list:
+        """The arguments in the order of forward's parameters, however they were passed
+        (``Signature.bind`` for anything unusual, and for its error messages)."""
+        n = len(args)
+        if self.max_positional is not None and not 0 <= n <= self.max_positional:
+            return self._bound(cls, args, kwargs)
+        covered = self.names[:n]
+        if kwargs:
+            index = self.index
+            for key in kwargs:
+                position = index.get(key)
+                if (position is None and not self.var_keyword) or (
+                    position is not None and position < n
+                ):
+                    return self._bound(cls, args, kwargs)
+            if not self.required.issubset((*covered, *kwargs)):
+                return self._bound(cls, args, kwargs)
+            named = [kwargs[name] for name in self.names if name in kwargs]
+            extra = [value for key, value in kwargs.items() if key not in index]
+            return [*args, *named, *extra]
+        if len(self.required) > n and not self.required.issubset(covered):
+            return self._bound(cls, args, kwargs)
+        return args
+
+    def _bound(self, cls: type, args: tuple, kwargs: dict) -> list:
+        assert self.signature is not None
+        try:
+            bound = (
+                self.signature.bind(None, *args, **kwargs)
+                if self.takes_ctx
+                else self.signature.bind(*args, **kwargs)
+            )
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}.apply(): {exc}") from None
+        values = list(bound.arguments.values())
+        return values[1:] if self.takes_ctx else values
 
 
-def _defined(cls: type) -> set[str]:
-    return {
-        name
-        for k in cls.__mro__
-        if k is not Function and k is not object
-        for name in ("forward", "aforward")
-        if name in k.__dict__
-    }
+_SPECS: weakref.WeakKeyDictionary[type, _OpSpec] = weakref.WeakKeyDictionary()
+
+
+def _spec(cls: type) -> _OpSpec:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = _OpSpec(cls)
+    return spec
+
+
+def _variables_in(values: Any) -> list[Variable]:
+    """Every Variable inside ``values``, in order (see :func:`iter_variables`)."""
+    found: list[Variable] = []
+    _collect(values, found)
+    return found
+
+
+def _collect(value: Any, found: list[Variable]) -> None:
+    kind = type(value)
+    if kind is Variable:
+        found.append(value)
+    elif kind is list or kind is tuple:
+        for item in value:
+            if type(item) is Variable:
+                found.append(item)
+            elif isinstance(item, (list, tuple, dict, Variable)):
+                _collect(item, found)
+    elif kind is dict:
+        for item in value.values():
+            if type(item) is Variable:
+                found.append(item)
+            elif isinstance(item, (list, tuple, dict, Variable)):
+                _collect(item, found)
+    elif kind is str:
+        return
+    elif isinstance(value, Variable):
+        found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
 
 
 __all__ = ["AccumulateGrad", "Function", "FunctionCtx", "Node", "iter_variables"]

@@ -131,8 +131,14 @@ async def item_gradients(
         return tuple(None for _ in slots)
     client = resolve_backward_model(ctx.backward_model, f"{op_name}Backward0")
 
+    shared = [j for j, slot in enumerate(slots) if needs[j] and slot.item is None]
+    own: dict[int, list[int]] = {}  # item -> the slots of Variables feeding that item only
+    for j, slot in enumerate(slots):
+        if needs[j] and slot.item is not None:
+            own.setdefault(slot.item, []).append(j)
+
     async def one_item(i: int) -> dict[int, str] | None:
-        wanted = [j for j, slot in enumerate(slots) if needs[j] and slot.feeds(i)]
+        wanted = sorted(shared + own[i]) if i in own else shared
         if not wanted or not feedback[i].strip():
             return None  # nothing to differentiate, or nothing to fix in this item
         keys = {j: f"var_{n + 1}" for n, j in enumerate(wanted)}
@@ -147,7 +153,13 @@ async def item_gradients(
         )
         return {j: fields[keys[j]] for j in wanted}
 
-    per_item, errors = await gather_items([one_item(i) for i in range(conversation.size)])
+    if conversation.size == 1:  # one call: no task to start, no items to gather
+        try:
+            per_item, errors = [await one_item(0)], {}
+        except Exception as exc:
+            per_item, errors = [None], {0: exc}
+    else:
+        per_item, errors = await gather_items([one_item(i) for i in range(conversation.size)])
     if errors:
         if not conversation.batched:
             raise errors[0]  # a single call: the node itself failed

@@ -147,6 +147,8 @@ class DSPyLMClient(BaseModelClient):
         self.model_name = str(lm.model)
         self._json_mode: bool | None = None if json_mode == "auto" else bool(json_mode)
 
+    caches_itself = True  # DSPy's response cache (the LM's cache setting)
+
     def __repr__(self) -> str:
         return f"DSPyLMClient(model_name={self.model_name!r}, lm={type(self.lm).__name__})"
 
@@ -176,12 +178,18 @@ class DSPyLMClient(BaseModelClient):
                 raise
             self._json_mode = False  # this model refuses the schema: prompt and parse instead
             response, usage = await self._call(self._request(messages, params, None), controls)
+        details = usage.get("prompt_tokens_details")
         return Completion(
             text=response_text(response),
             model=self.model_name,
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
             raw=response,
+            cached_input_tokens=int((details or {}).get("cached_tokens") or 0)
+            if isinstance(details, dict)
+            else 0,
+            # DSPy counts a call's usage only when it did not come from its cache.
+            from_cache=not usage,
         )
 
     def _request(

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackManager
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, ensure_config
 
+from afnio_langchain.models._cache import CACHED_PURPOSES
 from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
 from afnio_langchain.models._secrets import (
@@ -83,6 +85,14 @@ def _with_redaction(config: RunnableConfig) -> RunnableConfig:
     return config
 
 
+def _uncached(model: BaseChatModel) -> BaseChatModel:
+    """``model``, or a copy that skips LangChain's LLM cache when one would apply (only
+    forward calls are cached: see ``models/_cache.py``)."""
+    if model.cache is False or (model.cache is None and get_llm_cache() is None):
+        return model
+    return model.model_copy(update={"cache": False})
+
+
 def _speaks_openai_json_mode(model: BaseChatModel) -> bool:
     return type(model).__module__.startswith(("langchain_openai", "langchain_deepseek"))
 
@@ -129,6 +139,8 @@ class LangChainChatModelClient(BaseModelClient):
         wanted = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
         self._json_mode = wanted and id(model) not in _JSON_MODE_REFUSED
 
+    caches_itself = True  # LangChain's LLM cache (set_llm_cache, the model's cache=)
+
     def _refuse_json_mode(self) -> None:
         # Remembered per model object (not per adapter), forgotten when the model dies.
         self._json_mode = False
@@ -145,21 +157,27 @@ class LangChainChatModelClient(BaseModelClient):
         config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
         config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
         use_json_mode = json_schema is not None and self._json_mode
+        model = self.model if purpose in CACHED_PURPOSES else _uncached(self.model)
         try:
-            reply = await self._invoke(messages, params, use_json_mode, config)
+            reply = await self._invoke(messages, params, use_json_mode, config, model)
         except Exception as exc:
             if not (use_json_mode and refuses_json_mode(exc)):
                 raise
             self._refuse_json_mode()  # this endpoint refuses JSON mode: prompt and parse instead
-            reply = await self._invoke(messages, params, False, config)
+            reply = await self._invoke(messages, params, False, config, model)
         usage = getattr(reply, "usage_metadata", None) or {}
-        model = (getattr(reply, "response_metadata", None) or {}).get("model_name")
+        model_name = (getattr(reply, "response_metadata", None) or {}).get("model_name")
+        details = usage.get("input_token_details") or {}
         return Completion(
             text=message_text(reply),
-            model=str(model or self.model_name),
+            model=str(model_name or self.model_name),
             input_tokens=int(usage.get("input_tokens", 0) or 0),
             output_tokens=int(usage.get("output_tokens", 0) or 0),
             raw=reply,
+            cached_input_tokens=int(details.get("cache_read", 0) or 0),
+            # LangChain marks a reply from its LLM cache by zeroing its cost
+            # (BaseChatModel._convert_cached_generations).
+            from_cache=usage.get("total_cost") == 0,
         )
 
     async def _astream(
@@ -188,8 +206,10 @@ class LangChainChatModelClient(BaseModelClient):
         params: dict[str, Any],
         json_mode: bool,
         config: RunnableConfig,
+        model: BaseChatModel | None = None,
     ) -> BaseMessage:
         if json_mode:
             params = {**params, "response_format": {"type": "json_object"}}
-        runnable = self.model.bind(**params) if params else self.model
+        model = self.model if model is None else model
+        runnable = model.bind(**params) if params else model
         return await runnable.ainvoke(to_langchain_messages(messages), config=config)

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from afnio_langchain._aio import run_sync
+from afnio_langchain.models._cache import (
+    CACHED_PURPOSES,
+    cache_key,
+    cached_completion,
+    resolve_cache,
+    store_completion,
+)
 from afnio_langchain.models._limits import call_slot
 from afnio_langchain.models._retry import RetryPolicy, is_transient
 from afnio_langchain.models._secrets import redact_exception
@@ -60,6 +67,10 @@ class Completion:
     input_tokens: int = 0
     output_tokens: int = 0
     raw: Any = field(default=None, repr=False)
+    cached_input_tokens: int = field(default=0, repr=False)
+    """Prompt tokens the provider served from its prompt cache (part of input_tokens)."""
+    from_cache: bool = field(default=False, repr=False)
+    """True when an LLM cache answered: no model call was made."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,16 @@ class BaseModelClient(abc.ABC):
     """
 
     model_name: str = "unknown"
+    cache: Any = None
+    """LLM cache for forward calls (see ``models/_cache.py``): None uses LangChain's
+    global cache when one is set (``set_llm_cache``), False never caches, a
+    ``BaseCache`` is used instead."""
+    caches_itself = False
+    """True for adapters whose model has its own cache (LangChain, DSPy)."""
+
+    def cache_identity(self) -> str:
+        """What tells this client's replies apart from other clients' in a cache key."""
+        return f"{type(self).__module__}.{type(self).__qualname__}:{self.model_name}"
 
     def __init__(
         self, *, retry: RetryPolicy | None = None, max_input_chars: int | None = None
@@ -186,6 +207,16 @@ class BaseModelClient(abc.ABC):
         async def attempt() -> Completion:
             return await self._agenerate(messages, json_schema, {**params, "purpose": purpose})
 
+        cache = None
+        if not self.caches_itself and purpose in CACHED_PURPOSES:
+            cache = resolve_cache(self.cache)
+        if cache is not None:
+            key = cache_key(self.cache_identity(), messages, json_schema, params)
+            hit = await cached_completion(cache, key, self.model_name)
+            if hit is not None:
+                record_usage(self.model_name, purpose, calls=0, cache_hits=1)
+                return hit
+
         async with call_slot():
             try:
                 result = await self.retry.call(attempt, on_retry=count_retry)
@@ -193,12 +224,18 @@ class BaseModelClient(abc.ABC):
                 record_usage(self.model_name, purpose, calls=0, failures=1)
                 redact_exception(exc)  # providers may echo the key in error bodies
                 raise
+        if result.from_cache:  # the model's own cache answered (LangChain, DSPy)
+            record_usage(self.model_name, purpose, calls=0, cache_hits=1)
+            return result
         record_usage(
             self.model_name,
             purpose,
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
+            cached_input_tokens=result.cached_input_tokens,
         )
+        if cache is not None:
+            await store_completion(cache, key, result)
         return result
 
     async def _astream(

@@ -145,6 +145,17 @@ class RetryPolicy:
         on_retry: Callable[[BaseException], Any] | None = None,
     ) -> T:
         """Await ``func()`` and retry it on transient failures; re-raise the last error."""
+        try:  # the first attempt runs bare: most calls succeed, and tenacity costs CPU
+            return await func()
+        except Exception as exc:
+            if self.max_attempts <= 1 or not is_transient(exc):
+                raise
+            first_failure: list[BaseException] = [exc]
+
+        async def attempt() -> T:
+            if first_failure:  # tenacity's attempt 1 is the one that already failed
+                raise first_failure.pop()
+            return await func()
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry is not None and state.outcome is not None:
@@ -157,7 +168,7 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await func()
+        async for state in retrying:
+            with state:
+                return await attempt()
         raise AssertionError("unreachable: tenacity re-raises the last error")

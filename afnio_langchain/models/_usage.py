@@ -1,4 +1,6 @@
-"""Counting every model call: calls, tokens and retries, per model and per purpose.
+"""Counting every model call: calls, tokens and retries, per model and per purpose, with
+the prompt tokens a provider served from its prompt cache and the calls answered from
+an LLM cache (no model call made).
 
 A process-wide tracker counts everything; :func:`track_usage` opens a scope that
 counts only the calls made inside it (on this task and the tasks and threads it
@@ -28,7 +30,18 @@ class UsageCounts:
         ...     _ = client.complete([{"role": "user", "content": "Capital of France?"}])
         >>> counts = usage.by_purpose()["forward"]
         >>> counts
-        UsageCounts(calls=1, input_tokens=3, output_tokens=1, retries=0, failures=0)
+        UsageCounts(calls=1, input_tokens=3, output_tokens=1, retries=0, failures=0, cached_input_tokens=0, cache_hits=0)
+
+    Attributes:
+        calls: Model calls made (a cache hit is not one).
+        input_tokens: Prompt tokens of those calls, ``cached_input_tokens`` included.
+        output_tokens: Completion tokens.
+        retries: Attempts retried after a transient failure.
+        failures: Calls that failed for good.
+        cached_input_tokens: Prompt tokens the provider reported as read from its prompt
+            cache (billed at its cached-input price).
+        cache_hits: Calls answered from an LLM cache (``set_llm_cache``, DSPy's cache):
+            no model call, no tokens.
     """
 
     calls: int = 0
@@ -36,6 +49,8 @@ class UsageCounts:
     output_tokens: int = 0
     retries: int = 0
     failures: int = 0
+    cached_input_tokens: int = 0
+    cache_hits: int = 0
 
     def add(self, other: UsageCounts) -> None:
         self.calls += other.calls
@@ -43,6 +58,8 @@ class UsageCounts:
         self.output_tokens += other.output_tokens
         self.retries += other.retries
         self.failures += other.failures
+        self.cached_input_tokens += other.cached_input_tokens
+        self.cache_hits += other.cache_hits
 
 
 class UsageTracker:
@@ -72,11 +89,18 @@ class UsageTracker:
         calls: int = 1,
         retries: int = 0,
         failures: int = 0,
+        cached_input_tokens: int = 0,
+        cache_hits: int = 0,
     ) -> None:
-        """Add one call's figures (or retry/failure counts) to the totals."""
-        delta = UsageCounts(calls, input_tokens, output_tokens, retries, failures)
+        """Add one call's figures (or retry, failure or cache-hit counts) to the totals."""
+        delta = UsageCounts(
+            calls, input_tokens, output_tokens, retries, failures, cached_input_tokens, cache_hits
+        )
         with self._lock:
-            self._counts.setdefault((model, purpose), UsageCounts()).add(delta)
+            counts = self._counts.get((model, purpose))
+            if counts is None:
+                counts = self._counts[(model, purpose)] = UsageCounts()
+            counts.add(delta)
 
     def reset(self) -> None:
         with self._lock:
@@ -118,7 +142,7 @@ class UsageTracker:
         t = self.total()
         return (
             f"UsageTracker(calls={t.calls}, input_tokens={t.input_tokens}, "
-            f"output_tokens={t.output_tokens}, retries={t.retries})"
+            f"output_tokens={t.output_tokens}, retries={t.retries}, cache_hits={t.cache_hits})"
         )
 
 

@@ -34,24 +34,25 @@ DATA_RULE = (
 
 TGD_SYSTEM = (
     "You are the optimizer of a system that improves the text variables (system prompts, "
-    "instructions, examples) of a pipeline of language-model calls. You receive one "
-    "variable, its role in the pipeline, and feedback on its current value gathered while "
-    "running the pipeline. Write an improved value that addresses the feedback while "
-    "keeping what already works. Make focused, concrete changes. The improved value is "
-    "used verbatim: write only the value itself, with no commentary, explanation or tags. "
-    + DATA_RULE
+    "instructions, examples) of a pipeline of language-model calls. Given one variable, its "
+    "role and feedback on its current value, write an improved value that addresses the "
+    "feedback and keeps what already works, with focused, concrete changes. It is used "
+    "verbatim: write only the value, with no commentary, explanation or tags. " + DATA_RULE
 )
 
-TGD_USER = """The variable to improve:
+TGD_USER = """{rules}Write the complete improved value of the variable below in "{key}".
+
+The variable to improve:
 <VARIABLE role="{role}">
 {value}
 </VARIABLE>
 
 Feedback on its current value:
 {feedback}
-{history}{rules}
-Write the complete improved value in "{key}".
+{history}
 {json_instruction}"""
+"""The parts fixed for a parameter (rules, the instruction) come first, so its requests
+share a prefix from step to step that providers' prompt caches reuse."""
 
 HISTORY_SECTION = """
 Earlier values of this variable and the feedback each received, oldest first (iteration 1 \
@@ -64,9 +65,9 @@ HISTORY_ITEM = """<VARIABLE role="{role}" iteration="{iteration}">
 </VARIABLE>
 {feedback}"""
 
-RULES_SECTION = """
-The improved value must follow these rules:
+RULES_SECTION = """The improved value must follow these rules:
 {rules}
+
 """
 
 RULE_KEEP_FIELDS = (
@@ -112,7 +113,9 @@ CONDENSE_SYSTEM = (
     "illustrate a point. Do not rewrite the variable. " + DATA_RULE
 )
 
-CONDENSE_USER = """The variable the feedback is about:
+CONDENSE_USER = """Write the merged feedback in "{key}".
+
+The variable the feedback is about:
 <VARIABLE role="{role}">
 {value}
 </VARIABLE>
@@ -120,7 +123,6 @@ CONDENSE_USER = """The variable the feedback is about:
 {count} pieces of feedback on it:
 {feedback}
 
-Write the merged feedback in "{key}".
 {json_instruction}"""
 
 

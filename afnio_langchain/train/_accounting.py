@@ -1,7 +1,8 @@
 """Usage and cost of a training run: usage totals saved to and restored from JSON
 (so a resumed run keeps counting), and money from a small price table.
 
-Prices are USD per million tokens ``(input, output)``, matched on the model name
+Prices are USD per million tokens ``(input, output)`` or ``(input, output, cached
+input)``, matched on the model name
 (exact, else the longest known prefix: ``gpt-4o-mini-2024-07-18`` uses
 ``gpt-4o-mini``). They change: pass your own table for real budgets. Models not in
 the table cost 0 and are listed as unpriced, so a report never shows a made-up figure.
@@ -15,23 +16,32 @@ from typing import Any
 
 from afnio_langchain.models import UsageTracker
 
-Prices = Mapping[str, tuple[float, float]]
-"""Model name -> (USD per 1M input tokens, USD per 1M output tokens)."""
+Prices = Mapping[str, tuple[float, ...]]
+"""Model name -> (USD per 1M input tokens, USD per 1M output tokens[, USD per 1M cached
+input tokens]). Without a cached price, cached input tokens cost the input price."""
 
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "o4-mini": (1.10, 4.40),
+DEFAULT_PRICES: dict[str, tuple[float, ...]] = {
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "gpt-4.1": (2.00, 8.00, 0.50),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "o4-mini": (1.10, 4.40, 0.275),
     # Local and fake models are free.
     "smollm2-135m-instruct": (0.0, 0.0),
     "scripted": (0.0, 0.0),
 }
 """List prices at the time of writing, for rough estimates only."""
 
-_FIGURES = ("calls", "input_tokens", "output_tokens", "retries", "failures")
+_FIGURES = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "retries",
+    "failures",
+    "cached_input_tokens",
+    "cache_hits",
+)
 
 
 def usage_pairs(tracker: UsageTracker) -> list[dict[str, Any]]:
@@ -77,7 +87,7 @@ def merge_usage(*trackers: UsageTracker) -> UsageTracker:
     return usage_from_pairs(rows)
 
 
-def price_of(model: str, prices: Prices) -> tuple[float, float] | None:
+def price_of(model: str, prices: Prices) -> tuple[float, ...] | None:
     """The ``(input, output)`` price of ``model``: exact match, else longest prefix."""
     if model in prices:
         return prices[model]
@@ -135,7 +145,13 @@ def estimate_cost(usage: UsageTracker, prices: Prices | None = None) -> CostRepo
         if price is None:
             unpriced.add(row["model"])
             price = (0.0, 0.0)
-        cost = (row["input_tokens"] * price[0] + row["output_tokens"] * price[1]) / 1_000_000
+        cached = min(row.get("cached_input_tokens", 0), row["input_tokens"])
+        cached_price = price[2] if len(price) > 2 else price[0]
+        cost = (
+            (row["input_tokens"] - cached) * price[0]
+            + cached * cached_price
+            + row["output_tokens"] * price[1]
+        ) / 1_000_000
         by_purpose[row["purpose"]] = by_purpose.get(row["purpose"], 0.0) + cost
         by_model[row["model"]] = by_model.get(row["model"], 0.0) + cost
     total = round(sum(by_purpose.values()), 10)
@@ -147,8 +163,9 @@ def estimate_cost(usage: UsageTracker, prices: Prices | None = None) -> CostRepo
     )
 
 
-def check_prices(prices: Any) -> dict[str, tuple[float, float]]:
-    """Validate a price table (e.g. read from JSON: ``{"model": [in, out]}``).
+def check_prices(prices: Any) -> dict[str, tuple[float, ...]]:
+    """Validate a price table (e.g. read from JSON: ``{"model": [in, out]}`` or
+    ``{"model": [in, out, cached_in]}``).
 
     Raises:
         TypeError: Not a dict of two-number pairs.
@@ -161,11 +178,14 @@ def check_prices(prices: Any) -> dict[str, tuple[float, float]]:
         if (
             not isinstance(model, str)
             or not isinstance(pair, (list, tuple))
-            or len(pair) != 2
+            or len(pair) not in (2, 3)
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in pair)
         ):
-            raise TypeError(f"price of {model!r} must be [USD per 1M input tokens, per 1M output tokens]")
-        if pair[0] < 0 or pair[1] < 0:
+            raise TypeError(
+                f"price of {model!r} must be [USD per 1M input tokens, per 1M output tokens] "
+                "(optionally a third: per 1M cached input tokens)"
+            )
+        if any(p < 0 for p in pair):
             raise ValueError(f"price of {model!r} must not be negative")
-        out[model] = (float(pair[0]), float(pair[1]))
+        out[model] = tuple(float(p) for p in pair)
     return out

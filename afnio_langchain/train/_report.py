@@ -238,18 +238,21 @@ def render_markdown(report: dict[str, Any], plot_file: str | None) -> str:
         "",
         "## Calls, tokens and cost",
         "",
-        "| purpose | calls | input tokens | output tokens | retries | failures | cost (USD) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| purpose | calls | cache hits | input tokens (cached) | output tokens | retries "
+        "| failures | cost (USD) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     cost = report["cost"]
     for purpose, u in report["usage"]["by_purpose"].items():
         lines.append(
-            f"| {purpose} | {u['calls']} | {u['input_tokens']} | {u['output_tokens']} | "
+            f"| {purpose} | {u['calls']} | {u.get('cache_hits', 0)} | {u['input_tokens']} "
+            f"({u.get('cached_input_tokens', 0)}) | {u['output_tokens']} | "
             f"{u['retries']} | {u['failures']} | {cost['by_purpose'].get(purpose, 0.0):.4f} |"
         )
     t = report["usage"]["total"]
     lines.append(
-        f"| **total** | {t['calls']} | {t['input_tokens']} | {t['output_tokens']} | "
+        f"| **total** | {t['calls']} | {t.get('cache_hits', 0)} | {t['input_tokens']} "
+        f"({t.get('cached_input_tokens', 0)}) | {t['output_tokens']} | "
         f"{t['retries']} | {t['failures']} | {cost['total']:.4f} |"
     )
     ev = report["usage"]["evaluation"]

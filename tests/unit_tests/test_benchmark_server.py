@@ -152,7 +152,9 @@ def test_usage_by_purpose_maps_textgrad_kinds_to_purposes():
     ]
     usage = usage_by_purpose(records)
     assert [usage[p]["calls"] for p in ("forward", "backward", "optimizer")] == [1, 1, 1]
-    assert usage["total"] == {"calls": 3, "input_tokens": 90, "output_tokens": 12}
+    assert usage["total"] == {
+        "calls": 3, "input_tokens": 90, "output_tokens": 12, "cached_input_tokens": 0
+    }
 
 
 @pytest.mark.skipif(not pipeline_textgrad.available(), reason="textgrad is not installed")
@@ -199,6 +201,8 @@ def test_bound_counts_dependent_levels_and_waves_of_the_limit():
         "benchmarks.report",
         "benchmarks.overhead",
         "benchmarks.server_process",
+        "benchmarks.background",
+        "benchmarks.run",
     ],
 )
 def test_benchmark_docstring_examples(module_name):
@@ -221,3 +225,48 @@ def test_server_process_serves_and_records_calls():
         server.configure(0.0, 0.0)
         server.reset()
         assert server.records() == []
+
+
+def test_the_simulated_prompt_cache_counts_whole_blocks_of_a_shared_prefix():
+    from benchmarks.responder import PREFIX_BLOCK
+
+    responder = BenchmarkResponder()
+    shared = " ".join(f"w{i}" for i in range(2 * PREFIX_BLOCK + 3))
+    for tail in ("first question", "second question"):
+        responder({"messages": [{"role": "user", "content": f"{shared} {tail}"}]})
+    first, second = responder.records
+    assert first.cached_input_tokens == 0  # nothing came before it
+    assert second.cached_input_tokens == 2 * PREFIX_BLOCK  # whole blocks of the shared part
+    assert usage_by_purpose(responder.records)["total"]["cached_input_tokens"] == 2 * PREFIX_BLOCK
+    responder.reset()
+    responder({"messages": [{"role": "user", "content": f"{shared} third"}]})
+    assert responder.records[0].cached_input_tokens == 0  # a reset forgets the prefixes
+
+
+def test_the_headline_is_the_worst_path_and_names_each_one():
+    from benchmarks import run
+
+    def row(client, mode, ratio):
+        usage = {p: {"calls": 1, "input_tokens": 10, "output_tokens": 1}
+                 for p in ("forward", "backward", "optimizer", "total")}
+        return {"library": "afnio_langchain", "client": client, "mode": mode, "minibatch": 32,
+                "limit": 64, "depth": 3, "ratio": ratio, "wall_s": 1.0, "bound_s": 0.9,
+                "usage": usage, "calls_per_step": 3}
+
+    steps = [row("openai", "pipelined", 1.02), row("openai", "minibatch", 1.04),
+             row("langchain", "pipelined", 1.03), row("langchain", "minibatch", 1.07),
+             row("openai", "pipelined", 9.0) | {"minibatch": 8}]  # not a headline step
+    overheads = [{"library": "afnio_langchain", "forward_us_per_node": 50.0,
+                  "backward_us_per_node": 90.0, "peak_memory_mib": 1.0}]
+    machine = {"cpu_model": "cpu", "nproc": 2, "python": "3", "load_average": [1.5, 1.0, 1.0]}
+    settings = {"latency": 0.1, "per_token_latency": 0.001}
+    summary = run.headline(steps, [], overheads, machine, settings)
+    assert summary["critical_path_ratio"] == 1.07
+    assert summary["worst_path"] == "langchain/minibatch"
+    assert summary["critical_path_ratios"] == {
+        "openai/pipelined": 1.02, "openai/minibatch": 1.04,
+        "langchain/pipelined": 1.03, "langchain/minibatch": 1.07,
+    }
+    assert summary["overhead_us_per_node"] == 90.0
+    assert summary["machine_busy"] is True
+    assert summary["targets_met"]["critical_path_ratio"] is False

@@ -216,10 +216,11 @@ async def test_forward_calls_use_dspy_cache_when_enabled():
 
     assert len(engine.requests) == 1
     assert one.text == two.text == "answer"
-    # A cache hit is a call, but it spent no tokens.
+    # A cache hit is no model call and spends no tokens; it is counted as a hit.
     forward = usage.by_purpose()["forward"]
-    assert (forward.calls, forward.input_tokens, forward.output_tokens) == (2, 11, 4)
-    assert two.input_tokens == two.output_tokens == 0
+    assert (forward.calls, forward.cache_hits) == (1, 1)
+    assert (forward.input_tokens, forward.output_tokens) == (11, 4)
+    assert two.input_tokens == two.output_tokens == 0 and two.from_cache
 
 
 async def test_forward_calls_skip_cache_when_lm_cache_disabled():

@@ -288,9 +288,9 @@ def test_backward_prompt_structure_is_fixed_whatever_the_data(conversation, resp
     user = messages[1]["content"]
     tags = [m.group(0).upper() for m in _OUR_TAGS.finditer(user)]
     assert tags == [
+        "<VARIABLE", "</VARIABLE", "<VARIABLE", "</VARIABLE",
         "<CONVERSATION", "<MESSAGE", "</MESSAGE", "<MESSAGE", "</MESSAGE", "</CONVERSATION",
         "<RESPONSE", "</RESPONSE", "<FEEDBACK", "</FEEDBACK",
-        "<VARIABLE", "</VARIABLE", "<VARIABLE", "</VARIABLE",
     ]
     assert required_keys_in(user) == ["var_1", "var_2"]
     assert messages[0]["content"] == autodiff_prompts.CHAT_BACKWARD_SYSTEM
