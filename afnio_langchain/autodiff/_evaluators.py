@@ -78,13 +78,18 @@ def _item_explanation(purpose: str, prediction: Any, target: Any, score: Any) ->
     if target is None:
         return (
             f"The evaluation function, designed for '{purpose}', assessed the <DATA> field "
-            f"of the predicted variable ('{prediction}'), resulting in a score: {score}."
+            f"of the predicted variable ('{prediction}'), resulting in a score: {_shown(score)}."
         )
     return (
         f"The evaluation function, designed for '{purpose}', compared the <DATA> field of the "
         f"predicted variable ('{prediction}') with the <DATA> field of the target variable "
-        f"('{target}'), resulting in a score: {score}."
+        f"('{target}'), resulting in a score: {_shown(score)}."
     )
+
+
+def _shown(score: Any) -> Any:
+    """A score as the explanation shows it: a whole float as an int (``1.0`` -> ``1``)."""
+    return int(score) if isinstance(score, float) and score.is_integer() else score
 
 
 def _reduced_explanation(purpose: str, reduction_purpose: str, score: Any, judge: bool) -> str:
@@ -94,7 +99,7 @@ def _reduced_explanation(purpose: str, reduction_purpose: str, score: Any, judge
         f"The evaluation function, {designed}, compared the <DATA> fields of the predicted "
         f"variable and the target variable across all samples in the batch{scores} These "
         f"scores were then aggregated using the reduction function '{reduction_purpose}', "
-        f"resulting in a final aggregated score: {score}."
+        f"resulting in a final aggregated score: {_shown(score)}."
     )
 
 
