@@ -17,6 +17,8 @@ and says so with ``DIFFERENCE:``; docs/afnio.md lists every one.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import afnio_langchain as afnio
@@ -266,7 +268,7 @@ def judge_model():
 
     def verdict(request: str) -> str:
         if "Hola Mundo" in request:
-            return '{"score": false, "explanation": "%s"}' % JUDGE_EXPLANATION
+            return json.dumps({"score": False, "explanation": JUDGE_EXPLANATION})
         return '{"score": true, "explanation": "The translation is accurate."}'
 
     model = ScriptedChatModel(judge=verdict, feedback=ITALIAN)
@@ -501,7 +503,7 @@ def test_optimizer_step_with_a_closure():
     dataset = [(Variable("2+2?"), "4")]
     for input, target in dataset:
 
-        def closure():
+        def closure(input=input, target=target):  # afnio's closure, run at once by step()
             optimizer.clear_grad()
             output = ChatCompletion.apply(model, [{"role": "system", "content": [system]},
                                                   {"role": "user", "content": [input]}])
