@@ -89,9 +89,32 @@ class _Usage:
 
 
 class _ClientAPI:
-    """afnio's client methods, shared by the sync and async clients."""
+    """afnio's client methods, shared by the sync and async clients (it comes first in
+    their bases, so its ``__init__`` and ``copy`` wrap the ``openai`` client's)."""
 
     _afnio_usage: _Usage
+
+    def __init__(
+        self,
+        api_key: Any = None,
+        organization: str | None = None,
+        project: str | None = None,
+        base_url: Any = None,
+        *,
+        prices: Prices | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            api_key=api_key, organization=organization, project=project, base_url=base_url, **kwargs
+        )
+        self._afnio_usage = _Usage(prices)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        new = super().copy(*args, **kwargs)  # type: ignore[misc]
+        new._afnio_usage = self._afnio_usage  # copies count into the same usage
+        return new
+
+    with_options = copy
 
     def get_provider(self) -> str:
         """The provider name, ``"openai"``."""
@@ -149,26 +172,6 @@ class OpenAI(_ClientAPI, openai.OpenAI):
         'Ciao'
     """
 
-    def __init__(
-        self,
-        api_key: Any = None,
-        organization: str | None = None,
-        project: str | None = None,
-        base_url: Any = None,
-        *,
-        prices: Prices | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(api_key=api_key, organization=organization, project=project, base_url=base_url, **kwargs)
-        self._afnio_usage = _Usage(prices)
-
-    def copy(self, *args: Any, **kwargs: Any) -> OpenAI:
-        new = super().copy(*args, **kwargs)
-        new._afnio_usage = self._afnio_usage  # copies count into the same usage
-        return new
-
-    with_options = copy
-
     def post(self, path: str, *args: Any, **kwargs: Any) -> Any:
         response = super().post(path, *args, **kwargs)
         self._afnio_usage.record(path, response)
@@ -194,26 +197,6 @@ class AsyncOpenAI(_ClientAPI, openai.AsyncOpenAI):
         ...                              model="local-model"))
         'Hola'
     """
-
-    def __init__(
-        self,
-        api_key: Any = None,
-        organization: str | None = None,
-        project: str | None = None,
-        base_url: Any = None,
-        *,
-        prices: Prices | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(api_key=api_key, organization=organization, project=project, base_url=base_url, **kwargs)
-        self._afnio_usage = _Usage(prices)
-
-    def copy(self, *args: Any, **kwargs: Any) -> AsyncOpenAI:
-        new = super().copy(*args, **kwargs)
-        new._afnio_usage = self._afnio_usage
-        return new
-
-    with_options = copy
 
     async def post(self, path: str, *args: Any, **kwargs: Any) -> Any:
         response = await super().post(path, *args, **kwargs)
