@@ -1,6 +1,6 @@
 """afnio's ``trainer``: :class:`Trainer`, Lightning-style ``fit``/``validate``/``test``
-for a :class:`~afnio_langchain.cognitive.Module`, on the package's training loop
-(:func:`afnio_langchain.train.fit`).
+for a :class:`~afnio_langchain.cognitive.Module`, on the package's one training step
+(:func:`afnio_langchain.loop.training_step`).
 
 Example:
     >>> from afnio_langchain.trainer import Trainer

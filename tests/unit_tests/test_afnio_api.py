@@ -479,8 +479,8 @@ def test_trainer_gate_rolls_back_a_rewrite_that_does_not_help():
     trainer = quiet(max_epochs=1)
     trainer.fit(agent, train_dataloaders=DataLoader(DATA, batch_size=2), val_dataloaders=DataLoader(DATA, batch_size=4))
     assert agent.system.data == "Answer."  # validation did not rise: rolled back
-    decisions = [s["decision"] for s in trainer.results[0].history["steps"]]
-    assert decisions and all(d.startswith("rolled back") for d in decisions)
+    assert [step.status for step in trainer.steps] == ["rolled_back", "rolled_back"]
+    assert trainer.steps[0].decision == "rolled back: validation 0.000 <= 0.000"
     off = quiet(max_epochs=1, gate="off")
     off.fit(agent, train_dataloaders=DataLoader(DATA, batch_size=2), val_dataloaders=DataLoader(DATA, batch_size=4))
     assert agent.system.data == "Answer with words."  # afnio's loop: every rewrite kept
@@ -493,7 +493,7 @@ def test_trainer_without_validation_and_with_manual_optimization():
     trainer = quiet(max_epochs=1)
     trainer.fit(agent, train_dataloader=DataLoader(DATA, batch_size=4))
     assert agent.system.data == "Answer with digits."
-    assert trainer.history[0]["train_accuracy"] == 0.0 and trainer.results == []
+    assert trainer.history[0]["train_accuracy"] == 0.0 and trainer.steps == []  # the agent stepped itself
     assert trainer.validate(agent, DataLoader(DATA, batch_size=2)) == {"val_loss": 2.0, "val_accuracy": 1.0}
     assert trainer.test(agent, dataloaders=DataLoader(DATA, batch_size=4))["test_accuracy"] == 1.0
 
@@ -510,6 +510,36 @@ def test_trainer_checkpoints_and_resumes(tmp_path):
     again = Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, enable_agent_summary=False)
     again.fit(restored, train_dataloaders=DataLoader(DATA, batch_size=4), ckpt_path=checkpoint)
     assert restored.system.data == "Answer with digits." and [h["epoch"] for h in again.history] == [2]
+
+
+def test_trainer_retries_a_failing_step_then_raises_and_stops_on_a_budget():
+    model = digits_model()
+    afnio.set_backward_model(model)
+    agent = counting_agent(model)
+    failures = []
+
+    def flaky(batch, batch_idx):
+        failures.append(batch_idx)
+        if len(failures) < 3:
+            raise ConnectionError("the endpoint dropped the connection")
+        return agent._loss(batch)
+
+    agent.training_step = flaky
+    trainer = quiet(max_epochs=1)
+    trainer.fit(agent, train_dataloaders=DataLoader(DATA, batch_size=4))
+    assert failures == [0, 0, 0] and agent.system.data == "Answer with digits."  # the third try ran
+
+    def broken(batch, batch_idx):
+        raise ConnectionError("down")
+
+    agent.training_step = broken
+    with pytest.raises(RuntimeError, match="failed after 3 tries: ConnectionError: down"):
+        quiet(max_epochs=1).fit(agent, train_dataloaders=DataLoader(DATA, batch_size=4))
+
+    budget = quiet(max_epochs=5, max_calls=1)
+    fresh = counting_agent(model)
+    budget.fit(fresh, train_dataloaders=DataLoader(DATA, batch_size=1))
+    assert budget.stopped.startswith("budget") and len(budget.history) == 1 and len(budget.steps) == 1
 
 
 def test_trainer_argument_errors():
