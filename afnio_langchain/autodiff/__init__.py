@@ -12,7 +12,9 @@
 
 from afnio_langchain.autodiff._backward_model import (
     get_backward_model,
+    get_backward_model_client,
     set_backward_model,
+    set_backward_model_client,
     use_backward_model,
 )
 from afnio_langchain.autodiff._basic_ops import Add, ParseJson, Split, Sum, TextTransform
@@ -105,6 +107,7 @@ __all__ = [
     "format_variables",
     "from_fstring",
     "get_backward_model",
+    "get_backward_model_client",
     "is_grad_enabled",
     "item_gradients",
     "neutralize",
@@ -112,6 +115,7 @@ __all__ = [
     "placeholders",
     "run_backward",
     "set_backward_model",
+    "set_backward_model_client",
     "set_grad_enabled",
     "stream_text_to",
     "tag_attribute",

@@ -1,45 +1,86 @@
-"""Text ops that pass feedback straight through: ``Add`` (``+``), ``Sum``, ``Split``."""
+"""Ops that combine or split values and pass feedback straight through: ``Add``
+(``+``), ``Sum``, ``Split``. Numbers add and text concatenates, as in afnio; feedback
+reaching an input is prefixed as afnio's is, so the model reading it knows it was
+about a combination of that input with others."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from afnio_langchain.autodiff._function import Function, FunctionCtx
-from afnio_langchain.autodiff._variable import Variable, make_gradient
+from afnio_langchain.autodiff._variable import Data, Variable, make_gradient
+
+COMBINED_FEEDBACK = "Here is the combined feedback we got for this specific {role} and other variables: "
+"""Prefix of the feedback ``Add``, ``Sum`` and ``Split`` pass to an input (afnio's wording)."""
 
 
 def _join_roles(variables: Sequence[Variable]) -> str:
     return " and ".join(v.role for v in variables if v.role)
 
 
-def _concat(variables: Sequence[Variable], sep: str) -> str | list[str]:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _items(item_text: str) -> str:
+    return f"<ITEM>{item_text}</ITEM>"
+
+
+def _columns(variables: Sequence[Variable]) -> tuple[int | None, list[list[Any]]]:
+    """The minibatch size (None when no input is a minibatch) and each input's items,
+    a single value being broadcast over the minibatch."""
     sizes = {len(v.items()) for v in variables if v.is_batched}
     if len(sizes) > 1:
         raise ValueError(f"cannot combine minibatches of different sizes {sorted(sizes)}")
-    if not sizes:
-        return sep.join(str(v.data) for v in variables)
-    n = sizes.pop()
-    columns = [v.items() if v.is_batched else [v.data] * n for v in variables]
-    return [sep.join(str(c) for c in row) for row in zip(*columns)]
+    n = sizes.pop() if sizes else None
+    return n, [v.items() if v.is_batched else [v.data] * (n or 1) for v in variables]
+
+
+def _combine(variables: Sequence[Variable], join) -> Data:
+    n, columns = _columns(variables)
+    rows = [join(list(row)) for row in zip(*columns)]
+    return rows if n is not None else rows[0]
+
+
+def _add(values: list[Any]) -> Any:
+    if all(_is_number(v) for v in values):
+        return values[0] + values[1]
+    return "".join(str(v) for v in values)
 
 
 def _feedback_for(grad_output: Variable, inputs: Sequence[Variable], needs: Sequence[bool]) -> tuple:
     return tuple(
-        make_gradient(_shaped(grad_output, v), v) if need else None for v, need in zip(inputs, needs)
+        _combined_feedback(_shaped(grad_output, v), v) if need else None
+        for v, need in zip(inputs, needs)
     )
 
 
-def _shaped(grad_output: Variable, variable: Variable) -> str | list[str]:
-    """Feedback on a batched output, reshaped for a scalar input: items joined."""
+def _combined_feedback(data: Data, variable: Variable) -> Variable | None:
+    """``data`` with afnio's prefix on every non-empty text (empty items stay empty,
+    so items without feedback still cost no backward call upstream)."""
+    prefix = COMBINED_FEEDBACK.format(role=variable.role or "variable")
+    items = data if isinstance(data, list) else [data]
+    if not any(str(t) for t in items):
+        return None
+    wrapped = [prefix + str(t) if str(t) else "" for t in items]
+    return make_gradient(wrapped if isinstance(data, list) else wrapped[0], variable)
+
+
+def _shaped(grad_output: Variable, variable: Variable) -> Data:
+    """Feedback on a minibatch output, for an input holding one value: one text with
+    each item's feedback in an ``<ITEM>`` tag."""
     if grad_output.is_batched and not variable.is_batched:
-        return "\n\n".join(str(t) for t in grad_output.items() if str(t))
+        texts = [str(t) for t in grad_output.items()]
+        return "".join(_items(t) for t in texts) if any(texts) else ""
     return grad_output.data
 
 
 class Add(Function):
-    """Concatenation: ``x + y``. Roles are joined with " and "; both inputs receive the
-    output's feedback. Minibatches are added item by item (a scalar is broadcast).
+    """``x + y``: numbers add, text concatenates (a number next to text is written as
+    text); minibatches are added item by item (a single value is broadcast). Roles are
+    joined with " and "; both inputs receive the output's feedback.
 
     Example:
         >>> from afnio_langchain import Variable
@@ -47,12 +88,17 @@ class Add(Function):
         >>> y = x + Variable(" Use French.", role="language rule")
         >>> y.data, y.role
         ('Be brief. Use French.', 'rule and language rule')
+        >>> (Variable([1, 2, 3]) + Variable([4, 5, 6])).data
+        [5, 7, 9]
+        >>> y.backward("Too formal.")
+        >>> x.grad[0].data
+        'Here is the combined feedback we got for this specific rule and other variables: Too formal.'
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Variable, y: Variable) -> Variable:
         ctx.save_for_backward(x, y)
-        return Variable(_concat([x, y], ""), role=_join_roles([x, y]))
+        return Variable(_combine([x, y], _add), role=_join_roles([x, y]))
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad_output: Variable) -> tuple:
@@ -60,65 +106,114 @@ class Add(Function):
 
 
 class Sum(Function):
-    """Joins a list of Variables with ``separator`` (default a blank line); each input
-    receives the output's feedback.
+    """Sums a list of Variables: numbers add; texts are each wrapped in
+    ``<ITEM></ITEM>`` and concatenated (afnio's form), or joined with ``separator`` when
+    one is given. Minibatches are summed item by item; every input receives the
+    output's feedback.
 
     Example:
         >>> from afnio_langchain import Variable
         >>> from afnio_langchain.autodiff import Sum
         >>> Sum.apply([Variable("a", role="x"), Variable("b", role="y")]).data
-        'a\\n\\nb'
+        '<ITEM>a</ITEM><ITEM>b</ITEM>'
+        >>> Sum.apply([Variable("a"), Variable("b")], separator=" | ").data
+        'a | b'
+        >>> Sum.apply([Variable([1, 2, 3.5]), Variable([4, 5, 6])]).data
+        [5.0, 7.0, 9.5]
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, variables: Sequence[Variable], separator: str = "\n\n") -> Variable:
+    def forward(
+        ctx: FunctionCtx, variables: Sequence[Variable], separator: str | None = None
+    ) -> Variable:
         if isinstance(variables, Variable) or not all(isinstance(v, Variable) for v in variables):
             raise TypeError("Sum expects a list of Variables")
         if not variables:
             raise ValueError("Sum of an empty list")
+        if separator is not None and not isinstance(separator, str):
+            raise TypeError(f"separator must be a str, got {type(separator).__name__}")
+
+        def total(values: list[Any]) -> Any:
+            if all(_is_number(v) for v in values):
+                return sum(values)
+            if separator is not None:
+                return separator.join(str(v) for v in values)
+            return "".join(_items(str(v)) for v in values)
+
         ctx.save_for_backward(*variables)
-        return Variable(_concat(variables, separator), role=_join_roles(variables))
+        return Variable(_combine(variables, total), role=_join_roles(variables))
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad_output: Variable) -> tuple:
         return _feedback_for(grad_output, ctx.saved_variables, ctx.needs_input_grad)
 
 
+def _value(value: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, Variable):
+        value = value.data
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        raise TypeError(f"Split {name} has the wrong type: {type(value).__name__}")
+    return value
+
+
 class Split(Function):
-    """Splits a text Variable like ``str.split(sep, maxsplit)``: one output per part.
-    Feedback on the parts is gathered, labelled by part, into one gradient for ``x``.
+    """Splits text like ``str.split(sep, maxsplit)``: one output per part, with the role
+    ``"split part <k> of <role>"``. A minibatch is split item by item, shorter splits
+    padded with ``""``, so output ``k`` holds every item's part ``k``. Feedback on the
+    parts goes back to the input as one text per backward pass, each part's feedback
+    in an ``<ITEM>`` tag (empty for parts that got none).
 
     Example:
         >>> from afnio_langchain import Variable
         >>> from afnio_langchain.autodiff import Split
-        >>> first, second = Split.apply(Variable("a|b", role="pair"), "|")
-        >>> first.data, second.role
-        ('a', 'pair (part 2 of 2)')
+        >>> x = Variable("afnio is great!", role="sentence", requires_grad=True)
+        >>> first, rest = Split.apply(x, sep=" ", maxsplit=1)
+        >>> first.data, rest.data, first.role
+        ('afnio', 'is great!', 'split part 0 of sentence')
+        >>> [v.data for v in Split.apply(Variable(["a b c", "d e"]), " ")]
+        [['a', 'd'], ['b', 'e'], ['c', '']]
     """
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, x: Variable, sep: str | None = None, maxsplit: int = -1
+        ctx: FunctionCtx,
+        x: Variable,
+        sep: str | Variable | None = None,
+        maxsplit: int | Variable = -1,
     ) -> tuple[Variable, ...]:
         if not isinstance(x, Variable):
             raise TypeError(f"Split expects a Variable, got {type(x).__name__}")
-        if x.is_batched:
-            raise TypeError("Split works on a single text, not a minibatch (the part counts differ)")
-        parts = str(x.data).split(sep, maxsplit)
+        sep = _value(sep, "sep", str)
+        maxsplit = _value(maxsplit, "maxsplit", int)
+        if any(not isinstance(item, str) for item in x.items()):
+            raise TypeError("Split works on text (a str or a minibatch of str)")
+        splits = [item.split(sep, maxsplit) for item in x.items()]
+        width = max(len(parts) for parts in splits)
+        ctx.num_parts = width
         ctx.save_for_backward(x)
-        ctx.num_parts = len(parts)
-        n = len(parts)
-        return tuple(Variable(p, role=f"{x.role} (part {k + 1} of {n})") for k, p in enumerate(parts))
+        outputs = []
+        for k in range(width):
+            column = [parts[k] if k < len(parts) else "" for parts in splits]
+            outputs.append(Variable(column if x.is_batched else column[0], role=f"split part {k} of {x.role}"))
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> Variable | None:
+    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:
         (x,) = ctx.saved_variables
-        notes = [
-            f"Part {k + 1} of {ctx.num_parts}: {g.data}"
-            for k, g in enumerate(grad_outputs)
-            if g is not None and str(g.data)
-        ]
-        return make_gradient("\n".join(notes), x) if notes else None
+        n = len(x.items())
+
+        def part(grad: Variable | None, i: int) -> str:
+            if grad is None:
+                return ""
+            return str(grad.items()[i] if grad.is_batched else grad.data)
+
+        texts = []
+        for i in range(n):
+            parts = [part(g, i) for g in grad_outputs]
+            texts.append("".join(_items(p) for p in parts) if any(parts) else "")
+        gradient = _combined_feedback(texts if x.is_batched else texts[0], x)
+        # sep and maxsplit may be Variables too: they get no feedback.
+        return (gradient,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 class TextTransform(Function):
@@ -203,7 +298,7 @@ class ParseJson(Function):
         return tuple(outputs)
 
     @staticmethod
-    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> Variable | None:
+    def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:
         (x,) = ctx.saved_variables
         n = len(x.items())
         notes: list[list[str]] = [[] for _ in range(n)]

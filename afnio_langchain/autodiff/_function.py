@@ -176,7 +176,7 @@ class AccumulateGrad(Node):
         ('AccumulateGrad', True, True)
         >>> first.backward("Add a comma.")
         >>> second.backward("Say it warmly.")
-        >>> [g.data for g in x.grad]
+        >>> [g.data.rsplit(": ", 1)[-1] for g in x.grad]  # Add prefixes what it passes on
         ['Add a comma.', 'Say it warmly.']
     """
 

@@ -67,6 +67,12 @@ JUDGE_BACKWARD_USER = """{intro}
 
 {json_instruction}"""
 
+EVALUATION_DESCRIPTION = """An evaluation function checked a prediction.
+Evaluation: {purpose}
+Expected (target): {target}"""
+"""What a deterministic evaluator's backward request shows as the evaluation (the
+judge backward prompt then asks for feedback on the prediction)."""
+
 JUDGE_FIELDS = {"score": "the score, a number", "explanation": "why this score"}
 """The keys an ``LMJudgeEvaluator`` verdict is requested under, with their meaning."""
 

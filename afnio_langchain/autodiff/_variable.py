@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 from afnio_langchain._aio import run_sync
@@ -30,7 +31,13 @@ def validate_data(data: Any) -> Data:
                     f"Variable data list items must be str or numbers; item {i} is "
                     f"{type(item).__name__}"
                 )
-        return list(data)
+        items = list(data)
+        # As afnio does: a list of numbers mixing ints and floats holds floats.
+        if any(isinstance(x, float) for x in items) and any(
+            type(x) is int for x in items
+        ) and not any(isinstance(x, str) for x in items):
+            items = [float(x) for x in items]
+        return items
     return data
 
 
@@ -62,6 +69,8 @@ class Variable:
         "_retains_grad",
         "_accumulator",
         "is_evaluation",
+        "_forced_leaf",
+        "_variable_id",
         "__weakref__",
     )
 
@@ -79,6 +88,8 @@ class Variable:
         self._retains_grad = False
         self._accumulator: Node | None = None
         self.is_evaluation = False
+        self._forced_leaf: bool | None = None
+        self._variable_id: str | None = None
 
     # -- data -------------------------------------------------------------------------
     @property
@@ -121,20 +132,46 @@ class Variable:
 
     @property
     def is_leaf(self) -> bool:
-        """True for Variables not produced by a differentiable operation."""
+        """True for Variables not produced by a differentiable operation.
+
+        It can be set, as afnio's tests do to treat a Variable as a non-leaf (then
+        :meth:`retain_grad` applies to it); graph recording never sets it.
+        """
+        if self._forced_leaf is not None:
+            return self._forced_leaf
         return not self._requires_grad or self.grad_fn is None
+
+    @is_leaf.setter
+    def is_leaf(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"is_leaf must be a bool, got {type(value).__name__}")
+        self._forced_leaf = value
 
     def retain_grad(self) -> None:
         """Keep gradients on this non-leaf Variable after backward (leaves always do)."""
         if not self._requires_grad:
             raise RuntimeError("can't retain_grad on a Variable that has requires_grad=False")
-        if not self.is_leaf and self.grad_fn is not None:
+        if not self.is_leaf:
             self._retains_grad = True
-            self.grad_fn.retained[self.output_nr] = self
+            if self.grad_fn is not None:
+                self.grad_fn.retained[self.output_nr] = self
 
     @property
     def retains_grad(self) -> bool:
         return self._retains_grad
+
+    # afnio's spellings of the same state (its tests read them).
+    @property
+    def _retain_grad(self) -> bool:
+        return self._retains_grad
+
+    @property
+    def _output_nr(self) -> int:
+        return self.output_nr
+
+    @property
+    def _grad_fn(self) -> Node | None:
+        return self.grad_fn
 
     @property
     def grad(self) -> list[Variable]:
@@ -161,6 +198,72 @@ class Variable:
     def detach(self) -> Variable:
         """A new leaf with the same data and role, outside the graph."""
         return Variable(self.items() if self.is_batched else self._data, role=self.role)
+
+    # -- afnio's members ----------------------------------------------------------------
+    @property
+    def variable_id(self) -> str:
+        """A unique id for this Variable, made on first use (afnio's server gives one;
+        here it is local and never sent anywhere)."""
+        if self._variable_id is None:
+            self._variable_id = uuid.uuid4().hex
+        return self._variable_id
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``()`` for a single value, ``(n,)`` for a minibatch of ``n`` items.
+
+        Example:
+            >>> from afnio_langchain import Variable
+            >>> Variable("abc").shape, Variable([1, 2, 3]).shape
+            ((), (3,))
+        """
+        return (len(self._data),) if isinstance(self._data, list) else ()
+
+    def copy_(self, src: Variable) -> Variable:
+        """Copy ``src``'s data, role and ``requires_grad`` into this Variable, in place.
+
+        Raises:
+            TypeError: ``src`` is not a Variable.
+            ValueError: The shapes differ (a single value onto a minibatch, or two
+                minibatches of different sizes).
+
+        Example:
+            >>> from afnio_langchain import Variable
+            >>> v = Variable("Tellurio", role="input variable", requires_grad=True)
+            >>> v.copy_(Variable(123, role="copied")).data, v.role, v.requires_grad
+            (123, 'copied', False)
+        """
+        if not isinstance(src, Variable):
+            raise TypeError(f"copy_ expects a Variable, got {type(src).__name__}")
+        if self.shape != src.shape:
+            raise ValueError(f"cannot copy data: shape mismatch ({self.shape} vs {src.shape})")
+        self.data = src.items() if src.is_batched else src.data
+        self.role = src.role
+        self.requires_grad_(src.requires_grad)
+        return self
+
+    def is_floating_point(self) -> bool:
+        """True when the data is a float, or a non-empty list of floats."""
+        if isinstance(self._data, list):
+            return bool(self._data) and all(isinstance(x, float) for x in self._data)
+        return isinstance(self._data, float)
+
+    def to(self, dtype: Callable[[Any], Any] | None = None) -> Variable:
+        """A new Variable (same role and ``requires_grad``) with the data cast by
+        ``dtype`` (``float``, ``int``, ``str``), item by item for a minibatch.
+
+        Example:
+            >>> from afnio_langchain import Variable
+            >>> Variable([1, 2], role="counts").to(float).data
+            [1.0, 2.0]
+        """
+        if dtype is None:
+            data: Data = self.items() if self.is_batched else self._data
+        elif isinstance(self._data, list):
+            data = [dtype(x) for x in self._data]
+        else:
+            data = dtype(self._data)
+        return Variable(data, role=self.role, requires_grad=self._requires_grad)
 
     # -- backward ---------------------------------------------------------------------
     def backward(
@@ -217,6 +320,29 @@ class Variable:
         from afnio_langchain.autodiff._basic_ops import Add
 
         return Add.apply(self, _as_variable(other))
+
+    def __iadd__(self, other: Variable | str) -> Variable:
+        """In-place ``+=``: this Variable becomes the sum (same object, as in afnio);
+        when grad is recorded it becomes the output of the ``Add`` node, whose input
+        is this Variable as it was before."""
+        from afnio_langchain.autodiff._basic_ops import Add
+        from afnio_langchain.autodiff._function import AccumulateGrad
+
+        before = Variable(self.items() if self.is_batched else self._data, role=self.role)
+        before._requires_grad = self._requires_grad
+        before.grad_fn, before.output_nr = self.grad_fn, self.output_nr
+        if self._requires_grad and self.grad_fn is None:
+            # Gradients for the value before the addition still reach this Variable.
+            if self._accumulator is None:
+                self._accumulator = AccumulateGrad(self)
+            before._accumulator = self._accumulator
+        result = Add.apply(before, _as_variable(other))
+        self._data = result._data
+        self.role = result.role
+        self._requires_grad = result.requires_grad
+        if result.grad_fn is not None:
+            self.grad_fn, self.output_nr = result.grad_fn, result.output_nr
+        return self
 
     def __deepcopy__(self, memo: dict) -> Variable:
         # Tracers and config copies deep-copy run inputs: copy the text, never the graph.

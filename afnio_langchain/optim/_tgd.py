@@ -64,6 +64,11 @@ class TGD(Optimizer):
         momentum: How many earlier ``(value, gradients)`` pairs to show (0: none).
         constraints: Rules in plain language every new value must follow.
         model_name: The model name, needed with an ``openai`` client.
+        model_client: afnio's spelling: the client, with ``model="NAME"`` naming the
+            model (``TGD(params, model_client=AsyncOpenAI(), model="gpt-5")``).
+        messages: afnio's custom optimizer prompts: not supported (TypeError); the
+            prompts are the package's own.
+        inputs: Values for afnio's custom prompts: not supported either.
         condense_threshold: Condense the gradients when there are more than this many.
         condense_chars: ... or when together they are longer than this (None: no limit).
         max_proposals: Proposals requested per parameter per step, at most.
@@ -112,11 +117,21 @@ class TGD(Optimizer):
         constraints: Sequence[str | Variable] | str = (),
         *,
         model_name: str | None = None,
+        model_client: Any = None,
+        messages: Any = None,
+        inputs: Any = None,
         condense_threshold: int = DEFAULT_CONDENSE_THRESHOLD,
         condense_chars: int | None = DEFAULT_CONDENSE_CHARS,
         max_proposals: int = DEFAULT_MAX_PROPOSALS,
         **completion_args: Any,
     ) -> None:
+        model, model_name = _afnio_model_args(model, model_name, model_client)
+        if messages is not None or inputs:
+            raise TypeError(
+                "TGD's optimizer prompts are the package's own (afnio_langchain.optim._prompts); "
+                "custom messages=/inputs= are not supported: say what the new values must "
+                "follow with constraints=[...] instead"
+            )
         defaults = {
             "model": _resolve_model(model, model_name),
             "model_name": model_name,
@@ -389,6 +404,23 @@ def check_proposal(old: Data, proposal: str) -> tuple[Data | None, str | None]:
 
 
 # -- options ---------------------------------------------------------------------------
+
+
+def _afnio_model_args(model: Any, model_name: str | None, model_client: Any) -> tuple[Any, str | None]:
+    """afnio's spelling, ``model_client=<client>, model="gpt-5"``, as ``(model, model_name)``."""
+    if model_client is None:
+        if isinstance(model, str):
+            raise TypeError(
+                "TGD model: expected a LangChain chat model, an openai client or a ModelClient; "
+                f"model={model!r} only names one: pass the client too, afnio's spelling "
+                "(model_client=AsyncOpenAI(), model=...)"
+            )
+        return model, model_name
+    if model is not None and not isinstance(model, str):
+        raise TypeError("pass the optimizer model once: model_client=<client> (with model='NAME') or model=<model>")
+    if model_name is not None and model is not None and model_name != model:
+        raise TypeError(f"two model names given: model={model!r} and model_name={model_name!r}")
+    return model_client, model_name or model
 
 
 def _resolve_model(model: Any, model_name: str | None) -> ModelClient:

@@ -9,6 +9,7 @@ import pytest
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import (
     Add,
+    BackwardError,
     ChatCompletion,
     DeterministicEvaluator,
     ExactMatchEvaluator,
@@ -23,6 +24,11 @@ from afnio_langchain.testing import ScriptedChatModel
 # --------------------------------------------------------------------------- Add
 
 
+def via_add(role, feedback):
+    """Feedback as Add, Sum and Split pass it to an input (afnio's wording)."""
+    return f"Here is the combined feedback we got for this specific {role} and other variables: {feedback}"
+
+
 def test_add_concatenates_and_joins_roles():
     x = Variable("Be brief.", role="rule", requires_grad=True)
     y = Variable(" Use French.", role="language rule", requires_grad=True)
@@ -31,8 +37,8 @@ def test_add_concatenates_and_joins_roles():
     assert z.role == "rule and language rule"
     assert z.grad_fn.name() == "AddBackward0"
     z.backward("too terse")
-    assert [g.data for g in x.grad] == ["too terse"]
-    assert [g.data for g in y.grad] == ["too terse"]
+    assert [g.data for g in x.grad] == [via_add("rule", "too terse")]
+    assert [g.data for g in y.grad] == [via_add("language rule", "too terse")]
     assert x.grad[0].role == "feedback to rule"
     assert y.grad[0].role == "feedback to language rule"
 
@@ -46,7 +52,15 @@ def test_add_with_a_str_and_apply_form():
     assert w.data == "Hello!"
     assert w.role == "greeting and bang"
     z.backward("f")
-    assert [g.data for g in x.grad] == ["f"]
+    assert [g.data for g in x.grad] == [via_add("greeting", "f")]
+
+
+def test_add_adds_numbers_and_writes_a_number_next_to_text_as_text():
+    assert (Variable(2) + Variable(3)).data == 5
+    assert (Variable([1, 2, 3]) + Variable([4, 5, 6])).data == [5, 7, 9]
+    assert (Variable([1.5, 2]) + Variable([1, 1])).data == [2.5, 3.0]
+    assert (Variable("n=") + Variable(3)).data == "n=3"
+    assert (Variable(["a", "b"]) + Variable([1, 2])).data == ["a1", "b2"]
 
 
 def test_str_plus_variable_is_a_type_error_so_stream_aggregation_adds_no_node():
@@ -70,11 +84,10 @@ def test_add_broadcasts_a_scalar_over_a_minibatch():
     suffix = Variable("!", role="suffix", requires_grad=True)
     z = items + suffix
     assert z.data == ["one!", "two!"]
-    z.backward(["loud", "quiet"])
-    assert [g.data for g in items.grad] == [["loud", "quiet"]]
+    z.backward(["loud", ""])
+    assert [g.data for g in items.grad] == [[via_add("items", "loud"), ""]]  # no feedback stays none
     (g,) = suffix.grad
-    assert isinstance(g.data, str)
-    assert "loud" in g.data and "quiet" in g.data
+    assert g.data == via_add("suffix", "<ITEM>loud</ITEM><ITEM></ITEM>")
     assert (Variable("<") + Variable(["a", "b"])).data == ["<a", "<b"]
 
 
@@ -83,21 +96,45 @@ def test_add_rejects_minibatches_of_different_sizes():
         Variable(["a", "b"]) + Variable(["a", "b", "c"])  # noqa: B018
 
 
+def test_in_place_add_keeps_the_variable_and_records_the_node():
+    a = Variable("foo", role="a", requires_grad=True)
+    same = a
+    a += Variable("bar", role="b")
+    assert a is same and a.data == "foobar" and a.role == "a and b"
+    assert a.grad_fn is not None and a.grad_fn.name() == "AddBackward0"
+    out = a + "!"
+    out.backward("louder")
+    a.retain_grad()  # a is now the Add's output; its value before the add got the feedback
+    assert a._grad == [a._grad[0]] and "louder" in a._grad[0].data
+    plain = Variable("x")
+    plain += Variable("y")
+    assert plain.data == "xy" and plain.grad_fn is None
+
+
 # --------------------------------------------------------------------------- Sum
 
 
-def test_sum_joins_and_passes_feedback_to_every_input():
+def test_sum_wraps_texts_and_passes_feedback_to_every_input():
     a = Variable("first", role="x", requires_grad=True)
     b = Variable("second", role="y")
     c = Variable("third", role="z", requires_grad=True)
     s = Sum.apply([a, b, c])
-    assert s.data == "first\n\nsecond\n\nthird"
+    assert s.data == "<ITEM>first</ITEM><ITEM>second</ITEM><ITEM>third</ITEM>"
     assert s.role == "x and y and z"
     assert Sum.apply([a, b], separator=" | ").data == "first | second"
     s.backward("too long")
-    assert [g.data for g in a.grad] == ["too long"]
-    assert [g.data for g in c.grad] == ["too long"]
+    assert [g.data for g in a.grad] == [via_add("x", "too long")]
+    assert [g.data for g in c.grad] == [via_add("z", "too long")]
     assert b.grad == []
+
+
+def test_sum_adds_numbers_item_by_item():
+    assert Sum.apply([Variable(1), Variable(2.5), Variable(3)]).data == 6.5
+    assert Sum.apply([Variable([1, 2]), Variable([10, 20]), Variable([100, 200])]).data == [111, 222]
+    assert Sum.apply([Variable(["a", "b"]), Variable(["c", "d"])]).data == [
+        "<ITEM>a</ITEM><ITEM>c</ITEM>",
+        "<ITEM>b</ITEM><ITEM>d</ITEM>",
+    ]
 
 
 def test_sum_validates_its_input():
@@ -107,6 +144,8 @@ def test_sum_validates_its_input():
         Sum.apply([Variable("a"), "b"])
     with pytest.raises(ValueError):
         Sum.apply([])
+    with pytest.raises(TypeError):
+        Sum.apply([Variable("a")], separator=3)
 
 
 # --------------------------------------------------------------------------- Split
@@ -116,11 +155,12 @@ def test_split_is_a_multi_output_node():
     x = Variable("a|b|c", role="pair", requires_grad=True)
     first, rest = Split.apply(x, "|", 1)
     assert (first.data, rest.data) == ("a", "b|c")
-    assert (first.role, rest.role) == ("pair (part 1 of 2)", "pair (part 2 of 2)")
+    assert (first.role, rest.role) == ("split part 0 of pair", "split part 1 of pair")
     assert first.grad_fn is rest.grad_fn
     assert first.grad_fn.name() == "SplitBackward0"
     assert (first.output_nr, rest.output_nr) == (0, 1)
     assert len(Split.apply(x, "|")) == 3
+    assert [v.data for v in Split.apply(x, Variable("|"), Variable(1))] == ["a", "b|c"]
 
 
 def test_split_gathers_feedback_on_its_parts_into_one_gradient():
@@ -128,8 +168,7 @@ def test_split_gathers_feedback_on_its_parts_into_one_gradient():
     first, second = Split.apply(x, "|")
     asyncio.run(run_backward([(first, "first is wrong"), (second, "second is wrong")]))
     (g,) = x.grad  # one node run, one gathered gradient
-    assert "Part 1 of 2: first is wrong" in g.data
-    assert "Part 2 of 2: second is wrong" in g.data
+    assert g.data == via_add("pair", "<ITEM>first is wrong</ITEM><ITEM>second is wrong</ITEM>")
     assert g.role == "feedback to pair"
 
 
@@ -140,20 +179,34 @@ def test_split_feedback_through_a_downstream_join():
     joined = Sum.apply([upper, second])
     joined.backward("bad")
     (g,) = x.grad
-    assert "Part 1 of 2" in g.data and "uppercasing" in g.data
-    assert "Part 2 of 2: bad" in g.data
+    assert "uppercasing" in g.data and g.data.count("<ITEM>") == 2
+    assert via_add("split part 1 of pair", "bad") in g.data
 
 
 def test_split_only_one_part_used():
     x = Variable("a|b", role="pair", requires_grad=True)
     _, second = Split.apply(x, "|")
     (second + "!").backward("fix b")
-    assert [g.data for g in x.grad] == ["Part 2 of 2: fix b"]
+    inner = via_add("split part 1 of pair", "fix b")
+    assert [g.data for g in x.grad] == [via_add("pair", f"<ITEM></ITEM><ITEM>{inner}</ITEM>")]
 
 
-def test_split_rejects_minibatches():
+def test_split_of_a_minibatch_pads_short_splits_and_keeps_feedback_per_item():
+    x = Variable(["a b c", "d e"], role="lines", requires_grad=True)
+    parts = Split.apply(x, " ")
+    assert [p.data for p in parts] == [["a", "d"], ["b", "e"], ["c", ""]]
+    parts[2].backward(["c is wrong", ""])
+    (g,) = x.grad
+    assert g.data == [via_add("lines", "<ITEM></ITEM><ITEM></ITEM><ITEM>c is wrong</ITEM>"), ""]
+
+
+def test_split_validates_its_input():
     with pytest.raises(TypeError):
-        Split.apply(Variable(["a|b", "c|d"]), "|")
+        Split.apply("a b")
+    with pytest.raises(TypeError):
+        Split.apply(Variable([1, 2]), " ")
+    with pytest.raises(TypeError):
+        Split.apply(Variable("a b"), 3)
 
 
 # --------------------------------------------------------------------------- evaluators
@@ -176,20 +229,36 @@ def _pipeline(answers: dict[str, str], questions: list[str]):
     return forward, system, response
 
 
+def exact_match_explanation(prediction, target, score):
+    return (
+        "The evaluation function, designed for 'exact match', compared the <DATA> field of the "
+        f"predicted variable ('{prediction}') with the <DATA> field of the target variable "
+        f"('{target}'), resulting in a score: {score}."
+    )
+
+
 def test_exact_match_scores_and_explains():
     prediction = Variable(["Paris", " rome ", "Berlin"], role="answer")
     score, explanation = ExactMatchEvaluator.apply(prediction, ["Paris", "Rome", "Madrid"])
-    assert score.data == [1.0, 0.0, 0.0]
-    assert explanation.data[0] == "Correct."
-    assert "Madrid" in explanation.data[2] and "Berlin" in explanation.data[2]
+    assert score.data == 1  # afnio's default: the minibatch's scores summed
+    assert "aggregated using the reduction function 'summation'" in explanation.data
+    assert "final aggregated score: 1." in explanation.data
+
+    score, explanation = ExactMatchEvaluator.apply(
+        prediction, ["Paris", "Rome", "Madrid"], reduction_fn=None
+    )
+    assert score.data == [1, 0, 0]
+    assert explanation.data[2] == exact_match_explanation("Berlin", "Madrid", 0)
     assert score.role.endswith("score") and explanation.role.endswith("explanation")
 
-    score, _ = ExactMatchEvaluator.apply(prediction, ["paris", "ROME", "x"], case_sensitive=False)
-    assert score.data == [1.0, 1.0, 0.0]
+    score, _ = ExactMatchEvaluator.apply(
+        prediction, ["paris", "ROME", "x"], reduction_fn=None, case_sensitive=False
+    )
+    assert score.data == [1, 1, 0]
 
     single, why = ExactMatchEvaluator.apply(Variable("Paris", role="answer"), "Rome")
-    assert single.data == 0.0
-    assert why.data == "Expected 'Rome' but the answer was 'Paris'."
+    assert single.data == 0
+    assert why.data == exact_match_explanation("Paris", "Rome", 0)
 
 
 def test_explanation_backward_needs_no_argument_and_reaches_the_system_prompt():
@@ -197,17 +266,18 @@ def test_explanation_backward_needs_no_argument_and_reaches_the_system_prompt():
         {"capital of France": "Paris", "capital of Italy": "Milan"},
         ["capital of France", "capital of Italy"],
     )
-    score, explanation = ExactMatchEvaluator.apply(response, ["Paris", "Rome"])
-    assert score.data == [1.0, 0.0]
+    score, explanation = ExactMatchEvaluator.apply(response, ["Paris", "Rome"], backward_model=forward)
+    assert score.data == 1
     assert explanation.requires_grad and explanation.grad_fn is not None
 
     explanation.backward()
 
     calls = forward.calls_of("backward")
-    assert len(calls) == 1, "the correct item must not cost a backward call"
-    assert "capital of Italy" in calls[0].text
-    assert "Expected 'Rome'" in calls[0].text  # the explanation is the feedback
-    assert "capital of France" not in calls[0].text
+    assert len(calls) == 2, "one call writes the evaluator's feedback, one the prompt's; none for France"
+    evaluator_call, prompt_call = calls
+    assert "Milan" in evaluator_call.text and "Rome" in evaluator_call.text
+    assert "Paris" not in evaluator_call.text
+    assert "capital of Italy" in prompt_call.text and "capital of France" not in prompt_call.text
     assert [g.data for g in system.grad] == ["The system prompt should demand the exact answer."]
 
 
@@ -243,11 +313,39 @@ def test_deterministic_evaluator_with_feedback_text_and_success_fn():
 
 
 def test_deterministic_evaluator_target_may_be_none_and_eval_fn_may_return_bool():
+    coach = ScriptedChatModel(feedback="Say it in under five characters.")
     prediction = Variable("hello world", role="text", requires_grad=True)
-    score, why = DeterministicEvaluator.apply(prediction, None, lambda p, t: len(p) < 5)
-    assert score.data == 0.0
+    score, why = DeterministicEvaluator.apply(
+        prediction, None, lambda p, t: len(p) < 5, "brevity", backward_model=coach
+    )
+    assert score.data == 0
+    assert "designed for 'brevity'" in why.data and "('hello world')" in why.data
     why.backward()
-    assert len(prediction.grad) == 1
+    assert [g.data for g in prediction.grad] == ["Say it in under five characters."]
+    (call,) = coach.calls_of("backward")
+    assert "brevity" in call.text and "hello world" in call.text
+
+
+def test_deterministic_evaluator_reduces_a_minibatch_and_keeps_feedback_per_item():
+    def eval_fn(prediction, target):
+        return (1, "") if prediction == target else (0, f"{prediction} should be {target}")
+
+    prediction = Variable(["a", "b", "c"], role="guess", requires_grad=True)
+    score, why = DeterministicEvaluator.apply(
+        prediction, ["a", "x", "c"], eval_fn, "letters", reduction_fn=sum,
+        reduction_fn_purpose="count of right letters",
+    )
+    assert score.data == 2
+    assert "'count of right letters'" in why.data and "final aggregated score: 2." in why.data
+    why.backward()
+    assert [g.data for g in prediction.grad] == [["", "b should be x", ""]]
+
+
+def test_evaluators_reject_a_missing_backward_model_by_name():
+    prediction = Variable("x", role="guess", requires_grad=True)
+    _, why = ExactMatchEvaluator.apply(prediction, "y")
+    with pytest.raises(BackwardError, match="set_backward_model"):
+        why.backward()
 
 
 def test_evaluator_validates_arguments():
@@ -275,7 +373,7 @@ def test_lm_judge_parses_fraction_scores_and_backpropagates():
     answers = Variable(["GOOD ANSWER", "a long rambling answer"], role="answer", requires_grad=True)
     messages = [{"role": "user", "content": [Variable("Rate this: {prediction}", role="rubric")]}]
     score, explanation = LMJudgeEvaluator.apply(
-        judge, messages, inputs={"prediction": answers}, backward_model=judge
+        judge, messages, inputs={"prediction": answers}, backward_model=judge, reduction_fn=None
     )
     assert score.data == [1.0, 0.8]
     assert explanation.data == ["Perfect.", "Too long, trim it."]
