@@ -186,3 +186,62 @@ def trainable_chain(chain: Any, params: Sequence[Variable] | None = None) -> tup
             "the chain has no trainable Variables (none with requires_grad=True)"
         )
     return chain, found
+
+
+def param_keys(chain: Any, params: Sequence[Variable]) -> list[str] | None:
+    """The stable names of ``params`` in ``chain`` (a ``make_trainable`` chain's
+    ``"prompt_0.message_0"``...), or None when the chain does not name them all."""
+    named = getattr(chain, "named_prompts", None)
+    if not callable(named):
+        return None
+    by_id = {id(variable): key for key, variable in named().items()}
+    keys = [by_id.get(id(p)) for p in params]
+    return None if any(k is None for k in keys) else [k for k in keys if k is not None]
+
+
+def chain_input_fields(chain: Any) -> list[str] | None:
+    """The fields the chain's input must have (its templates' variables, from its
+    LangChain input schema), or None when the schema does not say.
+
+    Example:
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain.train._loading import chain_input_fields
+        >>> chain_input_fields(ChatPromptTemplate.from_messages([("human", "{q} in {lang}")]))
+        ['lang', 'q']
+    """
+    try:
+        schema = chain.get_input_schema().model_json_schema()
+    except Exception:  # a schema LangChain cannot build tells us nothing
+        return None
+    required = schema.get("required") if isinstance(schema, dict) else None
+    if not isinstance(required, list) or not required or schema.get("type") != "object":
+        return None
+    return sorted(str(name) for name in required)
+
+
+def count_llm_steps(chain: Any) -> int:
+    """How many LLM calls the chain makes per example: its distinct differentiable LLM
+    steps (``ChatCompletionRunnable``, agents count once), found in its LangChain graph;
+    1 when none can be seen.
+
+    Example:
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train._loading import count_llm_steps
+        >>> def step(text):
+        ...     system = Variable(text, role="system prompt", requires_grad=True)
+        ...     return ChatCompletionRunnable(model=ScriptedChatModel(forward="x"),
+        ...                                   messages=[("system", system), ("user", "{q}")])
+        >>> count_llm_steps(step("A.") | (lambda v: {"q": v}) | step("B."))
+        2
+    """
+    from afnio_langchain.agents import AgentRunnable
+    from afnio_langchain.runnables import ChatCompletionRunnable
+
+    root = getattr(chain, "bound", chain) if hasattr(chain, "named_prompts") else chain
+    try:
+        nodes = root.get_graph().nodes.values()
+    except Exception:  # a graph LangChain cannot draw: assume one call
+        return 1
+    steps = {id(n.data) for n in nodes if isinstance(n.data, (ChatCompletionRunnable, AgentRunnable))}
+    return max(1, len(steps))

@@ -102,6 +102,7 @@ EXPECTED_ALL = {
         "JsonSchema",
         "LangChainChatModelClient",
         "LocalModelServer",
+        "LocalServerError",
         "MalformedReplyError",
         "Message",
         "ModelClient",
@@ -226,6 +227,7 @@ EXPECTED_ALL = {
     ],
     "afnio_langchain.runnables": [
         "ChatCompletionRunnable",
+        "PromptsFileError",
         "TextFunction",
         "TrainableChain",
         "VariableJsonOutputParser",
@@ -235,8 +237,12 @@ EXPECTED_ALL = {
         "as_differentiable",
         "as_variable",
         "as_variables",
+        "load_prompts",
         "make_trainable",
         "parameters",
+        "prompts_state",
+        "read_prompts_file",
+        "save_prompts",
     ],
     "afnio_langchain.agents": [
         "AgentRunnable",
