@@ -46,7 +46,11 @@ def import_object(spec: str) -> Any:
             raise ChainLoadError(f"cannot import {module_part!r}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
     else:
         cwd = str(Path.cwd())
         if cwd not in sys.path:
@@ -58,13 +62,24 @@ def import_object(spec: str) -> Any:
                 raise ChainLoadError(
                     f"cannot import module {module_part!r} (from {spec!r}): {exc}"
                 ) from None
-            raise
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
+        except Exception as exc:
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise ChainLoadError(f"{module_part!r} has no attribute {attr_path!r} (from {spec!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_failure(module_part: str, spec: str, exc: BaseException) -> str:
+    """One line: what the import raised, and where (the last frame of its traceback)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"importing {module_part!r} (from {spec!r}) raised {type(exc).__name__}: {exc}{where}"
 
 
 def _is_runnable(obj: Any) -> bool:
