@@ -129,9 +129,9 @@ def test_the_trained_prompts_of_a_factory_evaluate_and_load_into_the_chain(app, 
 
     # The same file loads into the chain through the Python API, and TrainableChain.save
     # writes a file that evaluate reads.
+    import my_app
     from langchain_openai import ChatOpenAI
 
-    import my_app
     from afnio_langchain import make_trainable
 
     chain = make_trainable(my_app.build_qa(ChatOpenAI(model="loopback", base_url=openai_server.base_url, api_key="k")))
