@@ -351,14 +351,30 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     Returns:
         False (and writes nothing) when matplotlib is not installed.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    figure = score_figure(report)
+    if figure is None:
         return False
     import io
 
     from afnio_langchain.train._files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+def score_figure(report: dict[str, Any]) -> Any:
+    """The matplotlib ``Figure`` of :func:`plot_scores` (None without matplotlib).
+
+    Each kind of step that occurred (kept, rolled back) gets its own marker colour and
+    legend entry, so the legend shows only what the run did.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
 
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)
@@ -379,7 +395,7 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
         (False, "tab:red", "validation after a rolled-back step"),
     ):
         points = [(x, y) for x, y, ok in tried if ok is kept]
-        if points:  # one legend entry per kind that occurred, in its own colour
+        if points:
             axes.scatter(
                 [x for x, _ in points], [y for _, y in points],
                 color=colour, marker="x", zorder=3, label=label,
@@ -392,10 +408,7 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     axes.set_title("Score per epoch")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    return True
+    return figure
 
 
 def prompts_file(result: TrainResult) -> dict[str, Any]:
