@@ -104,6 +104,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = setup.train(trainer, list(train), list(val), folder, args.argv, pool)
         files = write_report(result, out)
     print(render.summary(result, files, time.monotonic() - started, folder.elapsed_before))
+    if parse_model_spec(args.model).kind in ("local", "scripted"):
+        print(render.DEMO_NOTE.format(model=parse_model_spec(args.model), n_val=len(val), step=1 / len(val)))
     return 0
 
 

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from afnio_langchain.train import EvalResult, Trainer, TrainResult
-from afnio_langchain.train._loading import count_llm_steps
-from afnio_langchain.train._report import example_errors, step_counts
+from afnio_langchain.train import (
+    EvalResult,
+    Trainer,
+    TrainResult,
+    count_llm_steps,
+    example_errors,
+    step_counts,
+)
+
+DEMO_NOTE = (
+    "\nThis ran the whole loop ({model} model): forward, feedback, backward, proposals, the "
+    "validation gate, checkpoints and the report. It is not learning: the model barely follows "
+    "a system prompt, and one review of the {n_val} validation reviews moves the score by "
+    "{step:.2f}. To see the prompt improve, run it on a model that follows instructions: "
+    "afnio-langchain demo --model openai:gpt-4o-mini (or --model openai-compatible:NAME@URL)."
+)
+"""Printed after a demo on the local or scripted model."""
 
 
 def plan_line(trainer: Trainer, n_train: int, n_val: int) -> str:

@@ -21,6 +21,7 @@ from afnio_langchain.train import (
     Trainer,
     TrainingError,
     TrainResult,
+    chain_input_fields,
     check_prices,
     import_object,
     load_chain,
@@ -30,7 +31,6 @@ from afnio_langchain.train import (
     require_key,
     resolve_metric,
 )
-from afnio_langchain.train._loading import chain_input_fields
 
 CHECKPOINT = "checkpoint.json"
 RUN_FILES = (CHECKPOINT, "report.json", "summary.md", "prompts.json", "score_curve.png")
