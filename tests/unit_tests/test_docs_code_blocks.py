@@ -3,7 +3,8 @@
 The conventions (also in docs/design.md, "Code blocks in the docs"):
 
 - Every fenced block names its language: ``python`` and ``bash`` blocks are code and run
-  here; ``text`` blocks are output, trees or diagrams and do not run.
+  here; ``json`` blocks are data and must parse; ``text`` blocks are output, trees or
+  diagrams and do not run.
 - The blocks of one file run in order, as in a notebook: ``python`` blocks share one
   namespace, ``bash`` blocks one working folder.
 - A name a ``python`` block uses without defining it is a placeholder filled from
@@ -36,7 +37,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
-LANGUAGES = ("python", "bash", "text")
+LANGUAGES = ("python", "bash", "text", "json")
 _FENCE = re.compile(r"^(`{3,})(\S*)[^\n]*\n(.*?)^\1[ \t]*$", re.S | re.M)
 _MARK = re.compile(r"<!--\s*(not-run|needs):\s*(.*?)\s*-->\s*$")
 
@@ -96,7 +97,7 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("dspy.md", "optimizer = TGD(params, model=lm)"): "uses `params`, defined nowhere",
     ("dspy.md", "class RAGish(dspy.Module)"): "uses `trainset`, `valset`, defined nowhere",
     ("reliability.md", "best_effort=True"): "uses `answer`, defined nowhere",
-    ("reliability.md", "max_input_chars"): "uses `ChatCompletion` without importing it",
+    ("reliability.md", 'on_item_error="placeholder"'): "uses `ChatCompletion` without importing it",
     ("performance.md", "pip install"): "installs packages: needs <!-- not-run: ... -->",
 }
 # Blocks in those docs that must not run in the suite (too slow), until they are marked.
@@ -147,6 +148,12 @@ def test_every_block_names_a_known_language():
     unnamed = [b.where for b in ALL_BLOCKS if b.language not in LANGUAGES and not listed(b, KNOWN_UNLABELLED)]
     assert not unnamed, f"label these blocks python, bash or text: {unnamed}"
     assert sum(b.language in ("python", "bash") for b in ALL_BLOCKS) >= 20
+
+
+def test_every_json_block_parses():
+    for block in ALL_BLOCKS:
+        if block.language == "json":
+            json.loads(block.code)
 
 
 def test_every_skipped_block_says_why():
