@@ -231,7 +231,9 @@ def train(trainer: Trainer, train_set: Any, val_set: Any, folder: OutFolder, arg
     if not folder.resume:
         _clear_run(out)
     try:
-        return trainer.fit(train_set, val_set)
+        result = trainer.fit(train_set, val_set)
+        pool.check_alive()  # a server that died during the last evaluation is no result
+        return result
     except KeyboardInterrupt:
         checkpoint = out / CHECKPOINT
         if checkpoint.exists():
