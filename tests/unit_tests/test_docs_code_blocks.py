@@ -90,10 +90,6 @@ PLACEHOLDERS = _placeholders
 # work in progress), with why. They are expected to fail, strictly: a block that
 # starts to run must be removed from here. Keyed by file name and a snippet of the block.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("agents.md", "def lookup_order(order_id: str)"): "chat_model must call tools (ScriptedChatModel has no bind_tools)",
-    ("agents.md", "TrainablePromptMiddleware(prompt"): "uses `tools`, defined nowhere",
-    ("agents.md", "create_react_agent"): "uses `tools`, defined nowhere",
-    ("agents.md", "TrajectoryMetrics([ToolCallMatch()"): "uses `train`, `val`, defined nowhere",
     ("dspy.md", "optimizer = TGD(params, model=lm)"): "uses `params`, defined nowhere",
     ("dspy.md", "class RAGish(dspy.Module)"): "uses `trainset`, `valset`, defined nowhere",
     ("reliability.md", "best_effort=True"): "uses `answer`, defined nowhere",
@@ -106,7 +102,7 @@ KNOWN_NOT_RUN: dict[tuple[str, str], str] = {
 }
 # Output blocks in those docs without a language (should be ``text``).
 KNOWN_UNLABELLED: dict[tuple[str, str], str] = {
-    ("agents.md", "prompt before:"): "the example's output",
+    ("agents.md", "OFFLINE: scripted fake models."): "the example's output",
 }
 
 
