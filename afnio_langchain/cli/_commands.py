@@ -48,7 +48,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     setup.check_keys(roles)
     folder = setup.prepare_out(args.out, args, overwrite_finished=False)
     target_obj = setup.import_chain(args.chain)
-    if roles["forward"] is None and target_obj.is_factory:
+    if roles["forward"] is None and target_obj.takes_model:
         roles["forward"] = args.model
     with setup.model_pool() as pool:
         models = {role: pool.get(text) for role, text in roles.items() if text and role != "forward"}
@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     setup.check_keys(roles)
     saved = read_prompts_file(args.prompts) if args.prompts is not None else None
     target_obj = setup.import_chain(args.chain)
-    if roles["forward"] is None and target_obj.is_factory:
+    if roles["forward"] is None and target_obj.takes_model:
         roles["forward"] = args.model
     with setup.model_pool() as pool:
         judge = pool.get(roles["judge"]) if roles["judge"] and args.metric in setup.JUDGE_NAMES else None

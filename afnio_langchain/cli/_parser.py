@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from afnio_langchain.train import GATES, ModelSpecError, parse_model_spec
 
@@ -84,11 +84,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{role}-model", type=_model_spec, help=what)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are one line (with where to find the usage), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``afnio-langchain``."""
     from afnio_langchain import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Train the prompts of LangChain chains with textual gradients."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

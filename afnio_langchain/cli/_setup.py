@@ -129,6 +129,16 @@ class Target:
 
         return callable(self.obj) and not isinstance(self.obj, Runnable)
 
+    @property
+    def takes_model(self) -> bool:
+        """A factory with a ``model`` parameter (one without builds its own model)."""
+        import inspect
+
+        try:
+            return self.is_factory and "model" in inspect.signature(self.obj).parameters
+        except (TypeError, ValueError):
+            return False
+
 
 def import_chain(spec: str) -> Target:
     """Import ``--chain`` (without calling a factory)."""

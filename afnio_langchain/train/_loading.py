@@ -74,12 +74,16 @@ def import_object(spec: str) -> Any:
 
 
 def _import_failure(module_part: str, spec: str, exc: BaseException) -> str:
-    """One line: what the import raised, and where (the last frame of its traceback)."""
+    return _raised(f"importing {module_part!r} (from {spec!r})", exc)
+
+
+def _raised(what: str, exc: BaseException) -> str:
+    """One line: what raised what, and where (the last frame of its traceback)."""
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    return f"importing {module_part!r} (from {spec!r}) raised {type(exc).__name__}: {exc}{where}"
+    return f"{what} raised {type(exc).__name__}: {exc}{where}"
 
 
 def _is_runnable(obj: Any) -> bool:
@@ -99,7 +103,7 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
             factory, or a model was given for a ready-made chain.
     """
     obj = import_object(spec) if isinstance(spec, str) else spec
-    name = spec if isinstance(spec, str) else type(spec).__name__
+    name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", type(spec).__name__)
     if _is_runnable(obj):
         if model is not None:
             raise ChainLoadError(
@@ -117,9 +121,10 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
                 raise ChainLoadError(
                     f"the chain factory {name} takes no model= argument, but a forward model was given"
                 )
-            chain = obj(model=model)
-        else:
-            chain = obj()
+        try:
+            chain = obj(model=model) if model is not None else obj()
+        except Exception as exc:
+            raise ChainLoadError(_raised(f"the chain factory {name}", exc)) from exc
         if not _is_runnable(chain):
             raise ChainLoadError(
                 f"the chain factory {name} returned a {type(chain).__name__}, not a LangChain Runnable"

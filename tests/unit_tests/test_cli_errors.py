@@ -22,6 +22,15 @@ CHAIN = textwrap.dedent(
         prompt = ChatPromptTemplate.from_messages([("system", "Answer."), ("human", "{question}")])
         return prompt | model | StrOutputParser()
 
+    def raising_factory(model):
+        raise RuntimeError("no prompt file here")
+
+    def own_model():
+        from afnio_langchain.testing import ScriptedChatModel
+
+        prompt = ChatPromptTemplate.from_messages([("system", "Answer."), ("human", "{question}")])
+        return prompt | ScriptedChatModel(forward="1") | StrOutputParser()
+
     def broken_metric(example, prediction):
         return {"score": example["no such key"]}
     '''
@@ -110,6 +119,32 @@ def test_a_chain_module_that_fails_to_import_is_one_line(project, capsys, loopba
     (project / "chain_mod.py").write_text("import os\nvalue = undefined_name\n")
     err = one_line_exit_2(optimize(project, loopback), capsys)
     assert "NameError" in err and "undefined_name" in err and "chain_mod.py" in err
+
+
+def test_a_chain_factory_that_raises_is_one_line(project, capsys, openai_server, loopback):
+    args = optimize(project, loopback)
+    args[args.index("--chain") + 1] = "chain_mod.py:raising_factory"
+    err = one_line_exit_2(args, capsys, openai_server)
+    assert "the chain factory raising_factory raised RuntimeError: no prompt file here at " in err
+
+
+def test_a_factory_without_a_model_parameter_keeps_its_own_model(project, capsys, openai_server, loopback):
+    args = optimize(project, loopback)
+    args[args.index("--chain") + 1] = "chain_mod.py:own_model"
+    assert main(args) == 0
+    forward = [b for b in openai_server.requests if "Answer." in str(b["messages"][0])]
+    assert not forward  # the chain's own (scripted) model answered; the server wrote feedback
+
+
+def test_argument_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["optimize", "--train", "t.jsonl"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "afnio-langchain optimize: error: the following arguments are required: --chain, "
+        "--metric (see afnio-langchain optimize --help)"
+    )
 
 
 def test_a_failing_metric_is_named_as_the_metric(project, capsys, loopback):
