@@ -408,6 +408,10 @@ class LocalModelServer:
             stderr=subprocess.STDOUT,
             env=env,
             close_fds=True,
+            # Its own session: a Ctrl-C in the terminal reaches this process, which stops
+            # the server itself, instead of the server too (it would shut down at once and
+            # every request in flight would fail as if it had died).
+            start_new_session=True,
         )
         # Runs on garbage collection or at interpreter exit if stop() was never called.
         self._finalizer = weakref.finalize(

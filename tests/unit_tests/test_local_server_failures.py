@@ -153,3 +153,16 @@ def test_the_local_client_sends_the_schema_with_every_structured_call():
         assert body["response_format"]["type"] == "json_object"
         assert body["response_format"]["schema"]["required"] == ["var_1", "var_2"]
         assert body["max_tokens"] == 64
+
+
+def test_a_ctrl_c_in_the_terminal_does_not_reach_the_server(fake_llama, monkeypatch):
+    """A terminal's Ctrl-C goes to its whole process group; the server runs in its own
+    session, so only the command gets it (and stops the server itself)."""
+    import os
+
+    monkeypatch.setenv("FAKE_LLAMA_CRASH_AT", "100")
+    with LocalModelServer(startup_timeout=30) as server:
+        child = server._proc.pid
+        assert os.getpgid(child) != os.getpgid(0)
+        assert os.getsid(child) != os.getsid(0)
+    assert not server.running
