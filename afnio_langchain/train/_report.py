@@ -144,7 +144,14 @@ def step_outcome(step: dict[str, Any]) -> str:
 
 def step_counts(steps: list[dict[str, Any]]) -> dict[str, int]:
     """``{"total": n, "accepted": ..., "rolled_back": ..., "no_update": ..., "failed": ...}``;
-    the four outcomes add up to the total."""
+    the four outcomes add up to the total.
+
+    Example:
+        >>> from afnio_langchain.train import step_counts
+        >>> step_counts([{"decision": "accepted"}, {"decision": "rolled back: validation 0.2 <= 0.5"},
+        ...              {"decision": "no feedback: every item already correct"}])
+        {'total': 3, 'accepted': 1, 'rolled_back': 1, 'no_update': 1, 'failed': 0}
+    """
     counts = {"total": len(steps), **{outcome: 0 for outcome in STEP_OUTCOMES}}
     for step in steps:
         counts[step_outcome(step)] += 1
