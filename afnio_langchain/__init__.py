@@ -1,11 +1,47 @@
 """afnio-langchain: textual automatic differentiation for LangChain.
 
-Text lives in :class:`Variable`; LLM calls are differentiable operations; after a
-forward pass, LLM-written feedback flows back to every Variable that requires grad.
+Text lives in ``Variable``s; LLM calls are differentiable operations; after a forward
+pass, LLM-written feedback (textual gradients) flows back to every Variable that
+requires grad, and an optimizer rewrites them. Where things live:
 
-afnio's top-level names are here too (``afnio_langchain.optim``, ``cognitive``,
-``functional``, ``save``/``load``, ``set_backward_model_client``...), so afnio code runs
-with its imports changed; see docs/afnio.md.
+    afnio_langchain            Variable, no_grad, set_backward_model, ChatCompletionRunnable,
+                               make_trainable, parameters, AgentRunnable, get_usage
+    afnio_langchain.autodiff   Function, ChatCompletion, Add/Sum/Split, evaluators
+                               (ExactMatchEvaluator, LMJudgeEvaluator), LLMFunction
+    afnio_langchain.optim      TGD (textual gradient descent), Optimizer
+    afnio_langchain.runnables  ChatCompletionRunnable, make_trainable / TrainableChain,
+                               TextFunction, VariableStrOutputParser, save_prompts
+    afnio_langchain.train      fit, Trainer, metrics (exact_match, contains, LMJudge),
+                               load_dataset, evaluate, write_report, ModelPool
+    afnio_langchain.agents     AgentRunnable, TrainablePromptMiddleware (for create_agent),
+                               TrainablePrompt (LangGraph), ToolCallMatch, TrajectoryJudge
+    afnio_langchain.dspy       TextualGradientDescent, as_dspy_lm (extra: dspy)
+    afnio_langchain.loop       MetricResult, the metric protocol every face trains on
+    afnio_langchain.cognitive  afnio's Module (a LangChain Runnable too), Parameter, functional
+    afnio_langchain.trainer    afnio's Trainer (fit with agent=..., train_dataloaders=...)
+    afnio_langchain.utils      afnio's data tools (utils.data: DataLoader, samplers)
+    afnio_langchain.models     model adapters, OpenAIClient, LocalModelServer, usage
+    afnio_langchain.testing    ScriptedChatModel, OpenAICompatServer, Fault (for tests)
+    afnio_langchain.cli        the afnio-langchain command (optimize, evaluate, demo)
+
+afnio's top-level names are here too (``save``/``load``, ``set_backward_model_client``,
+``functional``...), so afnio code runs with its imports changed. Start with the README;
+each area has a page in docs/ (training, langchain, agents, dspy, afnio, reliability,
+performance, extending, design).
+
+Example:
+    >>> from afnio_langchain import Variable, set_backward_model
+    >>> from afnio_langchain.autodiff import ChatCompletion
+    >>> from afnio_langchain.testing import ScriptedChatModel
+    >>> model = ScriptedChatModel(forward="Ciao", feedback="Say it in capitals.")
+    >>> set_backward_model(model)
+    >>> system = Variable("Translate to Italian.", role="system prompt", requires_grad=True)
+    >>> reply = ChatCompletion.apply(model, [{"role": "system", "content": [system]},
+    ...                                      {"role": "user", "content": ["Hello"]}])
+    >>> reply.backward("Use capitals.")
+    >>> reply.data, system.grad[0].data
+    ('Ciao', 'Say it in capitals.')
+    >>> set_backward_model(None)
 """
 
 from afnio_langchain import autodiff, cognitive, optim, utils

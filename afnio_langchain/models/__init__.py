@@ -13,7 +13,11 @@ from afnio_langchain.models._langchain_adapter import (
 )
 from afnio_langchain.models._limits import call_slot, concurrency_limit, get_concurrency_limit
 from afnio_langchain.models._local import INSTALL_HINT as LOCAL_INSTALL_HINT
-from afnio_langchain.models._local import LocalModelServer, local_model_available
+from afnio_langchain.models._local import (
+    LocalModelServer,
+    LocalServerError,
+    local_model_available,
+)
 from afnio_langchain.models._openai_adapter import MalformedReplyError, OpenAIClient
 from afnio_langchain.models._protocol import (
     BaseModelClient,
@@ -53,6 +57,7 @@ __all__ = [
     "JsonSchema",
     "LangChainChatModelClient",
     "LocalModelServer",
+    "LocalServerError",
     "MalformedReplyError",
     "Message",
     "ModelClient",

@@ -6,11 +6,19 @@ from afnio_langchain.runnables._chat import ChatCompletionRunnable, VariableSche
 from afnio_langchain.runnables._coerce import as_variable, as_variables
 from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
+from afnio_langchain.runnables._prompts_file import (
+    PromptsFileError,
+    load_prompts,
+    prompts_state,
+    read_prompts_file,
+    save_prompts,
+)
 from afnio_langchain.runnables._text_functions import TextFunction, as_differentiable
 from afnio_langchain.runnables._trainable import TrainableChain, make_trainable
 
 __all__ = [
     "ChatCompletionRunnable",
+    "PromptsFileError",
     "TextFunction",
     "TrainableChain",
     "VariableJsonOutputParser",
@@ -20,6 +28,10 @@ __all__ = [
     "as_differentiable",
     "as_variable",
     "as_variables",
+    "load_prompts",
     "make_trainable",
     "parameters",
+    "prompts_state",
+    "read_prompts_file",
+    "save_prompts",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,8 @@ from afnio_langchain.runnables._convert import (
     trainable_step,
 )
 from afnio_langchain.runnables._parameters import parameters
+from afnio_langchain.runnables._prompts_file import load_prompts, prompts_state, save_prompts
 from afnio_langchain.runnables._text_functions import as_differentiable
-
-STATE_FORMAT = "afnio-langchain/trainable-chain"
-STATE_VERSION = 1
 
 
 class TrainableChain(RunnableSerializable[Any, Any]):
@@ -97,50 +94,39 @@ class TrainableChain(RunnableSerializable[Any, Any]):
         return swap(self.original)
 
     def state_dict(self) -> dict[str, Any]:
-        """The prompt values as a JSON-ready dict (with a format and version field)."""
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "prompts": [
-                {"key": key, "role": variable.role, "value": variable.data}
-                for key, variable in self.named_prompts().items()
-            ],
-        }
+        """The prompt values as a JSON-ready dict: the prompts file's content
+        (:func:`~afnio_langchain.runnables.prompts_state`, keyed by :meth:`named_prompts`)."""
+        named = self.named_prompts()
+        return prompts_state(list(named.values()), keys=list(named))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Set the prompt values from :meth:`state_dict` output (of the same chain).
+        """Set the prompt values from a prompts file's content (:meth:`state_dict`, or
+        the ``prompts.json`` of ``afnio-langchain optimize`` for the same chain).
 
         Raises:
-            ValueError: Not a trainable-chain state, a newer version, or prompts that
-                do not match this chain's.
+            PromptsFileError: Not a prompts file, a newer version, or prompts that do
+                not match this chain's (by key, else by count and role).
         """
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a saved trainable chain (expected format {STATE_FORMAT!r})")
-        version = state.get("version")
-        if not isinstance(version, int) or version > STATE_VERSION:
-            raise ValueError(
-                f"saved trainable chain has version {version!r}; this package reads "
-                f"version {STATE_VERSION} and older"
-            )
-        values = {entry["key"]: entry["value"] for entry in state.get("prompts", [])}
         named = self.named_prompts()
-        if set(values) != set(named):
-            raise ValueError(
-                "saved prompts do not match this chain: "
-                f"missing {sorted(set(named) - set(values))}, unknown {sorted(set(values) - set(named))}"
-            )
-        for key, variable in named.items():
-            variable.data = values[key]
+        load_prompts(list(named.values()), state, keys=list(named), source="saved prompts")
 
     def save(self, path: str | Path) -> None:
-        """Write the prompt values to ``path`` as JSON."""
-        Path(path).write_text(
-            json.dumps(self.state_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        """Write the prompt values to ``path``: the prompts file that ``load``,
+        ``afnio-langchain evaluate --prompts`` and ``afnio_langchain.train.apply_prompts``
+        read."""
+        named = self.named_prompts()
+        save_prompts(list(named.values()), path, keys=list(named))
 
     def load(self, path: str | Path) -> TrainableChain:
-        """Read prompt values written by :meth:`save` into this chain; returns self."""
-        self.load_state_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a prompts file (written by :meth:`save` or by ``afnio-langchain
+        optimize`` for the same chain) into this chain; returns self.
+
+        Raises:
+            PromptsFileError: The file cannot be read, is of another kind, or does not
+                match this chain's prompts.
+        """
+        named = self.named_prompts()
+        load_prompts(list(named.values()), path, keys=list(named))
         return self
 
     # -- running: everything is the converted chain's -------------------------------------

@@ -29,6 +29,8 @@ from afnio_langchain.train._evaluation import EvalResult, ItemResult, evaluate
 from afnio_langchain.train._files import atomic_write_json
 from afnio_langchain.train._loading import (
     ChainLoadError,
+    chain_input_fields,
+    count_llm_steps,
     import_object,
     load_chain,
     trainable_chain,
@@ -47,6 +49,8 @@ from afnio_langchain.train._report import (
     SUMMARY_MD,
     ReportFiles,
     apply_prompts,
+    example_errors,
+    step_counts,
     write_report,
 )
 from afnio_langchain.train._trainer import GATES, Trainer, TrainingError, TrainResult, fit
@@ -80,10 +84,13 @@ __all__ = [
     "apply_prompts",
     "as_metric_result",
     "atomic_write_json",
+    "chain_input_fields",
     "check_prices",
     "contains",
+    "count_llm_steps",
     "estimate_cost",
     "evaluate",
+    "example_errors",
     "exact_match",
     "fit",
     "import_object",
@@ -95,6 +102,7 @@ __all__ = [
     "resolve_metric",
     "save_checkpoint",
     "split_dataset",
+    "step_counts",
     "trainable_chain",
     "write_report",
 ]

@@ -4,6 +4,7 @@ number of every example so that a malformed row is reported where it is."""
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
 import random
@@ -81,6 +82,50 @@ class Dataset(Sequence[Example]):
                 value = example[key]
                 if value is None or (isinstance(value, str) and not value.strip()):
                     raise DatasetError(self.source, f"key {key!r} is empty", line)
+
+    def require_chain_fields(
+        self,
+        fields: Sequence[str],
+        *,
+        input_keys: Sequence[str] | None = None,
+        target_key: str | None = None,
+    ) -> None:
+        """Check that every row gives the chain each of ``fields`` (its template
+        fields), before anything runs. A row's chain input is its ``input_keys``, or
+        every key but ``target_key``.
+
+        Raises:
+            DatasetError: Naming the first row that lacks a field, by line number,
+                with the row's keys and the likely misspelling.
+
+        Example:
+            >>> from afnio_langchain.train import Dataset
+            >>> data = Dataset(({"question": "2+2?", "answer": "4"}, {"questoin": "3+3?", "answer": "6"}),
+            ...                (1, 2), "qa.jsonl")
+            >>> data.require_chain_fields(["question"], target_key="answer")
+            Traceback (most recent call last):
+            ...
+            afnio_langchain.train._data.DatasetError: qa.jsonl, line 2: the chain's input needs 'question' (its template fields: question), but the row gives: questoin (did you mean 'question' for 'questoin'?)
+        """
+        wanted = list(fields)
+        for line, example in zip(self.line_numbers, self.examples):
+            given = list(input_keys) if input_keys is not None else [k for k in example if k != target_key]
+            missing = [f for f in wanted if f not in given]
+            if not missing:
+                continue
+            hints = []
+            for name in missing:
+                close = difflib.get_close_matches(name, [k for k in given if k not in wanted], n=1)
+                if close:
+                    hints.append(f"{name!r} for {close[0]!r}")
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            source = "--input-keys give" if input_keys is not None else "the row gives"
+            raise DatasetError(
+                self.source,
+                f"the chain's input needs {', '.join(map(repr, missing))} (its template fields: "
+                f"{', '.join(wanted)}), but {source}: {', '.join(given) or 'nothing'}{hint}",
+                line,
+            )
 
     def target_key(self, preferred: str | None = None) -> str:
         """The key holding expected outputs: ``preferred``, else the first of

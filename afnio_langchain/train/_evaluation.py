@@ -22,6 +22,7 @@ from afnio_langchain.loop import (
     as_metric_result,
     ascore,
     is_async_metric,
+    metric_name,
     prediction_text,
 )
 from afnio_langchain.models import concurrency_limit
@@ -212,7 +213,8 @@ def score_items(
             if not isinstance(verdict, Exception):
                 raise verdict
             results[i] = ItemResult(
-                0.0, output=output, error=f"metric: {describe_error(verdict)}", prediction=predictions[i]
+                0.0, output=output, error=f"metric {metric_name(metric)} failed: {describe_error(verdict)}",
+                prediction=predictions[i],
             )
         else:
             assert isinstance(verdict, MetricResult)

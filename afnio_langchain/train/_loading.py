@@ -46,7 +46,11 @@ def import_object(spec: str) -> Any:
             raise ChainLoadError(f"cannot import {module_part!r}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
     else:
         cwd = str(Path.cwd())
         if cwd not in sys.path:
@@ -58,13 +62,28 @@ def import_object(spec: str) -> Any:
                 raise ChainLoadError(
                     f"cannot import module {module_part!r} (from {spec!r}): {exc}"
                 ) from None
-            raise
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
+        except Exception as exc:
+            raise ChainLoadError(_import_failure(module_part, spec, exc)) from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise ChainLoadError(f"{module_part!r} has no attribute {attr_path!r} (from {spec!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_failure(module_part: str, spec: str, exc: BaseException) -> str:
+    return _raised(f"importing {module_part!r} (from {spec!r})", exc)
+
+
+def _raised(what: str, exc: BaseException) -> str:
+    """One line: what raised what, and where (the last frame of its traceback)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{what} raised {type(exc).__name__}: {exc}{where}"
 
 
 def _is_runnable(obj: Any) -> bool:
@@ -84,7 +103,7 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
             factory, or a model was given for a ready-made chain.
     """
     obj = import_object(spec) if isinstance(spec, str) else spec
-    name = spec if isinstance(spec, str) else type(spec).__name__
+    name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", type(spec).__name__)
     if _is_runnable(obj):
         if model is not None:
             raise ChainLoadError(
@@ -102,9 +121,10 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
                 raise ChainLoadError(
                     f"the chain factory {name} takes no model= argument, but a forward model was given"
                 )
-            chain = obj(model=model)
-        else:
-            chain = obj()
+        try:
+            chain = obj(model=model) if model is not None else obj()
+        except Exception as exc:
+            raise ChainLoadError(_raised(f"the chain factory {name}", exc)) from exc
         if not _is_runnable(chain):
             raise ChainLoadError(
                 f"the chain factory {name} returned a {type(chain).__name__}, not a LangChain Runnable"
@@ -186,3 +206,62 @@ def trainable_chain(chain: Any, params: Sequence[Variable] | None = None) -> tup
             "the chain has no trainable Variables (none with requires_grad=True)"
         )
     return chain, found
+
+
+def param_keys(chain: Any, params: Sequence[Variable]) -> list[str] | None:
+    """The stable names of ``params`` in ``chain`` (a ``make_trainable`` chain's
+    ``"prompt_0.message_0"``...), or None when the chain does not name them all."""
+    named = getattr(chain, "named_prompts", None)
+    if not callable(named):
+        return None
+    by_id = {id(variable): key for key, variable in named().items()}
+    keys = [by_id.get(id(p)) for p in params]
+    return None if any(k is None for k in keys) else [k for k in keys if k is not None]
+
+
+def chain_input_fields(chain: Any) -> list[str] | None:
+    """The fields the chain's input must have (its templates' variables, from its
+    LangChain input schema), or None when the schema does not say.
+
+    Example:
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from afnio_langchain.train._loading import chain_input_fields
+        >>> chain_input_fields(ChatPromptTemplate.from_messages([("human", "{q} in {lang}")]))
+        ['lang', 'q']
+    """
+    try:
+        schema = chain.get_input_schema().model_json_schema()
+    except Exception:  # a schema LangChain cannot build tells us nothing
+        return None
+    required = schema.get("required") if isinstance(schema, dict) else None
+    if not isinstance(required, list) or not required or schema.get("type") != "object":
+        return None
+    return sorted(str(name) for name in required)
+
+
+def count_llm_steps(chain: Any) -> int:
+    """How many LLM calls the chain makes per example: its distinct differentiable LLM
+    steps (``ChatCompletionRunnable``, agents count once), found in its LangChain graph;
+    1 when none can be seen.
+
+    Example:
+        >>> from afnio_langchain import ChatCompletionRunnable, Variable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> from afnio_langchain.train._loading import count_llm_steps
+        >>> def step(text):
+        ...     system = Variable(text, role="system prompt", requires_grad=True)
+        ...     return ChatCompletionRunnable(model=ScriptedChatModel(forward="x"),
+        ...                                   messages=[("system", system), ("user", "{q}")])
+        >>> count_llm_steps(step("A.") | (lambda v: {"q": v}) | step("B."))
+        2
+    """
+    from afnio_langchain.agents import AgentRunnable
+    from afnio_langchain.runnables import ChatCompletionRunnable
+
+    root = getattr(chain, "bound", chain) if hasattr(chain, "named_prompts") else chain
+    try:
+        nodes = root.get_graph().nodes.values()
+    except Exception:  # a graph LangChain cannot draw: assume one call
+        return 1
+    steps = {id(n.data) for n in nodes if isinstance(n.data, (ChatCompletionRunnable, AgentRunnable))}
+    return max(1, len(steps))

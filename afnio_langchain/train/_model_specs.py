@@ -150,24 +150,37 @@ def check_endpoint(spec: ModelSpec, timeout: float = 5.0) -> None:
 
 
 class ModelPool:
-    """Builds the model clients for a run from their names, once per distinct name,
-    and owns what must be stopped afterwards (the local server).
+    """Builds the models of a run from their names, once per distinct name, and owns
+    what must be stopped afterwards (the local server).
 
-    Use it as a context manager; :meth:`get` checks keys and servers before returning.
+    Each name gives two objects, sharing one endpoint (and one local server):
+
+    - :meth:`chat_model`: a LangChain ``BaseChatModel``, for the chain itself (what a
+      chain factory receives): ``ChatOpenAI`` for ``openai:`` and
+      ``openai-compatible:``, a ``ChatOpenAI`` pointed at the local server for
+      ``local``, the fake itself for ``scripted``.
+    - :meth:`get`: the client for the package's own structured calls (backward,
+      optimizer, judge): the package's ``OpenAIClient``, which asks for JSON with the
+      schema (``json_schema``, or ``json_object`` with ``schema``, which llama.cpp
+      turns into a grammar), so even the local model answers with the requested keys.
+
+    Use it as a context manager; both methods check keys and servers before returning.
 
     Args:
         local_max_tokens: Reply cap of the ``local`` model.
         check: Check an ``openai-compatible`` server before using it.
         scripted: Builds the ``scripted`` model (the CLI passes its offline fake);
             without it, ``scripted`` is refused.
+        defer_start: Build the local model's clients without starting its server;
+            :meth:`start` starts it (the CLI checks everything else first).
 
     Example:
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> from afnio_langchain.train import ModelPool
         >>> with ModelPool(scripted=lambda: ScriptedChatModel(forward="ok")) as pool:
         ...     model = pool.get("scripted")
-        ...     pool.get("scripted") is model
-        True
+        ...     pool.get("scripted") is model, pool.chat_model("scripted") is model
+        (True, True)
     """
 
     def __init__(
@@ -176,11 +189,14 @@ class ModelPool:
         local_max_tokens: int = 256,
         check: bool = True,
         scripted: Callable[[], Any] | None = None,
+        defer_start: bool = False,
     ) -> None:
         self.local_max_tokens = local_max_tokens
+        self.defer_start = defer_start
         self.check = check
         self.scripted = scripted
-        self._models: dict[str, Any] = {}
+        self._models: dict[tuple[str, str], Any] = {}
+        self._scripted_model: Any = None
         self._stack = contextlib.ExitStack()
         self.local_server: Any = None
 
@@ -194,40 +210,103 @@ class ModelPool:
         """Stop what was started (the local server)."""
         self._stack.close()
         self._models.clear()
+        self._scripted_model = None
         self.local_server = None
 
     def get(self, text: str | ModelSpec) -> Any:
-        """The model for ``text`` (a client or LangChain chat model).
+        """The client for ``text``'s structured calls (backward, optimizer, judge).
 
         Raises:
             ModelSpecError: Malformed, no key, unreachable, or the local model is not
-                installed.
+                installed or does not start.
         """
+        return self._cached("client", text)
+
+    def chat_model(self, text: str | ModelSpec) -> Any:
+        """A LangChain ``BaseChatModel`` for ``text``: what a chain factory is given.
+
+        Raises:
+            ModelSpecError: As :meth:`get`, or ``langchain-openai`` is missing.
+        """
+        return self._cached("chat", text)
+
+    def start(self) -> bool:
+        """Start the local server if a model needs it and it is not running (with its
+        health check); returns whether it was started now.
+
+        Raises:
+            LocalServerError: The server died during start-up or its health check.
+            ModelSpecError: It did not start (timeout, port taken).
+        """
+        from afnio_langchain.models import LocalServerError
+
+        server = self.local_server
+        if server is None or server.running:
+            return False
+        try:
+            server.start()
+        except LocalServerError:
+            raise
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            raise ModelSpecError(f"the local model server did not start: {exc}") from None
+        return True
+
+    @property
+    def needs_start(self) -> bool:
+        """True when a local server is set up but not running yet."""
+        return self.local_server is not None and not self.local_server.running
+
+    def check_alive(self) -> None:
+        """Raise :class:`~afnio_langchain.models.LocalServerError` if the local server
+        this pool started has died (its signal, log tail and the fix)."""
+        if self.local_server is not None:
+            self.local_server.check_alive()
+
+    def _cached(self, kind: str, text: str | ModelSpec) -> Any:
         spec = text if isinstance(text, ModelSpec) else parse_model_spec(text)
-        key = str(spec)
+        key = (kind, str(spec))
         if key not in self._models:
-            self._models[key] = self._build(spec)
+            self._models[key] = self._build(kind, spec)
         return self._models[key]
 
-    def _build(self, spec: ModelSpec) -> Any:
+    def _build(self, kind: str, spec: ModelSpec) -> Any:
         if spec.kind == "scripted":
             if self.scripted is None:
                 raise ModelSpecError("the scripted model is offered by the command line only")
-            return self.scripted()
+            if self._scripted_model is None:  # one fake for every role, so .calls sees all
+                self._scripted_model = self.scripted()
+            return self._scripted_model
         if spec.kind == "local":
-            return self._local()
+            server = self._local_server()
+            if kind == "chat":
+                return _require_langchain_openai(lambda: server.chat_model(max_tokens=self.local_max_tokens))
+            return server.model_client(max_tokens=self.local_max_tokens)
+        api_key = require_key(spec)
+        if spec.kind == "openai-compatible" and self.check and not self._checked(spec):
+            check_endpoint(spec)
+        base_url = spec.base_url if spec.kind == "openai-compatible" else None
+        if kind == "chat":
+
+            def build() -> Any:
+                from langchain_openai import ChatOpenAI
+
+                options = {"base_url": base_url} if base_url else {}
+                return ChatOpenAI(model=spec.name, api_key=api_key, max_retries=0, **options)
+
+            return _require_langchain_openai(build)
         import openai
 
         from afnio_langchain.models import OpenAIClient
 
-        api_key = require_key(spec)
-        if spec.kind == "openai":
-            return OpenAIClient(openai.OpenAI(api_key=api_key), model=spec.name)
-        if self.check:
-            check_endpoint(spec)
-        return OpenAIClient(openai.OpenAI(api_key=api_key, base_url=spec.base_url), model=spec.name)
+        options = {"base_url": base_url} if base_url else {}
+        return OpenAIClient(openai.OpenAI(api_key=api_key, **options), model=spec.name)
 
-    def _local(self) -> Any:
+    def _checked(self, spec: ModelSpec) -> bool:
+        return any(name == str(spec) for _, name in self._models)
+
+    def _local_server(self) -> Any:
+        if self.local_server is not None:
+            return self.local_server
         from afnio_langchain.models import (
             LOCAL_INSTALL_HINT,
             LocalModelServer,
@@ -240,10 +319,20 @@ class ModelPool:
                 "(or name another model, e.g. --model openai:gpt-4o-mini)"
             )
         server = LocalModelServer()
-        try:
-            server.start()
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            raise ModelSpecError(f"the local model server did not start: {exc}") from None
+        server.reserve_port()
         self._stack.callback(server.stop)
         self.local_server = server
-        return server.model_client(max_tokens=self.local_max_tokens)
+        if not self.defer_start:
+            self.start()
+        return server
+
+
+def _require_langchain_openai(build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except ImportError as exc:
+        if "langchain_openai" not in str(exc):
+            raise
+        raise ModelSpecError(
+            "a chain needs a LangChain chat model for this name: pip install langchain-openai"
+        ) from None

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afnio_langchain.autodiff import Data
+from afnio_langchain.runnables import load_prompts, prompts_state
 from afnio_langchain.train._files import atomic_write_json, atomic_write_text
+from afnio_langchain.train._loading import param_keys
 
 if TYPE_CHECKING:
     from afnio_langchain.train._trainer import TrainResult
@@ -49,7 +51,7 @@ class ReportFiles:
         ...     files = write_report(result, folder)
         ...     title = files.summary.read_text(encoding="utf-8").splitlines()[0]
         ...     saved = json.loads(files.prompts.read_text(encoding="utf-8"))
-        >>> files.report.name, title, [entry["value"] for entry in saved["params"]]
+        >>> files.report.name, title, [entry["value"] for entry in saved["prompts"]]
         ('report.json', '# afnio-langchain optimization report', ['Use digits.'])
     """
 
@@ -114,6 +116,75 @@ def prompt_history(result: TrainResult) -> list[dict[str, Any]]:
     return history
 
 
+STEP_OUTCOMES = ("accepted", "rolled_back", "no_update", "failed")
+"""What a step can end in: kept; rolled back by the validation gate; no update (no
+feedback to send, or every proposal rejected); failed."""
+
+ERRORS_SHOWN = 10
+"""How many per-example errors a report lists (the counts cover them all)."""
+
+
+def step_outcome(step: dict[str, Any]) -> str:
+    """The outcome of a step record, one of :data:`STEP_OUTCOMES`.
+
+    Example:
+        >>> from afnio_langchain.train._report import step_outcome
+        >>> step_outcome({"decision": "no update: every proposal was rejected or skipped"})
+        'no_update'
+    """
+    decision = str(step.get("decision", ""))
+    if decision == "accepted":
+        return "accepted"
+    if decision.startswith("rolled back"):
+        return "rolled_back"
+    if decision.startswith("failed"):
+        return "failed"
+    return "no_update"
+
+
+def step_counts(steps: list[dict[str, Any]]) -> dict[str, int]:
+    """``{"total": n, "accepted": ..., "rolled_back": ..., "no_update": ..., "failed": ...}``;
+    the four outcomes add up to the total.
+
+    Example:
+        >>> from afnio_langchain.train import step_counts
+        >>> step_counts([{"decision": "accepted"}, {"decision": "rolled back: validation 0.2 <= 0.5"},
+        ...              {"decision": "no feedback: every item already correct"}])
+        {'total': 3, 'accepted': 1, 'rolled_back': 1, 'no_update': 1, 'failed': 0}
+    """
+    counts = {"total": len(steps), **{outcome: 0 for outcome in STEP_OUTCOMES}}
+    for step in steps:
+        counts[step_outcome(step)] += 1
+    return counts
+
+
+def example_errors(result: TrainResult) -> dict[str, Any]:
+    """The per-example errors of a run: how many in all, and the first
+    :data:`ERRORS_SHOWN` with where they happened, the example's index and the message."""
+    state = result.state
+    listed: list[dict[str, Any]] = []
+    total = 0
+
+    def add(where: str, record: dict[str, Any], key: str, count_key: str) -> None:
+        nonlocal total
+        total += int(record.get(count_key) or 0) if count_key else 0
+        for entry in record.get(key) or []:
+            if len(listed) < ERRORS_SHOWN:
+                listed.append({"where": where, **entry})
+
+    for epoch in state.history["epochs"]:
+        if epoch.get("epoch") == 0:
+            add("validation set, before training", epoch, "val_error_examples", "val_errors")
+            add("training set, before training", epoch, "train_error_examples", "train_errors")
+    for step in state.history["steps"]:
+        add(f"step {step['step']}, training minibatch", step, "error_examples", "errors")
+        add(f"step {step['step']}, validation set", step, "val_error_examples", "val_errors")
+    last = state.history["epochs"][-1] if state.history["epochs"] else {}
+    total += int(state.final.get("train_errors") or 0)
+    add("training set, after training", last, "final_train_error_examples", "")
+    return {"total": total, "shown": listed}
+
+
 def build_report(result: TrainResult) -> dict[str, Any]:
     """The JSON report of a run."""
     state = result.state
@@ -132,12 +203,8 @@ def build_report(result: TrainResult) -> dict[str, Any]:
         },
         "epochs": state.history["epochs"],
         "steps": steps,
-        "step_counts": {
-            "total": len(steps),
-            "accepted": sum(1 for s in steps if s.get("decision") == "accepted"),
-            "rolled_back": sum(1 for s in steps if str(s.get("decision", "")).startswith("rolled back")),
-            "failed": sum(1 for s in steps if str(s.get("decision", "")).startswith("failed")),
-        },
+        "step_counts": step_counts(steps),
+        "errors": example_errors(result),
         "usage": {
             "total": usage["total"],
             "by_purpose": usage["by_purpose"],
@@ -203,7 +270,7 @@ def render_markdown(report: dict[str, Any], plot_file: str | None) -> str:
         f"| train | {_score(scores['before'].get('train'))} | {_score(scores['after'].get('train'))} |",
         "",
         f"{counts['total']} step(s): {counts['accepted']} accepted, {counts['rolled_back']} rolled "
-        f"back, {counts['failed']} failed.",
+        f"back, {counts['no_update']} without an update, {counts['failed']} failed.",
         "",
         "## Per epoch",
         "",
@@ -263,6 +330,11 @@ def render_markdown(report: dict[str, Any], plot_file: str | None) -> str:
             + ", ".join(f"`{m}`" for m in cost["unpriced_models"])
             + "."
         )
+    errors = report.get("errors") or {"total": 0, "shown": []}
+    if errors["total"]:
+        lines += ["", "## Errors", "", f"{errors['total']} example(s) failed; the first {len(errors['shown'])}:", ""]
+        for e in errors["shown"]:
+            lines.append(f"- {_cell(e['where'])}, example {e['index']}: {_cell(e['error'])}")
     lines += ["", "## Final prompts", ""]
     for p in report["prompts"]:
         title = p["role"] or f"parameter {p['index']}"
@@ -286,14 +358,30 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     Returns:
         False (and writes nothing) when matplotlib is not installed.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    figure = score_figure(report)
+    if figure is None:
         return False
     import io
 
     from afnio_langchain.train._files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+def score_figure(report: dict[str, Any]) -> Any:
+    """The matplotlib ``Figure`` of :func:`plot_scores` (None without matplotlib).
+
+    Each kind of step that occurred (kept, rolled back) gets its own marker colour and
+    legend entry, so the legend shows only what the run did.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
 
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)
@@ -309,12 +397,16 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
         for s in report["steps"]
         if s.get("val_score") is not None
     ]
-    if tried:
-        axes.scatter(
-            [x for x, _, _ in tried], [y for _, y, _ in tried],
-            c=["tab:green" if ok else "tab:red" for _, _, ok in tried], marker="x", zorder=3,
-            label="validation after a step (green: kept, red: rolled back)",
-        )
+    for kept, colour, label in (
+        (True, "tab:green", "validation after a kept step"),
+        (False, "tab:red", "validation after a rolled-back step"),
+    ):
+        points = [(x, y) for x, y, ok in tried if ok is kept]
+        if points:
+            axes.scatter(
+                [x for x, _ in points], [y for _, y in points],
+                color=colour, marker="x", zorder=3, label=label,
+            )
     last_epoch = max((e["epoch"] for e in epochs), default=0)
     axes.set_xticks(list(range(0, last_epoch + 1)))
     axes.set_xlabel("epoch (0 = before training)")
@@ -323,50 +415,29 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     axes.set_title("Score per epoch")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    return True
+    return figure
 
 
 def prompts_file(result: TrainResult) -> dict[str, Any]:
-    """The trained values, to load into the same chain later (``afnio-langchain
-    evaluate --prompts``, :func:`apply_prompts`)."""
-    return {
-        "format": "afnio_langchain.prompts",
-        "version": 1,
-        "params": [{"index": i, "role": p.role, "value": p.data} for i, p in enumerate(result.params)],
-    }
+    """The trained values as a prompts file (the one format of
+    :func:`afnio_langchain.runnables.prompts_state`): ``afnio-langchain evaluate
+    --prompts``, :func:`apply_prompts` and ``TrainableChain.load`` read it."""
+    return prompts_state(result.params, param_keys(result.chain, result.params))
 
 
-def apply_prompts(params: list[Any], saved: dict[str, Any], source: str = "prompts file") -> None:
-    """Write values saved by :func:`prompts_file` into ``params`` (same count and roles).
+def apply_prompts(
+    params: list[Any], saved: Any, source: str = "prompts file", chain: Any = None
+) -> None:
+    """Write the values of a prompts file (its path or its content) into ``params``:
+    matched by key when ``chain`` is a ``make_trainable`` chain and the file has keys,
+    else by position and role.
 
     Raises:
-        ValueError: The file does not match the parameters.
+        ValueError: (:class:`~afnio_langchain.runnables.PromptsFileError`) the file is
+            of another kind or does not match the parameters.
     """
-    from afnio_langchain.autodiff import validate_data
-
-    if not isinstance(saved, dict) or saved.get("format") != "afnio_langchain.prompts":
-        raise ValueError(f"{source}: not an afnio-langchain prompts file")
-    entries = saved.get("params")
-    if not isinstance(entries, list) or len(entries) != len(params):
-        count = len(entries) if isinstance(entries, list) else "no"
-        raise ValueError(f"{source}: holds {count} value(s), the chain has {len(params)} parameter(s)")
-    values = []
-    for i, (p, entry) in enumerate(zip(params, entries)):
-        if not isinstance(entry, dict) or "value" not in entry:
-            raise ValueError(f"{source}: entry {i} has no value")
-        if entry.get("role") != p.role:
-            raise ValueError(
-                f"{source}: entry {i} is for {entry.get('role')!r}, but parameter {i} is {p.role!r}"
-            )
-        try:
-            values.append(validate_data(entry["value"]))
-        except TypeError as exc:
-            raise ValueError(f"{source}: entry {i}: {exc}") from None
-    for p, value in zip(params, values):
-        p.data = value
+    keys = param_keys(chain, params) if chain is not None else None
+    load_prompts(params, saved, keys, source=source)
 
 
 def write_report(result: TrainResult, out_dir: str | os.PathLike[str]) -> ReportFiles:

@@ -218,16 +218,18 @@ class TrainingRun:
         if self.val is not None:
             val = self._evaluate(self.val, self.val_inputs, "validation set (before training)")
             if val.all_failed:
-                raise TrainingError(f"the chain failed on every validation example: {val.first_error()}")
+                raise TrainingError(_all_failed(val, "validation", self.t.metric))
             state.current_val = state.best_val = val.score
             record["val_score"] = val.score
             record["val_errors"] = val.errors
+            record["val_error_examples"] = _first_errors(val)
         if self.t.evaluate_train:
             train = self._evaluate(self.train, self.train_inputs, "training set (before training)")
             if train.all_failed:
-                raise TrainingError(f"the chain failed on every training example: {train.first_error()}")
+                raise TrainingError(_all_failed(train, "training", self.t.metric))
             record["train_score"] = train.score
             record["train_errors"] = train.errors
+            record["train_error_examples"] = _first_errors(train)
         state.baseline = {"train": record["train_score"], "val": record["val_score"]}
         state.history["epochs"].append(record)
         state.stage = "training"
@@ -267,6 +269,7 @@ class TrainingRun:
                 t.chain, t.metric, examples, inputs, grad=True,
                 max_concurrency=t.max_concurrency, phase="train",
             )
+            record["error_examples"] = _first_errors(result, indices)
             return [
                 ScoredItem(
                     MetricResult(item.score, item.feedback),
@@ -304,6 +307,7 @@ class TrainingRun:
         if val is not None:
             record["val_score"] = val.score
             record["val_errors"] = val.errors
+            record["val_error_examples"] = _first_errors(val)
         record["decision"] = outcome.decision
         if outcome.failed:
             return self._failed(outcome.decision.removeprefix("failed: "))
@@ -387,6 +391,8 @@ class TrainingRun:
             train = self._evaluate(self.train, self.train_inputs, "training set (after training)")
             final["train"] = train.score
             final["train_errors"] = train.errors
+            # The checkpoint's "final" holds numbers only; the examples go with the epochs.
+            state.history["epochs"][-1]["final_train_error_examples"] = _first_errors(train)
         state.final = final
         state.stage = "finished"
         self._postfix()
@@ -435,6 +441,31 @@ def _trainable_output(prediction: Any) -> Variable:
             "so feedback cannot reach a prompt"
         )
     return prediction
+
+
+ERRORS_KEPT = 5
+"""Per-example errors kept in each history record (index and message)."""
+
+
+def _first_errors(result: EvalResult, indices: list[int] | None = None) -> list[dict[str, Any]]:
+    """The first :data:`ERRORS_KEPT` failed examples: their index (in the training or
+    validation set) and the error."""
+    failed = [(i, item.error) for i, item in enumerate(result.items) if item.error is not None]
+    return [
+        {"index": indices[i] if indices is not None else i, "error": error}
+        for i, error in failed[:ERRORS_KEPT]
+    ]
+
+
+def _all_failed(result: EvalResult, what: str, metric: Any) -> str:
+    """Why every example of a set failed: the metric when it was the metric."""
+    first = result.first_error() or ""
+    if all((item.error or "").startswith("metric") for item in result.items):
+        return (
+            f"the metric {metric_name(metric)} failed on every {what} example: "
+            f"{first.split(': ', 1)[-1]}"
+        )
+    return f"the chain failed on every {what} example: {first}"
 
 
 def _last_best(epochs: list[dict[str, Any]]) -> float | None:

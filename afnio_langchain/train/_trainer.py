@@ -9,6 +9,7 @@ is :mod:`afnio_langchain.train._run_state`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from afnio_langchain.train._evaluation import (
     default_input_fn,
     run_and_score,
 )
-from afnio_langchain.train._loading import trainable_chain
+from afnio_langchain.train._loading import count_llm_steps, trainable_chain
 from afnio_langchain.train._run import TrainingError, TrainingRun, TrainResult
 
 __all__ = ["GATES", "Trainer", "TrainResult", "TrainingError", "fit"]
@@ -165,7 +166,7 @@ class Trainer:
         )
         if [id(p) for p in self.optimizer.params] != [id(p) for p in self.params]:
             raise ValueError("the optimizer must optimize exactly the trained parameters, in order")
-        self.metric = metric
+        self.metric = _with_target_key(metric, target_key)
         self.backward_model = backward_model
         self.epochs = epochs
         self.batch_size = batch_size
@@ -214,7 +215,7 @@ class Trainer:
             )
 
     def estimate_calls(
-        self, n_train: int, n_val: int = 0, calls_per_example: int = 1
+        self, n_train: int, n_val: int = 0, calls_per_example: int | None = None
     ) -> dict[str, int]:
         """An upper estimate of the model calls a run will make, by purpose, before it
         starts (fewer are made when items are already correct, steps stop early or
@@ -223,7 +224,8 @@ class Trainer:
         Args:
             n_train: Training examples.
             n_val: Validation examples.
-            calls_per_example: Model calls the chain makes per example (its LLM steps).
+            calls_per_example: Model calls the chain makes per example; by default its
+                LLM steps, counted in the chain.
 
         Example:
             >>> from afnio_langchain import ChatCompletionRunnable, Variable
@@ -235,6 +237,8 @@ class Trainer:
             >>> Trainer(chain, exact_match, optimizer_model=model, epochs=2, batch_size=3).estimate_calls(6, 4)
             {'forward': 44, 'backward': 12, 'optimizer': 16, 'judge': 0}
         """
+        if calls_per_example is None:
+            calls_per_example = count_llm_steps(self.chain)
         steps = math.ceil(n_train / self.batch_size) * self.epochs if n_train else 0
         evaluated = (n_val + (2 * n_train if self.evaluate_train else 0)) + (
             steps * n_val if self.gate != "off" else self.epochs * n_val
@@ -297,6 +301,21 @@ def fit(
     """Train ``chain`` on ``train`` (gating on ``val``): ``Trainer(chain, metric,
     **options).fit(train, val)``. See :class:`Trainer` for the options."""
     return Trainer(chain, metric, **options).fit(train, val)
+
+
+def _with_target_key(metric: Metric, target_key: str | None) -> Metric:
+    """A built-in metric (``exact_match``, ``contains``, ``LMJudge``) that was given no
+    target key of its own reads the trainer's ``target_key``."""
+    from afnio_langchain.loop import Contains, ExactMatch
+    from afnio_langchain.train._metrics import LMJudge
+
+    if target_key is None or not isinstance(metric, (ExactMatch, Contains, LMJudge)):
+        return metric
+    if metric.target_key is not None:
+        return metric
+    own = copy.copy(metric)
+    own.target_key = target_key
+    return own
 
 
 def _positive_int(name: str, value: Any) -> None:

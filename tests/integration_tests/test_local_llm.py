@@ -238,3 +238,57 @@ def _is_zombie(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+async def test_two_gradient_keys_come_back_from_the_small_model(model_client: OpenAIClient) -> None:
+    """The demo's backward pass once failed here (``got keys ['MESSAGE role=']``): with the
+    schema sent as llama.cpp's grammar, SmolLM2 answers with exactly the requested keys."""
+    messages = [
+        {"role": "system", "content": "You write feedback on two prompts of a pipeline."},
+        {"role": "user", "content": "Prompt 1: 'You are a helpful assistant.' Prompt 2: 'Label it.'\n"
+         "The label was wrong.\n" + json_instruction(["var_1", "var_2"])},
+    ]
+    fields = await request_fields(
+        model_client, messages, {"var_1": "feedback on prompt 1", "var_2": "feedback on prompt 2"},
+        purpose="backward", where="test",
+    )
+    assert sorted(fields) == ["var_1", "var_2"]
+    assert all(isinstance(v, str) for v in fields.values())
+
+
+def test_the_chat_model_is_a_langchain_chat_openai_that_honours_max_tokens(server: LocalModelServer) -> None:
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import ChatOpenAI
+
+    chat = server.chat_model(max_tokens=64)
+    assert isinstance(chat, ChatOpenAI)
+    reply = chat.bind(max_tokens=4).invoke("Write a long story about a dragon.")
+    assert reply.content and reply.usage_metadata["output_tokens"] <= 4
+
+
+def test_the_cli_trains_a_plain_lcel_factory_on_the_local_model(tmp_path, monkeypatch, capsys) -> None:
+    """The README's `--chain my_app.chains:build_qa` pattern with `--model local`."""
+    pytest.importorskip("langchain_openai")
+    from afnio_langchain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qa_app.py").write_text(
+        "from langchain_core.output_parsers import StrOutputParser\n"
+        "from langchain_core.prompts import ChatPromptTemplate\n\n"
+        "def build(model):\n"
+        "    prompt = ChatPromptTemplate.from_messages([('system', 'Answer in one word.'), ('human', '{question}')])\n"
+        "    return prompt | model.bind(max_tokens=8) | StrOutputParser()\n"
+    )
+    rows = [{"question": "What colour is the sky?", "answer": "blue"},
+            {"question": "What colour is grass?", "answer": "green"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["optimize", "--chain", "qa_app:build", "--train", "data.jsonl", "--val", "data.jsonl",
+            "--metric", "contains", "--model", "local", "--epochs", "1", "--batch-size", "2",
+            "--out", "run", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "finished" and report["errors"]["total"] == 0
+    assert all(s.get("backward_errors", 0) == 0 for s in report["steps"])
+    assert main(["evaluate", "--chain", "qa_app:build", "--data", "data.jsonl", "--metric", "contains",
+                 "--model", "local", "--prompts", "run/prompts.json"]) == 0
+    assert "on 2 example(s) (0 error(s))" in capsys.readouterr().out

@@ -180,7 +180,10 @@ def test_optimize_with_a_chain_factory_writes_the_report_and_prompts(project, ca
     assert report["config"]["models"] == {"backward": "scripted", "optimizer": "scripted",
                                           "judge": "scripted", "forward": "scripted"}
     assert len(report["epochs"]) == 3 and load_checkpoint(run / "checkpoint.json").stage == "finished"
-    assert json.loads((run / "prompts.json").read_text())["params"][0]["role"] == "system prompt"
+    saved = json.loads((run / "prompts.json").read_text())
+    assert saved["format"] == "afnio_langchain.prompts" and saved["version"] == 2
+    assert saved["prompts"][0]["role"] == "system prompt"
+    assert not (run / "chain.json").exists()  # one prompts file, not two formats
     # A finished run is not overwritten by accident.
     assert main(optimize_args(project)) == 2
     assert "already holds a finished run" in capsys.readouterr().err
@@ -226,11 +229,17 @@ def test_evaluate_with_trained_prompts(project, capsys):
     assert printed.startswith("score: 0.000 on 2 example(s)") and "line 2:" in printed
     result = json.loads(out.read_text())
     assert [item["line"] for item in result["items"]] == [2, 3]
-    bad = {"format": "afnio_langchain.prompts", "version": 1, "params": []}
+    bad = {"format": "afnio_langchain.prompts", "version": 2, "prompts": []}
     (project / "bad.json").write_text(json.dumps(bad))
     argv[argv.index("--prompts") + 1] = str(project / "bad.json")
     assert main(argv) == 2
     assert "holds 0 value(s), the chain has 1 parameter(s)" in capsys.readouterr().err
+    # A file of another kind is named as such, in one line.
+    argv[argv.index("--prompts") + 1] = str(project / "run" / "report.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a training report (report.json), not a prompts file" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_python_dash_m_runs_the_command_line():

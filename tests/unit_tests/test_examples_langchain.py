@@ -53,7 +53,7 @@ def test_make_trainable_example_offline_trains_saves_and_exports(tmp_path):
     served = next(line for line in lines if line.startswith("served system prompt:"))
     assert '{{"answer": "..."}}' in served and "{product}" in served
     state = json.loads(out.read_text())
-    assert state["version"] == 1
+    assert state["format"] == "afnio_langchain.prompts" and state["version"] == 2
     assert '{"answer": "..."}' in state["prompts"][0]["value"]
 
 

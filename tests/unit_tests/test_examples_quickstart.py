@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
 GRADIENT = "'The system instruction should enforce the use of capital letters only.'"
 
@@ -35,3 +37,14 @@ def test_quickstart_against_an_endpoint(openai_server):
     assert lines[1] == "gradient on the system instruction: 'feedback for var_1'"
     assert lines[-1] == "model calls: backward=3, forward=3"
     assert {body["model"] for body in openai_server.requests} == {"fake-model"}
+
+
+@pytest.mark.local_llm
+def test_quickstart_against_the_packaged_local_model():
+    from afnio_langchain.models import local_model_available
+
+    if not local_model_available():
+        pytest.skip("the local extra is not installed")
+    lines = run("--local")
+    assert lines[0].startswith("scalar response: ") and len(lines) == 6
+    assert lines[-1] == "model calls: backward=3, forward=3"

@@ -274,7 +274,7 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "prompts.json"
     chain.save(path)
     state = json.loads(path.read_text())
-    assert state["version"] == 1 and state["format"] == "afnio-langchain/trainable-chain"
+    assert state["version"] == 2 and state["format"] == "afnio_langchain.prompts"
     assert [p["key"] for p in state["prompts"]] == ["prompt_0.message_0", "prompt_1.message_0"]
     fresh = make()
     assert fresh.load(path) is fresh
@@ -288,10 +288,10 @@ def test_load_rejects_other_files(tmp_path):
     chain = make_trainable(qa_prompt() | ScriptedChatModel(forward="x"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(ValueError, match="not a saved trainable chain"):
+    with pytest.raises(ValueError, match="not an afnio-langchain prompts file"):
         chain.load(bad)
     state = chain.state_dict()
     with pytest.raises(ValueError, match="version"):
         chain.load_state_dict({**state, "version": 99})
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="holds 0 value"):
         chain.load_state_dict({**state, "prompts": []})

@@ -169,7 +169,7 @@ def test_report_holds_scores_curve_usage_prompts_and_history(trained):
     assert report["scores"]["before"] == {"train": 0.0, "val": 0.0}
     assert report["scores"]["after"]["val"] == 1.0
     assert [e["epoch"] for e in report["epochs"]] == [0, 1]
-    assert report["step_counts"] == {"total": 2, "accepted": 1, "rolled_back": 0, "failed": 0}
+    assert report["step_counts"] == {"total": 2, "accepted": 1, "rolled_back": 0, "no_update": 1, "failed": 0}
     assert report["usage"]["by_purpose"]["optimizer"]["calls"] == 1
     (prompt,) = report["prompts"]
     assert prompt["changed"] and prompt["final"] == "Reply with digits only."
