@@ -44,24 +44,77 @@ Example:
     >>> set_backward_model(None)
 """
 
-from afnio_langchain import autodiff, cognitive, optim, utils
-from afnio_langchain._serialization import load, save
-from afnio_langchain.agents import AgentRunnable
-from afnio_langchain.autodiff import (
-    Variable,
-    enable_grad,
-    get_backward_model,
-    get_backward_model_client,
-    is_grad_enabled,
-    no_grad,
-    set_backward_model,
-    set_backward_model_client,
-    set_grad_enabled,
-    use_backward_model,
-)
-from afnio_langchain.cognitive import functional
-from afnio_langchain.models import concurrency_limit, get_usage, track_usage
-from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from afnio_langchain import autodiff, cognitive, optim, utils
+    from afnio_langchain._serialization import load, save
+    from afnio_langchain.agents import AgentRunnable
+    from afnio_langchain.autodiff import (
+        Variable,
+        enable_grad,
+        get_backward_model,
+        get_backward_model_client,
+        is_grad_enabled,
+        no_grad,
+        set_backward_model,
+        set_backward_model_client,
+        set_grad_enabled,
+        use_backward_model,
+    )
+    from afnio_langchain.cognitive import functional
+    from afnio_langchain.models import concurrency_limit, get_usage, track_usage
+    from afnio_langchain.runnables import ChatCompletionRunnable, make_trainable, parameters
+
+# Names load on first use (PEP 562), so that `import afnio_langchain` and the command
+# line start at once, and a Ctrl-C while the heavy dependencies load is caught.
+_SUBMODULES = ("autodiff", "cognitive", "optim", "utils")
+_LAZY = {
+    "load": "afnio_langchain._serialization",
+    "save": "afnio_langchain._serialization",
+    "AgentRunnable": "afnio_langchain.agents",
+    "functional": "afnio_langchain.cognitive",
+    "concurrency_limit": "afnio_langchain.models",
+    "get_usage": "afnio_langchain.models",
+    "track_usage": "afnio_langchain.models",
+    "ChatCompletionRunnable": "afnio_langchain.runnables",
+    "make_trainable": "afnio_langchain.runnables",
+    "parameters": "afnio_langchain.runnables",
+    **{
+        name: "afnio_langchain.autodiff"
+        for name in (
+            "Variable",
+            "enable_grad",
+            "get_backward_model",
+            "get_backward_model_client",
+            "is_grad_enabled",
+            "no_grad",
+            "set_backward_model",
+            "set_backward_model_client",
+            "set_grad_enabled",
+            "use_backward_model",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"afnio_langchain.{name}")
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'afnio_langchain' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES, *_LAZY])
+
 
 __version__ = "0.1.0"
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from afnio_langchain.train import GATES, ModelSpecError, parse_model_spec
-
 PROG = "afnio-langchain"
 MODEL_HELP = "openai:NAME, openai-compatible:NAME@URL, local, or scripted (an offline fake)"
 
@@ -36,6 +34,8 @@ _positive_number = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def _model_spec(text: str) -> str:
+    from afnio_langchain.train import ModelSpecError, parse_model_spec
+
     try:
         parse_model_spec(text)
     except ModelSpecError as exc:
@@ -44,13 +44,15 @@ def _model_spec(text: str) -> str:
 
 
 def _add_training_options(
-    p: argparse.ArgumentParser, *, epochs: int, batch_size: int, gate: str = "no_worse"
+    p: argparse.ArgumentParser, *, epochs: int, batch_size: int, gate: str = "improve"
 ) -> None:
+    from afnio_langchain.train import GATES
+
     p.add_argument("--epochs", type=_positive, default=epochs, help=f"passes over the training set (default {epochs})")
     p.add_argument("--batch-size", type=_positive, default=batch_size, help=f"examples per step (default {batch_size})")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--gate", choices=GATES, default=gate,
-                   help=f"keep a step only if validation does not drop (no_worse), only if it rises (improve), or always (off); default {gate}")
+                   help=f"keep a step only if validation rises (improve), also on a tie above zero (no_worse), or always (off); default {gate}")
     p.add_argument("--patience", type=_positive, help="stop after this many epochs without a better validation score")
     p.add_argument("--momentum", type=_non_negative, default=0, help="TGD momentum: earlier prompt versions shown to the optimizer (default 0)")
     p.add_argument("--constraint", action="append", default=[], metavar="TEXT", help="a rule every new prompt must follow (repeatable)")
