@@ -24,7 +24,6 @@ from afnio_langchain.train import (
     parse_model_spec,
     split_dataset,
     trainable_chain,
-    write_report,
 )
 
 
@@ -65,7 +64,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         setup.start_models(pool)
         print(render.plan_line(trainer, len(train), 0 if val is None else len(val)), flush=True)
         result = setup.train(trainer, train, val, folder, args.argv, pool)
-        files = write_report(result, args.out)
+        files = setup.report(result, Path(args.out), args.argv)
     print(render.summary(result, files, time.monotonic() - started, folder.elapsed_before))
     return 0
 
@@ -102,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"model: {parse_model_spec(args.model)} (forward, backward and optimizer)", flush=True)
         print(render.plan_line(trainer, len(train), len(val)), flush=True)
         result = setup.train(trainer, list(train), list(val), folder, args.argv, pool)
-        files = write_report(result, out)
+        files = setup.report(result, Path(out), args.argv)
     print(render.summary(result, files, time.monotonic() - started, folder.elapsed_before))
     if parse_model_spec(args.model).kind in ("local", "scripted"):
         print(render.DEMO_NOTE.format(model=parse_model_spec(args.model), n_val=len(val), step=1 / len(val)))

@@ -30,6 +30,7 @@ from afnio_langchain.train import (
     parse_model_spec,
     require_key,
     resolve_metric,
+    write_report,
 )
 
 CHECKPOINT = "checkpoint.json"
@@ -262,6 +263,20 @@ def train(trainer: Trainer, train_set: Any, val_set: Any, folder: OutFolder, arg
         if not (out / CHECKPOINT).exists():
             _remove_if_empty(out, created)
         raise
+
+
+def report(result: TrainResult, out: Path, argv: Sequence[str]) -> Any:
+    """Write the run's report; Ctrl-C meanwhile says the run is saved and how to write
+    the report again (a resume of a finished run only writes its report)."""
+    try:
+        return write_report(result, out)
+    except KeyboardInterrupt:
+        print(
+            f"\nInterrupted while writing the report. The finished run is saved in "
+            f"{out / CHECKPOINT}.\nWrite the report with: {resume_command(argv)} --resume",
+            file=sys.stderr,
+        )
+        raise RunInterrupted() from None
 
 
 def _clear_run(out: Path) -> None:

@@ -115,6 +115,23 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(project, capsys, monkey
     assert not (project / "run").exists()
 
 
+def test_ctrl_c_while_the_report_is_written_says_the_run_is_saved(project, capsys, monkeypatch, loopback):
+    import afnio_langchain.cli._setup as setup
+
+    def interrupted(result, out):
+        raise KeyboardInterrupt
+
+    write_report = setup.write_report
+    monkeypatch.setattr(setup, "write_report", interrupted)
+    assert main(optimize(project, loopback)) == 130
+    err = capsys.readouterr().err
+    assert "Interrupted while writing the report. The finished run is saved in" in err
+    assert "--resume" in err and "nothing was written" not in err
+    monkeypatch.setattr(setup, "write_report", write_report)
+    assert main([*optimize(project, loopback), "--resume"]) == 0  # writes the report only
+    assert (project / "run" / "report.json").exists()
+
+
 def test_a_chain_module_that_fails_to_import_is_one_line(project, capsys, loopback):
     (project / "chain_mod.py").write_text("import os\nvalue = undefined_name\n")
     err = one_line_exit_2(optimize(project, loopback), capsys)
