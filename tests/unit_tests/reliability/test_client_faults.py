@@ -175,17 +175,19 @@ class FaultyEcho:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.faults = 0
+        self.proposals = 0
 
     def __call__(self, request) -> Reply:
         with self.lock:
             fault = self.rng.choice(FAULT_MIX) if self.rng.random() < self.rate else None
             self.faults += fault is not None
+            self.proposals += 1
         if fault is not None:
             return fault
         question = request.last_user
         keys = re.findall(r'"(var_\d+|improved_value)"', question.rsplit("\n", 1)[-1])
         if "improved_value" in keys:
-            text = json.dumps({"improved_value": "Answer with the number only."})
+            text = json.dumps({"improved_value": f"Answer with the number only ({self.proposals})."})
         elif keys:
             text = json.dumps({k: "Give the number only." for k in keys})
         else:
