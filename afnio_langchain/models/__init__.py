@@ -35,7 +35,7 @@ from afnio_langchain.models._retry import (
     is_transient,
     status_code_of,
 )
-from afnio_langchain.models._secrets import redact, redact_value
+from afnio_langchain.models._secrets import is_secret_field, redact, redact_value
 from afnio_langchain.models._structured import (
     StructuredOutputError,
     json_instruction,
@@ -79,6 +79,7 @@ __all__ = [
     "get_concurrency_limit",
     "get_usage",
     "is_openai_client",
+    "is_secret_field",
     "is_transient",
     "json_instruction",
     "local_model_available",

@@ -106,19 +106,28 @@ def test_a_resumed_run_takes_its_constraints_and_limits_from_its_own_code(
 
 CHAIN = textwrap.dedent(
     """
-    from afnio_langchain import ChatCompletionRunnable, Variable
+    # A chain written the ordinary LangChain way; the command line makes it trainable.
+    import os
+
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
 
     def build(model):
-        system = Variable("Answer the question.", role="system prompt", requires_grad=True)
-        return ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{question}")])
+        chat = ChatOpenAI(base_url=os.environ["RELIABILITY_BASE_URL"], model="test-model",
+                          api_key=os.environ["OPENAI_COMPATIBLE_API_KEY"])
+        prompt = ChatPromptTemplate.from_messages(
+            [("system", "Answer the question."), ("user", "{question}")]
+        )
+        return prompt | chat
     """
 )
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(tmp_path, monkeypatch, server):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", KEY)
+    monkeypatch.setenv("RELIABILITY_BASE_URL", server.base_url)
     (tmp_path / "qa_chain.py").write_text(CHAIN)
     rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(1, 5)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -143,7 +152,7 @@ def test_chain_json_is_never_written_through_a_symlink(project, server):
     assert victim.read_text() == "precious"
     chain_file = project / "run" / "chain.json"
     assert not chain_file.is_symlink()
-    assert json.loads(chain_file.read_text())["params"][0]["data"] == PROPOSAL
+    assert json.loads(chain_file.read_text())["prompts"][0]["value"] == PROPOSAL
 
 
 def test_run_files_are_synced_with_their_folder(project, server, monkeypatch):
@@ -163,7 +172,7 @@ def test_run_files_are_synced_with_their_folder(project, server, monkeypatch):
 
 SLOW_RUN = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, sys.argv[1])
     from reliability._stdlib_server import StdlibServer
     from reliability.conftest import Oracle
@@ -175,6 +184,7 @@ SLOW_RUN = textwrap.dedent(
         return oracle(request)
 
     with StdlibServer(slow) as server:
+        os.environ["RELIABILITY_BASE_URL"] = server.base_url
         args = [a.replace("BASE_URL", server.base_url) for a in sys.argv[2:]]
         print("started", flush=True)
         sys.exit(main(args))

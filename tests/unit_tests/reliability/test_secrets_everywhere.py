@@ -71,7 +71,7 @@ def test_a_key_in_extra_headers_is_not_in_chat_openai_traces(server):
     with collect_runs() as runs:
         optimizer.step()
     assert runs.traced_runs
-    traced = json.dumps([r.dict() for r in runs.traced_runs], default=str)
+    traced = json.dumps([r.model_dump() for r in runs.traced_runs], default=str)
     assert HEADER_KEY[:10] not in traced
     assert server.requests[-1].headers["x-api-key"] == HEADER_KEY  # still sent
 
@@ -87,7 +87,7 @@ def test_a_key_in_default_headers_is_masked_in_traces_and_errors(server, oracle)
     with collect_runs() as runs, pytest.raises(openai.AuthenticationError) as caught:
         ChatCompletion.apply(client, MESSAGES)
     assert HEADER_KEY[:10] not in str(caught.value)
-    assert HEADER_KEY[:10] not in json.dumps([r.dict() for r in runs.traced_runs], default=str)
+    assert HEADER_KEY[:10] not in json.dumps([r.model_dump() for r in runs.traced_runs], default=str)
 
 
 def test_a_key_in_the_base_urls_userinfo_is_not_in_reprs_or_errors(server, oracle):
