@@ -273,7 +273,8 @@ def data_digest(examples: Sequence[Any] | None) -> str:
 
     Example:
         >>> from afnio_langchain.train._checkpoint import data_digest
-        >>> data_digest([{"q": "caf\udce9"}]) == data_digest([{"q": "caf\udce9"}])
+        >>> odd = [{"q": "caf" + chr(0xDCE9) + chr(0)}]  # a lone surrogate and a NUL
+        >>> data_digest(odd) == data_digest(odd) != data_digest([{"q": "cafe"}])
         True
     """
     text = json.dumps(list(examples or []), sort_keys=True, ensure_ascii=False, default=str)
