@@ -311,6 +311,9 @@ class LangChainChatModelClient(BaseModelClient):
         if self._openai_root is None:
             return self.model
         client = await _runner_clients(self.model, self._openai_root, self._what()).get()
+        # LangChain caches the model's serialised form for its callbacks; computed once
+        # on the model, the copy shares it instead of serialising itself on every call.
+        getattr(self.model, "_serialized", None)
         return self.model.model_copy(
             update={"root_async_client": client, "async_client": client.chat.completions}
         )
