@@ -305,18 +305,25 @@ class LangChainChatModelClient(BaseModelClient):
     def _client_timeout(self) -> float | None:
         return seconds_of(getattr(self.model, "request_timeout", None))
 
-    async def _runner(self) -> BaseChatModel:
+    async def _runner(self, purpose: str) -> BaseChatModel:
         """The model a call runs on: for the langchain-openai family, a copy over this
-        loop's checked, non-retrying openai client (see the module doc)."""
-        if self._openai_root is None:
-            return self.model
-        client = await _runner_clients(self.model, self._openai_root, self._what()).get()
-        # LangChain caches the model's serialised form for its callbacks; computed once
-        # on the model, the copy shares it instead of serialising itself on every call.
-        getattr(self.model, "_serialized", None)
-        return self.model.model_copy(
-            update={"root_async_client": client, "async_client": client.chat.completions}
-        )
+        loop's checked, non-retrying openai client (see the module doc); for purposes
+        other than forward, one that skips LangChain's LLM cache (only forward calls
+        are cached: see ``models/_cache.py``)."""
+        update: dict[str, Any] = {}
+        model = self.model
+        if purpose not in CACHED_PURPOSES and not (
+            model.cache is False or (model.cache is None and get_llm_cache() is None)
+        ):
+            update["cache"] = False
+        if self._openai_root is not None:
+            client = await _runner_clients(model, self._openai_root, self._what()).get()
+            update["root_async_client"] = client
+            update["async_client"] = client.chat.completions
+            # LangChain caches the model's serialised form for its callbacks; computed
+            # once on the model, the copy shares it instead of serialising on every call.
+            getattr(model, "_serialized", None)
+        return model.model_copy(update=update) if update else model
 
     def _call_setup(self, params: dict[str, Any]) -> tuple[dict[str, Any], RunnableConfig]:
         params = dict(params)
