@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,7 +158,10 @@ def _default_http_client(base_url: Any) -> Any:
     concurrency performance") when aiohttp is installed, else its httpx default.
     Same defaults (timeout, connection limits, redirects); aiohttp spends a fraction of
     httpx's CPU per request, which sits on the critical path of a minibatch's calls
-    (``benchmarks/``)."""
+    (``benchmarks/``). A base URL with userinfo keeps httpx: aiohttp refuses
+    credentials in the URL beside the client's ``Authorization`` header."""
+    if urllib.parse.urlsplit(str(base_url)).username is not None:
+        return openai.DefaultAsyncHttpxClient(base_url=base_url)
     try:
         import aiohttp  # noqa: F401
 
