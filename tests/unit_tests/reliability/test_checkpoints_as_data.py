@@ -143,16 +143,18 @@ def cli_args(project, server, *extra):
     ]
 
 
-def test_chain_json_is_never_written_through_a_symlink(project, server):
+@pytest.mark.parametrize("name", ["prompts.json", "report.json", "summary.md"])
+def test_run_files_are_never_written_through_a_symlink(project, server, name):
     victim = project / "victim.txt"
     victim.write_text("precious")
     (project / "run").mkdir()
-    (project / "run" / "chain.json").symlink_to(victim)
+    (project / "run" / name).symlink_to(victim)
     assert main(cli_args(project, server, "--epochs", "1")) == 0
     assert victim.read_text() == "precious"
-    chain_file = project / "run" / "chain.json"
-    assert not chain_file.is_symlink()
-    assert json.loads(chain_file.read_text())["prompts"][0]["value"] == PROPOSAL
+    written = project / "run" / name
+    assert not written.is_symlink() and written.stat().st_size > 0
+    prompts = json.loads((project / "run" / "prompts.json").read_text())
+    assert prompts["prompts"][0]["value"] == PROPOSAL
 
 
 def test_run_files_are_synced_with_their_folder(project, server, monkeypatch):

@@ -1,5 +1,5 @@
 """Secrets are masked before any truncation, everywhere: error excerpts, reprs, traces,
-every run file (``chain.json`` included) and stdout; keys in headers, default headers
+every run file (the prompts file included) and stdout; keys in headers, default headers
 and URL userinfo are secrets too."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_a_learned_prompt_quoting_the_key_is_masked_in_every_run_file_and_stdout
     assert "[REDACTED]" in printed.out  # the summary shows the learned prompt, masked
     run = project / "run"
     names = sorted(p.name for p in run.iterdir() if p.is_file())
-    assert "chain.json" in names and "checkpoint.json" in names
+    assert {"checkpoint.json", "prompts.json", "report.json", "summary.md"} <= set(names)
     for name in names:
         assert KEY[:10].encode() not in (run / name).read_bytes(), name
 

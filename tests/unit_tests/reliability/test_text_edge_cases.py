@@ -39,8 +39,8 @@ def test_a_learned_prompt_with_a_lone_surrogate_is_written_by_the_cli(
 ):
     oracle.proposal = "Answer \ud800 briefly.\x00"
     assert main(cli_args(project, server, "--epochs", "1")) == 0
-    chain_file = project / "run" / "chain.json"
-    saved = json.loads(chain_file.read_text(encoding="utf-8"))  # valid UTF-8 on disk
+    prompts_file = project / "run" / "prompts.json"
+    saved = json.loads(prompts_file.read_text(encoding="utf-8"))  # valid UTF-8 on disk
     assert saved["prompts"][0]["value"] == "Answer \ud800 briefly.\x00"
     printed = capsys.readouterr().out
     assert "Answer \\ud800 briefly." in printed  # the summary is printed, escaped
