@@ -39,6 +39,7 @@ from afnio_langchain.models._protocol import (
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
 from afnio_langchain.models._secrets import (
     excerpt,
+    is_secret_field,
     known_secrets,
     redact_exception,
     redact_value,
@@ -120,8 +121,6 @@ def _with_redaction(config: RunnableConfig) -> RunnableConfig:
 
 
 def _holds_secret_fields(value: Any) -> bool:
-    from afnio_langchain.models._secrets import is_secret_field
-
     if isinstance(value, dict):
         return any(is_secret_field(k) or _holds_secret_fields(v) for k, v in value.items())
     return False
@@ -170,8 +169,8 @@ class _CheckedHttpClient(openai.DefaultAsyncHttpxClient):  # type: ignore[misc, 
             if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
                 text = (await response.aread()).decode("utf-8", "replace")
                 message = f"the reply of {self._what} to a streamed request is not an event stream"
-                error = {"error": {"message": f"{message}: {excerpt(text)!r}", "type": "malformed_reply"}}
-                return _replaced(response, request, 502, error)
+                error = {"message": f"{message}: {excerpt(text)!r}", "type": "malformed_reply"}
+                return _replaced(response, request, 502, {"error": error})
             # checked as it is read: undecodable bytes end it
             stream = _utf8_checked(response.stream, self._what, type(response))
             return type(response)(
@@ -183,7 +182,9 @@ class _CheckedHttpClient(openai.DefaultAsyncHttpxClient):  # type: ignore[misc, 
         except MalformedReplyError as exc:
             error = {"error": {"message": str(exc), "type": "malformed_reply", "code": None}}
             return _replaced(response, request, 502, error)
-        return response if usage_is_clean(body) else _replaced(response, request, 200, clean_usage(body))
+        if usage_is_clean(body):
+            return response
+        return _replaced(response, request, 200, clean_usage(body))
 
 
 def _utf8_checked(inner: Any, what: str, response_type: type) -> Any:
