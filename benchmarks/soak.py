@@ -2,8 +2,9 @@
 
 A two-stage pipeline (a planner ``ChatCompletion`` feeding a writer ``ChatCompletion``,
 each with a trainable system prompt) is trained for ``--steps`` steps of forward,
-backward and one ``TGD`` step, through the real ``openai.AsyncOpenAI`` client, against
-the loopback OpenAI-compatible server. About ``--fault-rate`` of all requests fail, with
+backward and one ``TGD`` step, through the real ``openai.AsyncOpenAI`` client and
+through LangChain's ``ChatOpenAI`` (``--client``; both by default), against the
+loopback OpenAI-compatible server. About ``--fault-rate`` of all requests fail, with
 a seeded mix of the faults real providers produce: HTTP 429 (with and without
 ``retry-after``), 500, 502, 503, connection resets, read timeouts, truncated bodies,
 malformed bodies, empty ``choices``, and, on gradient and proposal requests, replies that
@@ -18,9 +19,10 @@ keeps its graph; a failed optimizer step changes nothing), and its invariants ar
 checked first.
 
     python benchmarks/soak.py [--steps 2000] [--fault-rate 0.05] [--seed 0]
+                              [--client openai|chatopenai|both]
 
-Prints the figures and, last, one JSON line. Exits with status 1 if anything was lost
-or corrupted.
+Prints the figures of each client and, last, one JSON line. Exits with status 1 if
+anything was lost or corrupted.
 """
 
 from __future__ import annotations
@@ -38,15 +40,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from langchain_openai import ChatOpenAI
 
 from afnio_langchain import Variable, track_usage
 from afnio_langchain.autodiff import BackwardError, ChatCompletion
-from afnio_langchain.models import OpenAIClient, RetryPolicy, required_keys_in
+from afnio_langchain.models import (
+    BaseModelClient,
+    LangChainChatModelClient,
+    OpenAIClient,
+    RetryPolicy,
+    required_keys_in,
+)
 from afnio_langchain.optim import TGD
 from afnio_langchain.optim._prompts import PROPOSAL_KEY
 from afnio_langchain.testing import Fault, OpenAICompatServer
 
 MODEL = "fake-model"
+CLIENTS = ("openai", "chatopenai")
 CLIENT_TIMEOUT = 0.5
 MAX_ATTEMPTS = 6
 """Tries per model call (the client's retry policy), the first included."""
@@ -161,7 +171,7 @@ class Figures:
 
 
 class Pipeline:
-    def __init__(self, model: OpenAIClient) -> None:
+    def __init__(self, model: BaseModelClient) -> None:
         self.model = model
         self.planner = Variable(prompt_value("planner", 0), role="planner prompt", requires_grad=True)
         self.writer = Variable(prompt_value("writer", 0), role="writer prompt", requires_grad=True)
@@ -270,8 +280,22 @@ async def run_step(pipe: Pipeline, step: int, figures: Figures) -> bool:
     return True
 
 
+def make_client(kind: str, base_url: str, retry: RetryPolicy) -> tuple[BaseModelClient, Any]:
+    """The package's client for ``kind`` and the object to close after the run."""
+    if kind == "openai":
+        raw = openai.AsyncOpenAI(base_url=base_url, api_key="sk-soak", timeout=CLIENT_TIMEOUT)
+        return OpenAIClient(raw, model=MODEL, retry=retry), raw
+    chat = ChatOpenAI(base_url=base_url, api_key="sk-soak", model=MODEL, timeout=CLIENT_TIMEOUT)
+    return LangChainChatModelClient(chat, retry=retry), None
+
+
 async def soak(
-    steps: int, fault_rate: float, seed: int, progress: bool, max_attempts: int = MAX_ATTEMPTS
+    steps: int,
+    fault_rate: float,
+    seed: int,
+    progress: bool,
+    max_attempts: int = MAX_ATTEMPTS,
+    client: str = "openai",
 ) -> dict[str, Any]:
     # Transport faults hit any request; content faults only gradient and proposal
     # requests (forward replies are data: no content of theirs is "invalid").
@@ -283,25 +307,29 @@ async def soak(
     began = time.perf_counter()
     with OpenAICompatServer(responder) as server, track_usage() as usage:
         server.fault_rate(transport_rate, list(TRANSPORT_FAULTS.values()), seed=seed)
-        client = openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="sk-soak", timeout=CLIENT_TIMEOUT
-        )
         retry = RetryPolicy(max_attempts=max_attempts, initial_wait=0.002, max_wait=0.05)
-        pipe = Pipeline(OpenAIClient(client, model=MODEL, retry=retry))
+        model, to_close = make_client(client, server.base_url, retry)
+        pipe = Pipeline(model)
         for step in range(steps):
             if await run_step(pipe, step, figures):
                 figures.completed += 1
             if progress and (step + 1) % 100 == 0:
                 elapsed = time.perf_counter() - began
-                print(f"  {step + 1}/{steps} steps, {elapsed:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  {client}: {step + 1}/{steps} steps, {elapsed:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         served = Counter(fault_name(f) for f in server.served_faults)
         requests = server.request_count
-        await client.close()
+        if to_close is not None:
+            await to_close.close()
     totals = usage.total()
     faults = {**dict(served), **dict(responder.faults)}
     fault_total = sum(faults.values())
     return {
         "benchmark": "soak",
+        "client": client,
         "steps": steps,
         "steps_completed": figures.completed,
         "seconds": round(time.perf_counter() - began, 1),
@@ -326,18 +354,44 @@ async def soak(
     }
 
 
+FIGURES = (
+    "lost_steps",
+    "lost_gradients",
+    "corrupted_gradients",
+    "corrupted_prompts",
+    "corrupted_outputs",
+    "inconsistent_after_failure",
+)
+
+
 def clean(result: dict[str, Any]) -> bool:
-    return result["steps_completed"] == result["steps"] and not any(
-        result[k]
-        for k in (
-            "lost_steps",
-            "lost_gradients",
-            "corrupted_gradients",
-            "corrupted_prompts",
-            "corrupted_outputs",
-            "inconsistent_after_failure",
-        )
+    """Whether every run in ``result`` completed every step and lost nothing."""
+    return all(
+        run["steps_completed"] == run["steps"] and not any(run[k] for k in FIGURES)
+        for run in result["runs"]
     )
+
+
+def show(run: dict[str, Any]) -> None:
+    print(f"client               {run['client']}")
+    print(f"steps completed      {run['steps_completed']} of {run['steps']}")
+    print(f"time                 {run['seconds']} s, {run['requests']} requests")
+    print(f"faults seen          {run['faults_seen']} ({run['fault_rate_observed']:.1%} of requests)")
+    for kind, count in run["faults_by_kind"].items():
+        print(f"  {kind:<19}{count}")
+    print(f"retries              {run['retries']} (HTTP), {run['json_reasks']} (JSON re-asks)")
+    print(f"phase re-runs        {sum(run['phase_failures'].values())}")
+    for kind, count in run["phase_failures"].items():
+        print(f"  {kind:<40}{count}")
+    print(f"lost steps           {run['lost_steps']}")
+    print(f"lost gradients       {run['lost_gradients']}")
+    print(f"corrupted gradients  {run['corrupted_gradients']}")
+    print(f"corrupted prompts    {run['corrupted_prompts']}")
+    print(f"corrupted outputs    {run['corrupted_outputs']}")
+    print(f"partial state after a failure  {run['inconsistent_after_failure']}")
+    for problem in run["problems"]:
+        print(f"  ! {problem}")
+    print()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -348,34 +402,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--max-attempts", type=int, default=MAX_ATTEMPTS, help="tries per model call"
     )
+    parser.add_argument(
+        "--client", choices=[*CLIENTS, "both"], default="both", help="client path (default both)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     if args.steps < 1 or not 0 <= args.fault_rate < 1:
         parser.error("--steps must be >= 1 and --fault-rate in [0, 1)")
-    result = asyncio.run(
-        soak(args.steps, args.fault_rate, args.seed, not args.quiet, args.max_attempts)
-    )
-    if not args.quiet:
-        print(f"steps completed      {result['steps_completed']} of {result['steps']}")
-        print(f"time                 {result['seconds']} s, {result['requests']} requests")
-        print(
-            f"faults seen          {result['faults_seen']} "
-            f"({result['fault_rate_observed']:.1%} of requests)"
+    clients = CLIENTS if args.client == "both" else (args.client,)
+    runs = [
+        asyncio.run(
+            soak(args.steps, args.fault_rate, args.seed, not args.quiet, args.max_attempts, kind)
         )
-        for kind, count in result["faults_by_kind"].items():
-            print(f"  {kind:<19}{count}")
-        print(f"retries              {result['retries']} (HTTP), {result['json_reasks']} (JSON re-asks)")
-        print(f"phase re-runs        {sum(result['phase_failures'].values())}")
-        for kind, count in result["phase_failures"].items():
-            print(f"  {kind:<40}{count}")
-        print(f"lost steps           {result['lost_steps']}")
-        print(f"lost gradients       {result['lost_gradients']}")
-        print(f"corrupted gradients  {result['corrupted_gradients']}")
-        print(f"corrupted prompts    {result['corrupted_prompts']}")
-        print(f"corrupted outputs    {result['corrupted_outputs']}")
-        print(f"partial state after a failure  {result['inconsistent_after_failure']}")
-        for problem in result["problems"]:
-            print(f"  ! {problem}")
+        for kind in clients
+    ]
+    result = {"benchmark": "soak", "runs": runs}
+    if not args.quiet:
+        for run in runs:
+            show(run)
     print(json.dumps(result))
     return result
 

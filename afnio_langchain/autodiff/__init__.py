@@ -47,6 +47,7 @@ from afnio_langchain.autodiff._llm_function import (
 from afnio_langchain.autodiff._minibatch import (
     ItemFailureWarning,
     MinibatchError,
+    cut_off_items,
     describe_error,
     failed_items,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "VariableSpec",
     "build_conversation",
     "chat_backward_messages",
+    "cut_off_items",
     "describe_error",
     "enable_grad",
     "escape_fields",

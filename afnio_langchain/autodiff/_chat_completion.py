@@ -17,6 +17,7 @@ from afnio_langchain.autodiff._minibatch import (
     MinibatchError,
     describe_error,
     gather_items,
+    mark_cut_off_items,
     mark_failed_items,
 )
 from afnio_langchain.autodiff._variable import Variable
@@ -42,8 +43,9 @@ def stream_text_to(sink: TextSink) -> Iterator[None]:
 
 async def _complete_all(
     client: Any, conversation: Conversation, completion_args: dict[str, Any]
-) -> tuple[list[str | None], dict[int, BaseException]]:
-    """Every item's reply text (None where it failed) and the failed items' errors."""
+) -> tuple[list[Any], dict[int, BaseException]]:
+    """Every item's reply (text or Completion; None where it failed) and the failed
+    items' errors."""
     sink = _STREAM_SINK.get()
     if sink is not None and not conversation.batched and hasattr(client, "astream"):
 
@@ -65,10 +67,10 @@ async def _complete_all(
             )
         except Exception as exc:
             return [None], {0: exc}
-        return [reply.text], {}
+        return [reply], {}
 
-    async def one(item: list[Message]) -> str:
-        return (await client.acomplete(item, purpose="forward", **completion_args)).text
+    async def one(item: list[Message]) -> Any:
+        return await client.acomplete(item, purpose="forward", **completion_args)
 
     return await gather_items([one(item) for item in conversation.items])
 
@@ -147,17 +149,19 @@ class ChatCompletion(LLMFunction):
         )
         conversation = build_conversation(messages, inputs)
         replies, errors = await _complete_all(client, conversation, completion_args)
+        received = [None if r is None else getattr(r, "text", r) for r in replies]
         if errors and policy == "raise":
             if not conversation.batched:
                 raise errors[0]
-            raise MinibatchError("ChatCompletion forward", replies, errors)
-        texts = [placeholder if reply is None else reply for reply in replies]
+            raise MinibatchError("ChatCompletion forward", received, errors)
+        texts = [placeholder if text is None else text for text in received]
         ctx.conversation = conversation
         ctx.responses = texts
         ctx.failed_items = frozenset(errors)
         ctx.backward_model = backward_model
         ctx.output_role = output_role
         output = Variable(texts if conversation.batched else texts[0], role=output_role)
+        mark_cut_off_items(output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)])
         if errors:
             mark_failed_items(output, errors)
             listed = "; ".join(f"item {i}: {describe_error(e)}" for i, e in sorted(errors.items()))

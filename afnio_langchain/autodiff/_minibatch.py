@@ -152,6 +152,40 @@ def failed_items(variable: Variable) -> dict[int, str]:
     return dict(_FAILED.get(variable, {}))
 
 
+_CUT_OFF: weakref.WeakKeyDictionary[Variable, list[int]] = weakref.WeakKeyDictionary()
+
+
+def mark_cut_off_items(output: Variable, items: list[int]) -> None:
+    """Record which items of ``output`` the token limit cut short."""
+    if items:
+        _CUT_OFF[output] = sorted(items)
+
+
+def cut_off_items(variable: Variable) -> list[int]:
+    """The items of an op's output whose reply the token limit (``max_tokens``) cut
+    short. They are kept as they came (a forward output is the user's to judge); this
+    says which they are, for metrics and reports (usage counts them as ``cut_off``).
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion, cut_off_items
+        >>> from afnio_langchain.models import Completion
+        >>> class Terse:  # a model that stops every reply at 8 characters
+        ...     model_name = "terse"
+        ...     async def acomplete(self, messages, *, purpose="forward", json_schema=None, **p):
+        ...         text = messages[-1]["content"]
+        ...         reason = "length" if len(text) > 8 else "stop"
+        ...         return Completion(text[:8], self.model_name, finish_reason=reason)
+        >>> out = ChatCompletion.apply(Terse(), [{"role": "user", "content": "{q}"}],
+        ...                            inputs={"q": ["short", "a longer reply"]})
+        >>> out.data, cut_off_items(out)
+        (['short', 'a longer'], [1])
+    """
+    if not isinstance(variable, Variable):
+        raise TypeError(f"cut_off_items takes a Variable, got {type(variable).__name__}")
+    return list(_CUT_OFF.get(variable, []))
+
+
 # -- backward: best-effort passes collect item failures instead of raising --------------
 
 _ITEM_FAILURES: contextvars.ContextVar[list[tuple[int, BaseException]] | None] = (
@@ -192,6 +226,8 @@ __all__ = [
     "describe_error",
     "failed_items",
     "gather_items",
+    "cut_off_items",
+    "mark_cut_off_items",
     "mark_failed_items",
     "record_item_failures",
     "tolerating_item_failures",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from afnio_langchain.cli import _render as render
@@ -79,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
     started = time.monotonic()
-    out = args.out or Path("afnio-demo")
+    out = args.out or setup.DEMO_OUT
     args.out = out
     train, val = load_demo_data()
     price_table = setup.prices(args.prices)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from afnio_langchain.models import redact
 from afnio_langchain.train import (
     EvalResult,
     Trainer,
@@ -85,7 +86,7 @@ def summary(result: TrainResult, files: Any, session_wall_s: float, elapsed_befo
         status = "changed" if p.data != before else "unchanged"
         lines.append(f"Final {role or 'parameter'} ({status}):")
         lines += [f"  | {line}" for line in str(p.data).splitlines() or [""]]
-    return "\n".join(lines)
+    return redact("\n".join(lines))  # a learned prompt may quote a key
 
 
 def _times(result: TrainResult, session_wall_s: float, elapsed_before: float) -> str:
@@ -110,7 +111,7 @@ def evaluation_lines(result: EvalResult, line_numbers: Any, limit: int = 20) -> 
             if shown == limit:
                 lines.append("  ... (all of them in --out FILE)")
                 break
-            detail = item.error or item.feedback or f"output {item.output!r:.120}"
-            lines.append(f"  line {line}: {item.score:.2f}  {detail}")
+            detail = item.error or item.feedback or f"output {redact(repr(item.output))[:120]}"
+            lines.append(redact(f"  line {line}: {item.score:.2f}  {detail}"))
             shown += 1
     return lines

@@ -34,6 +34,7 @@ from afnio_langchain.train import (
 )
 
 CHECKPOINT = "checkpoint.json"
+DEMO_OUT = Path("afnio-demo")
 RUN_FILES = (CHECKPOINT, "report.json", "summary.md", "prompts.json", "score_curve.png")
 JUDGE_NAMES = ("judge", "lm_judge")
 

@@ -18,18 +18,24 @@ from afnio_langchain.models._local import (
     LocalServerError,
     local_model_available,
 )
-from afnio_langchain.models._openai_adapter import MalformedReplyError, OpenAIClient
+from afnio_langchain.models._openai_adapter import OpenAIClient
 from afnio_langchain.models._protocol import (
     BaseModelClient,
     Completion,
     InputTooLongError,
     JsonSchema,
+    MalformedReplyError,
     Message,
     ModelClient,
 )
 from afnio_langchain.models._resolve import as_model_client, is_openai_client, resolve_call_model
-from afnio_langchain.models._retry import RetryPolicy, is_transient, status_code_of
-from afnio_langchain.models._secrets import redact, redact_value
+from afnio_langchain.models._retry import (
+    ReplyTimeoutError,
+    RetryPolicy,
+    is_transient,
+    status_code_of,
+)
+from afnio_langchain.models._secrets import is_secret_field, redact, redact_value
 from afnio_langchain.models._structured import (
     StructuredOutputError,
     json_instruction,
@@ -62,6 +68,7 @@ __all__ = [
     "Message",
     "ModelClient",
     "OpenAIClient",
+    "ReplyTimeoutError",
     "RetryPolicy",
     "StructuredOutputError",
     "UsageCounts",
@@ -72,6 +79,7 @@ __all__ = [
     "get_concurrency_limit",
     "get_usage",
     "is_openai_client",
+    "is_secret_field",
     "is_transient",
     "json_instruction",
     "local_model_available",

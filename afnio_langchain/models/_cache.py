@@ -88,7 +88,10 @@ async def cached_completion(
         return None
     info = generations[0].generation_info or {}
     return Completion(
-        text=generations[0].text, model=str(info.get("model") or model), from_cache=True
+        text=generations[0].text,
+        model=str(info.get("model") or model),
+        from_cache=True,
+        finish_reason=info.get("finish_reason"),
     )
 
 
@@ -98,5 +101,6 @@ async def store_completion(cache: BaseCache, key: tuple[str, str], completion: C
         "model": completion.model,
         "input_tokens": completion.input_tokens,
         "output_tokens": completion.output_tokens,
+        "finish_reason": completion.finish_reason,
     }
     await cache.aupdate(*key, [Generation(text=completion.text, generation_info=info)])

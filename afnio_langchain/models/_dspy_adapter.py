@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode, status_code_of
 from afnio_langchain.models._secrets import register_secrets_of
+from afnio_langchain.models._usage import token_count
 
 INSTALL_HINT = "pip install 'afnio-langchain[dspy]'"
 
@@ -179,17 +180,19 @@ class DSPyLMClient(BaseModelClient):
             self._json_mode = False  # this model refuses the schema: prompt and parse instead
             response, usage = await self._call(self._request(messages, params, None), controls)
         details = usage.get("prompt_tokens_details")
+        reason = getattr(response, "finish_reason", None)
         return Completion(
             text=response_text(response),
             model=self.model_name,
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
+            input_tokens=token_count(usage.get("prompt_tokens")),
+            output_tokens=token_count(usage.get("completion_tokens")),
             raw=response,
-            cached_input_tokens=int((details or {}).get("cached_tokens") or 0)
+            cached_input_tokens=token_count(details.get("cached_tokens"))
             if isinstance(details, dict)
             else 0,
             # DSPy counts a call's usage only when it did not come from its cache.
             from_cache=not usage,
+            finish_reason=reason if isinstance(reason, str) and reason else None,
         )
 
     def _request(

@@ -1,11 +1,24 @@
-"""Adapter: any LangChain ``BaseChatModel`` as a :class:`ModelClient`."""
+"""Adapter: any LangChain ``BaseChatModel`` as a :class:`ModelClient`.
+
+For the langchain-openai family (``ChatOpenAI``, ``AzureChatOpenAI`` and the
+models built on them), each call runs on a copy of the model whose openai client
+makes one request per attempt (``max_retries=0``, so the package's
+:class:`RetryPolicy` alone retries and ``max_attempts`` counts requests), over an
+HTTP client of the running event loop (sync and async calls from one notebook share
+no connection pool) that checks each reply body before langchain-openai reads it.
+"""
 
 from __future__ import annotations
 
+import codecs
+import json
+import sys
+import threading
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import openai
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackManager
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
@@ -13,14 +26,27 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import RunnableConfig, ensure_config
 
 from afnio_langchain.models._cache import CACHED_PURPOSES
-from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
+from afnio_langchain.models._chat_body import clean_usage, parse_chat_body, usage_is_clean
+from afnio_langchain.models._openai_adapter import CHAT_COMPLETIONS_PATH, seconds_of
+from afnio_langchain.models._per_loop import PerLoop
+from afnio_langchain.models._protocol import (
+    BaseModelClient,
+    Completion,
+    JsonSchema,
+    MalformedReplyError,
+    Message,
+)
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
 from afnio_langchain.models._secrets import (
+    excerpt,
+    is_secret_field,
     known_secrets,
     redact_exception,
     redact_value,
+    register_header_secrets,
     register_secrets_of,
 )
+from afnio_langchain.models._usage import token_count
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 PURPOSE_METADATA_KEY = "afnio_purpose"
@@ -47,13 +73,22 @@ def message_text(message: BaseMessage) -> str:
 
 
 class _RedactErrors(AsyncCallbackHandler):
-    """Masks secrets in a failed chat model run before any tracer records it.
+    """Masks secrets in a chat model run before any tracer records it.
 
-    Runs inline and first: providers may echo the API key in an error body, which
-    langchain-openai also hands to callbacks as the run's response metadata.
+    Runs inline and first: the run's invocation parameters and serialised model hold
+    per-call and default headers (``extra_headers={"x-api-key": ...}``), and
+    providers may echo the API key in an error body, which langchain-openai also
+    hands to callbacks as the run's response metadata.
     """
 
     run_inline = True
+
+    async def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: Any, **kwargs: Any
+    ) -> None:
+        for shown in (kwargs.get("invocation_params"), serialized.get("kwargs")):
+            if isinstance(shown, dict) and _holds_secret_fields(shown):
+                shown.update(redact_value(shown, []))
 
     async def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
         redact_exception(error)
@@ -85,16 +120,134 @@ def _with_redaction(config: RunnableConfig) -> RunnableConfig:
     return config
 
 
-def _uncached(model: BaseChatModel) -> BaseChatModel:
-    """``model``, or a copy that skips LangChain's LLM cache when one would apply (only
-    forward calls are cached: see ``models/_cache.py``)."""
-    if model.cache is False or (model.cache is None and get_llm_cache() is None):
-        return model
-    return model.model_copy(update={"cache": False})
+def _holds_secret_fields(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(is_secret_field(k) or _holds_secret_fields(v) for k, v in value.items())
+    return False
 
 
 def _speaks_openai_json_mode(model: BaseChatModel) -> bool:
     return type(model).__module__.startswith(("langchain_openai", "langchain_deepseek"))
+
+
+def _openai_root(model: BaseChatModel) -> openai.AsyncOpenAI | None:
+    """The openai client under a langchain-openai model (None for other models)."""
+    root = getattr(model, "root_async_client", None)
+    return root if isinstance(root, openai.AsyncOpenAI) else None
+
+
+def finish_reason_of(reply: BaseMessage) -> str | None:
+    """The finish reason a LangChain reply reports (OpenAI's ``finish_reason``,
+    Anthropic's ``stop_reason``, Ollama's ``done_reason``), None when it reports none."""
+    metadata = getattr(reply, "response_metadata", None) or {}
+    for key in ("finish_reason", "stop_reason", "done_reason"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class _CheckedHttpClient(openai.DefaultAsyncHttpxClient):  # type: ignore[misc, valid-type]
+    """openai's default async HTTP client, checking each non-streamed chat-completion
+    reply before langchain-openai reads it (langchain-openai would fail on an HTML
+    200 with ``'str' object has no attribute ...``).
+
+    An unusable body is answered as an HTTP 502 whose error message says what came
+    back (masked), which the openai client raises as a transient server error; a
+    malformed ``usage`` block is rewritten as zero counts, so the reply survives it.
+    """
+
+    def __init__(self, what: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._what = what
+
+    async def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await super().send(request, *args, **kwargs)
+        if response.status_code != 200 or not request.url.path.endswith(CHAT_COMPLETIONS_PATH):
+            return response
+        if kwargs.get("stream"):
+            if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
+                text = (await response.aread()).decode("utf-8", "replace")
+                message = f"the reply of {self._what} to a streamed request is not an event stream"
+                error = {"message": f"{message}: {excerpt(text)!r}", "type": "malformed_reply"}
+                return _replaced(response, request, 502, {"error": error})
+            # checked as it is read: undecodable bytes end it
+            stream = _utf8_checked(response.stream, self._what, type(response))
+            return type(response)(
+                200, headers=response.headers, stream=stream, request=request,
+                extensions=response.extensions,
+            )
+        try:
+            body = parse_chat_body(response.content, self._what)
+        except MalformedReplyError as exc:
+            error = {"error": {"message": str(exc), "type": "malformed_reply", "code": None}}
+            return _replaced(response, request, 502, error)
+        if usage_is_clean(body):
+            return response
+        return _replaced(response, request, 200, clean_usage(body))
+
+
+def _utf8_checked(inner: Any, what: str, response_type: type) -> Any:
+    """``inner`` (an async byte stream) raising :class:`MalformedReplyError` at the first
+    byte that is not UTF-8, as an instance of the HTTP library's ``AsyncByteStream``."""
+    library = sys.modules[response_type.__module__.split(".")[0]]
+
+    class Checked(library.AsyncByteStream):  # type: ignore[misc, name-defined]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            async for chunk in inner:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    raise MalformedReplyError(
+                        f"the streamed reply of {what} is not UTF-8: {excerpt(chunk)!r}"
+                    ) from None
+                yield chunk
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return Checked()
+
+
+def _replaced(response: Any, request: Any, status: int, body: dict[str, Any]) -> Any:
+    headers = [
+        (k, v)
+        for k, v in response.headers.items()
+        if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+    ]
+    content = json.dumps(body).encode("utf-8")
+    return type(response)(status, headers=headers, content=content, request=request)
+
+
+_RUNNER_CLIENTS: dict[int, PerLoop[openai.AsyncOpenAI]] = {}
+_RUNNER_LOCK = threading.Lock()
+
+
+def _runner_clients(model: BaseChatModel, root: openai.AsyncOpenAI, what: str) -> PerLoop[Any]:
+    """The openai clients a langchain-openai model's calls run on, one per loop."""
+    key = id(model)
+    clients = _RUNNER_CLIENTS.get(key)
+    if clients is not None:
+        return clients
+    with _RUNNER_LOCK:
+        clients = _RUNNER_CLIENTS.get(key)
+        if clients is None:
+            own_http = getattr(model, "http_async_client", None) is None
+            proxy = getattr(model, "openai_proxy", None) or None
+
+            def build() -> openai.AsyncOpenAI:
+                if not own_http:  # the user's HTTP client: used as it is
+                    return root.with_options(max_retries=0)
+                options = {"proxy": proxy} if proxy else {}
+                http = _CheckedHttpClient(what, base_url=root.base_url, **options)
+                return root.with_options(http_client=http, max_retries=0)
+
+            clients = _RUNNER_CLIENTS[key] = PerLoop(
+                build, (lambda c: c.close()) if own_http else None
+            )
+            weakref.finalize(model, _RUNNER_CLIENTS.pop, key, None)
+    return clients
 
 
 class LangChainChatModelClient(BaseModelClient):
@@ -138,6 +291,7 @@ class LangChainChatModelClient(BaseModelClient):
         )
         wanted = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
         self._json_mode = wanted and id(model) not in _JSON_MODE_REFUSED
+        self._openai_root = _openai_root(model)
 
     caches_itself = True  # LangChain's LLM cache (set_llm_cache, the model's cache=)
 
@@ -149,67 +303,119 @@ class LangChainChatModelClient(BaseModelClient):
             _JSON_MODE_REFUSED.add(key)
             weakref.finalize(self.model, _JSON_MODE_REFUSED.discard, key)
 
-    async def _agenerate(
-        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
-    ) -> Completion:
+    def _client_timeout(self) -> float | None:
+        return seconds_of(getattr(self.model, "request_timeout", None))
+
+    async def _runner(self, purpose: str) -> BaseChatModel:
+        """The model a call runs on: for the langchain-openai family, a copy over this
+        loop's checked, non-retrying openai client (see the module doc); for purposes
+        other than forward, one that skips LangChain's LLM cache (only forward calls
+        are cached: see ``models/_cache.py``)."""
+        update: dict[str, Any] = {}
+        model = self.model
+        if purpose not in CACHED_PURPOSES and not (
+            model.cache is False or (model.cache is None and get_llm_cache() is None)
+        ):
+            update["cache"] = False
+        if self._openai_root is not None:
+            client = await _runner_clients(model, self._openai_root, self._what()).get()
+            update["root_async_client"] = client
+            update["async_client"] = client.chat.completions
+            # LangChain caches the model's serialised form for its callbacks; computed
+            # once on the model, the copy shares it instead of serialising on every call.
+            getattr(model, "_serialized", None)
+        return model.model_copy(update=update) if update else model
+
+    def _call_setup(self, params: dict[str, Any]) -> tuple[dict[str, Any], RunnableConfig]:
         params = dict(params)
         purpose = params.pop("purpose", "forward")
         config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
         config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
+        if "extra_headers" in params:
+            register_header_secrets(params["extra_headers"])  # masked if a server echoes them
+        return params, config
+
+    async def _agenerate(
+        self, messages: Sequence[Message], json_schema: JsonSchema | None, params: dict[str, Any]
+    ) -> Completion:
+        purpose = params.get("purpose", "forward")
+        params, config = self._call_setup(params)
         use_json_mode = json_schema is not None and self._json_mode
-        model = self.model if purpose in CACHED_PURPOSES else _uncached(self.model)
+        model = await self._runner(purpose)
         try:
-            reply = await self._invoke(messages, params, use_json_mode, config, model)
+            reply = await _invoke(model, messages, params, use_json_mode, config)
+        except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: a cut reply
+            return self._cut_completion(exc)
         except Exception as exc:
             if not (use_json_mode and refuses_json_mode(exc)):
                 raise
             self._refuse_json_mode()  # this endpoint refuses JSON mode: prompt and parse instead
-            reply = await self._invoke(messages, params, False, config, model)
-        usage = getattr(reply, "usage_metadata", None) or {}
-        model_name = (getattr(reply, "response_metadata", None) or {}).get("model_name")
-        details = usage.get("input_token_details") or {}
+            reply = await _invoke(model, messages, params, False, config)
+        return self._completion(reply)
+
+    def _cut_completion(self, exc: openai.LengthFinishReasonError) -> Completion:
+        """The reply langchain-openai refused to parse because max_tokens cut it."""
+        completion = getattr(exc, "completion", None)
+        choices = getattr(completion, "choices", None) or []
+        message = getattr(choices[0], "message", None) if choices else None
+        usage = getattr(completion, "usage", None)
         return Completion(
-            text=message_text(reply),
-            model=str(model_name or self.model_name),
-            input_tokens=int(usage.get("input_tokens", 0) or 0),
-            output_tokens=int(usage.get("output_tokens", 0) or 0),
-            raw=reply,
-            cached_input_tokens=int(details.get("cache_read", 0) or 0),
-            # LangChain marks a reply from its LLM cache by zeroing its cost
-            # (BaseChatModel._convert_cached_generations).
-            from_cache=usage.get("total_cost") == 0,
+            text=str(getattr(message, "content", None) or ""),
+            model=self.model_name,
+            input_tokens=token_count(getattr(usage, "prompt_tokens", 0)),
+            output_tokens=token_count(getattr(usage, "completion_tokens", 0)),
+            raw=completion,
+            finish_reason="length",
         )
 
     async def _astream(
         self, messages: Sequence[Message], params: dict[str, Any]
     ) -> AsyncIterator[tuple[str, Completion | None]]:
-        params = dict(params)
-        purpose = params.pop("purpose", "forward")
-        config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
-        config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
-        runnable = self.model.bind(**params) if params else self.model
+        purpose = params.get("purpose", "forward")
+        params, config = self._call_setup(params)
+        model = await self._runner(purpose)
+        runnable = model.bind(**params) if params else model
         merged: BaseMessage | None = None
         async for chunk in runnable.astream(to_langchain_messages(messages), config=config):
             merged = chunk if merged is None else merged + chunk  # type: ignore[operator]
             yield message_text(chunk), None
-        usage = (getattr(merged, "usage_metadata", None) or {}) if merged is not None else {}
-        yield "", Completion(
-            text=message_text(merged) if merged is not None else "",
-            model=self.model_name,
-            input_tokens=int(usage.get("input_tokens", 0) or 0),
-            output_tokens=int(usage.get("output_tokens", 0) or 0),
+        yield "", self._completion(merged if merged is not None else AIMessage(content=""))
+
+    def _completion(self, reply: BaseMessage) -> Completion:
+        """The reply as a :class:`Completion`; a langchain-openai reply without a
+        finish reason is a stream that ended early (transient)."""
+        metadata = getattr(reply, "response_metadata", None) or {}
+        text = message_text(reply)
+        usage = getattr(reply, "usage_metadata", None) or {}
+        # LangChain marks a reply from its LLM cache by zeroing its cost
+        # (BaseChatModel._convert_cached_generations).
+        from_cache = usage.get("total_cost") == 0
+        if self._openai_root is not None and "finish_reason" not in metadata and not from_cache:
+            raise MalformedReplyError(
+                f"the reply of {self._what()} ended before its finish (the stream stopped "
+                f"after {len(text)} characters)"
+            )
+        details = usage.get("input_token_details") or {}
+        return Completion(
+            text=text,
+            model=str(metadata.get("model_name") or self.model_name),
+            input_tokens=token_count(usage.get("input_tokens")),
+            output_tokens=token_count(usage.get("output_tokens")),
+            raw=reply,
+            cached_input_tokens=token_count(details.get("cache_read")),
+            from_cache=from_cache,
+            finish_reason=finish_reason_of(reply),
         )
 
-    async def _invoke(
-        self,
-        messages: Sequence[Message],
-        params: dict[str, Any],
-        json_mode: bool,
-        config: RunnableConfig,
-        model: BaseChatModel | None = None,
-    ) -> BaseMessage:
-        if json_mode:
-            params = {**params, "response_format": {"type": "json_object"}}
-        model = self.model if model is None else model
-        runnable = model.bind(**params) if params else model
-        return await runnable.ainvoke(to_langchain_messages(messages), config=config)
+
+async def _invoke(
+    model: BaseChatModel,
+    messages: Sequence[Message],
+    params: dict[str, Any],
+    json_mode: bool,
+    config: RunnableConfig,
+) -> BaseMessage:
+    if json_mode:
+        params = {**params, "response_format": {"type": "json_object"}}
+    runnable = model.bind(**params) if params else model
+    return await runnable.ainvoke(to_langchain_messages(messages), config=config)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import weakref
-from collections.abc import AsyncIterator, Sequence
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import openai
 
+from afnio_langchain.models._chat_body import completion_from, parse_chat_body
+from afnio_langchain.models._per_loop import PerLoop
 from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
-from afnio_langchain.models._secrets import register_secrets_of
+from afnio_langchain.models._secrets import mask_url, register_header_secrets, register_secrets_of
 
 JSON_MODES = ("json_schema", "json_object", "prompt")
 CHAT_COMPLETIONS_PATH = "/chat/completions"
@@ -26,17 +26,14 @@ _REQUEST_OPTIONS = {
 }
 
 
-class MalformedReplyError(RuntimeError):
-    """The server answered, but not with a usable chat completion. Retried as transient."""
-
-    transient = True
-
-
 class OpenAIClient(BaseModelClient):
     """Wraps an ``openai`` client (sync or async) and a model name.
 
     Retries are done by the package's :class:`RetryPolicy` (the client's own retries
-    are switched off on the copy used here, so failures are not retried twice).
+    are switched off on the copy used here, so ``max_attempts`` counts requests), and
+    each attempt must end within the client's ``timeout``, reply body included.
+    Reply bodies are read as bytes and checked: one that is not UTF-8, not JSON or
+    has no ``choices`` is a transient :class:`MalformedReplyError`.
     JSON replies use ``response_format`` of type ``json_schema``; a server that refuses
     it (llama.cpp's answers HTTP 500) is asked with ``json_object`` plus ``schema``,
     and failing that, by prompt alone. The mode that worked is remembered.
@@ -78,20 +75,27 @@ class OpenAIClient(BaseModelClient):
             raise ValueError(f"json_mode must be one of {JSON_MODES}, got {json_mode!r}")
         self._client = client.with_options(max_retries=0)
         self._is_async = isinstance(client, openai.AsyncOpenAI)
-        # httpx connection pools belong to the event loop that opened them, and each sync
-        # call runs on a fresh loop: an async client with openai's default HTTP client gets
-        # one copy (with its own pool) per loop. A user-supplied http_client is used as is.
-        self._per_loop = self._is_async and (
+        # An async client with openai's default HTTP client gets one copy (with its own
+        # connection pool) per event loop; a user-supplied http_client is used as is.
+        self._per_loop: PerLoop[Any] | None = None
+        if self._is_async and (
             type(getattr(client, "_client", None)).__name__ == "AsyncHttpxClientWrapper"
-        )
-        self._loop_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self._loop_lock = threading.Lock()
+        ):
+            base = self._client
+            self._per_loop = PerLoop(
+                lambda: base.copy(http_client=_default_http_client(base.base_url)),
+                lambda copy: copy.close(),
+            )
         self.model_name = model
         self.json_mode = json_mode
         self.default_params = default_params
 
     def __repr__(self) -> str:
-        return f"OpenAIClient(model_name={self.model_name!r}, base_url={str(self._client.base_url)!r})"
+        url = mask_url(str(self._client.base_url))
+        return f"OpenAIClient(model_name={self.model_name!r}, base_url={url!r})"
+
+    def _client_timeout(self) -> float | None:
+        return seconds_of(self._client.timeout)
 
     def cache_identity(self) -> str:
         return f"openai:{self._client.base_url}:{self.model_name}"
@@ -117,33 +121,19 @@ class OpenAIClient(BaseModelClient):
             # Remember only a mode that worked (a bad request failing in every mode must
             # not downgrade the endpoint), and never climb back up (concurrent calls).
             self.json_mode = mode
-        return _completion_from(response, self.model_name)
-
-    async def _client_for_running_loop(self) -> Any:
-        if not self._per_loop:
-            return self._client
-        loop = asyncio.get_running_loop()
-        with self._loop_lock:
-            entry = self._loop_clients.get(loop)
-            fresh = entry is None
-            if entry is None:
-                http_client = _default_http_client(self._client.base_url)
-                client = self._client.copy(http_client=http_client)
-                entry = self._loop_clients[loop] = (client, _close_with_loop(client))
-        if fresh:
-            await entry[1].__anext__()  # closes the pool when the loop shuts down
-        return entry[0]
+        return completion_from(response, self.model_name)
 
     async def _create(self, messages: Sequence[Message], params: dict[str, Any]) -> Any:
-        """POST one chat completion and return the reply body as a dict.
+        """POST one chat completion and return the reply body as a checked dict.
 
         Uses the client's documented raw-request API (``client.post``) rather than
         ``chat.completions.create``: our parameters are plain JSON, so create's typed
         transform of the request and its pydantic reply models only cost CPU (about a
         third of the client's time per call, measured in ``benchmarks/``). Same
-        transport, headers, timeouts and errors.
+        transport, headers, timeouts and errors. The body comes back as bytes, so
+        that undecodable bytes are refused rather than read as U+FFFD.
         """
-        client = await self._client_for_running_loop()
+        client = self._client if self._per_loop is None else await self._per_loop.get()
         body = {"model": self.model_name, "messages": list(messages)}
         options: dict[str, Any] = {}
         for key, value in params.items():
@@ -151,22 +141,15 @@ class OpenAIClient(BaseModelClient):
                 options[_REQUEST_OPTIONS[key]] = value
             else:
                 body[key] = value
+        if "headers" in options:
+            register_header_secrets(options["headers"])  # masked if a server echoes them
         if self._is_async:
-            response = await client.post(
-                CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=str
-            )
+            raw = await client.post(CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=bytes)
         else:
-            response = await asyncio.to_thread(
-                client.post,
-                CHAT_COMPLETIONS_PATH,
-                body=body,
-                options=options,
-                cast_to=str,
+            raw = await asyncio.to_thread(
+                client.post, CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=bytes
             )
-        try:
-            return json.loads(response)
-        except json.JSONDecodeError as exc:  # a 200 whose body is not JSON
-            raise MalformedReplyError(f"reply body is not JSON: {response[:300]!r}") from exc
+        return parse_chat_body(raw, self._what())
 
 
 def _default_http_client(base_url: Any) -> Any:
@@ -175,7 +158,10 @@ def _default_http_client(base_url: Any) -> Any:
     concurrency performance") when aiohttp is installed, else its httpx default.
     Same defaults (timeout, connection limits, redirects); aiohttp spends a fraction of
     httpx's CPU per request, which sits on the critical path of a minibatch's calls
-    (``benchmarks/``)."""
+    (``benchmarks/``). A base URL with userinfo keeps httpx: aiohttp refuses
+    credentials in the URL beside the client's ``Authorization`` header."""
+    if urllib.parse.urlsplit(str(base_url)).username is not None:
+        return openai.DefaultAsyncHttpxClient(base_url=base_url)
     try:
         import aiohttp  # noqa: F401
 
@@ -184,12 +170,19 @@ def _default_http_client(base_url: Any) -> Any:
         return openai.DefaultAsyncHttpxClient(base_url=base_url)
 
 
-async def _close_with_loop(client: Any) -> AsyncIterator[None]:
-    """Close ``client`` when its loop shuts down its async generators (``asyncio.run`` does)."""
-    try:
-        yield
-    finally:
-        await client.close()
+def seconds_of(timeout: Any) -> float | None:
+    """A client timeout (a number, an ``httpx.Timeout``, openai's NOT_GIVEN, None) in
+    seconds: the longest of its phases, None when there is none."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return float(timeout) if timeout > 0 else None
+    if isinstance(timeout, (tuple, list)):
+        phases = list(timeout)
+    else:
+        phases = [getattr(timeout, k, None) for k in ("connect", "read", "write", "pool")]
+    known = [
+        float(v) for v in phases if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    ]
+    return max(known) if known else None
 
 
 def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:
@@ -203,32 +196,3 @@ def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any
             }
         }
     return {"response_format": {"type": "json_object", "schema": json_schema.schema}}
-
-
-def _field(value: Any, key: str) -> Any:
-    """``value[key]`` of a JSON object (None for anything else or a missing key)."""
-    return value.get(key) if isinstance(value, dict) else None
-
-
-def _completion_from(response: Any, default_model: str) -> Completion:
-    """A :class:`Completion` from a chat-completion reply body (a dict)."""
-    choices = _field(response, "choices")
-    if not choices or not isinstance(choices, list):
-        raise MalformedReplyError(f"chat completion without choices: {str(response)[:300]!r}")
-    message = _field(choices[0], "message")
-    content = _field(message, "content")
-    if content is None:
-        if not isinstance(message, dict):
-            raise MalformedReplyError(f"choice without a message: {str(choices[0])[:300]!r}")
-        content = ""
-    if not isinstance(content, str):
-        raise MalformedReplyError(f"message content is not text: {content!r:.300}")
-    usage = _field(response, "usage")
-    return Completion(
-        text=content,
-        model=str(_field(response, "model") or default_model),
-        input_tokens=int(_field(usage, "prompt_tokens") or 0),
-        output_tokens=int(_field(usage, "completion_tokens") or 0),
-        raw=response,
-        cached_input_tokens=int(_field(_field(usage, "prompt_tokens_details"), "cached_tokens") or 0),
-    )

@@ -8,8 +8,8 @@ LangChain chat model, an ``openai`` client or a ``dspy.LM``.
 from __future__ import annotations
 
 import abc
-import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -23,7 +23,7 @@ from afnio_langchain.models._cache import (
     store_completion,
 )
 from afnio_langchain.models._limits import call_slot
-from afnio_langchain.models._retry import RetryPolicy, is_transient
+from afnio_langchain.models._retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy, within
 from afnio_langchain.models._secrets import redact_exception
 from afnio_langchain.models._usage import PURPOSES, record_usage
 
@@ -49,17 +49,35 @@ class InputTooLongError(ValueError):
         )
 
 
+class MalformedReplyError(RuntimeError):
+    """The server answered, but not with a usable reply (a body that is not a chat
+    completion, a stream that ended before its finish). Retried as transient."""
+
+    transient = True
+
+
+CUT_OFF_REASONS = frozenset({"length", "max_tokens", "max_output_tokens"})
+"""Finish reasons of a reply ended by the token limit (OpenAI, Anthropic, Gemini)."""
+COMPLETE_REASONS = frozenset({"stop", "end_turn", "stop_sequence", "eos", "eos_token"})
+"""Finish reasons of a reply the model ended itself."""
+
+
 @dataclass
 class Completion:
     """One model reply, with the figures needed for usage counting.
 
+    ``finish_reason`` is what the provider said ended the reply (``"stop"``,
+    ``"length"``...), None when it does not say.
+
     Example:
-        >>> from afnio_langchain.models import as_model_client
+        >>> from afnio_langchain.models import Completion, as_model_client
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> client = as_model_client(ScriptedChatModel(forward="Paris"))
         >>> reply = client.complete([{"role": "user", "content": "Capital of France?"}])
-        >>> reply
-        Completion(text='Paris', model='scripted', input_tokens=3, output_tokens=1)
+        >>> reply.text, reply.model, reply.input_tokens, reply.output_tokens
+        ('Paris', 'scripted', 3, 1)
+        >>> Completion("The answer is", "m", finish_reason="length").cut_off
+        True
     """
 
     text: str
@@ -71,6 +89,18 @@ class Completion:
     """Prompt tokens the provider served from its prompt cache (part of input_tokens)."""
     from_cache: bool = field(default=False, repr=False)
     """True when an LLM cache answered: no model call was made."""
+    finish_reason: str | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the token limit (``max_tokens``) ended the reply."""
+        return self.finish_reason is not None and self.finish_reason.lower() in CUT_OFF_REASONS
+
+    @property
+    def complete(self) -> bool:
+        """Whether the model ended the reply itself (or the provider does not say):
+        not cut by ``max_tokens``, a content filter or anything else."""
+        return self.finish_reason is None or self.finish_reason.lower() in COMPLETE_REASONS
 
 
 @dataclass(frozen=True)
@@ -195,11 +225,7 @@ class BaseModelClient(abc.ABC):
                 available; the caller still parses tolerantly).
             **params: Completion arguments (``temperature``, ``max_tokens``, ...).
         """
-        if purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-        messages = validate_messages(messages)
-        limit = getattr(self, "_max_input_chars", None)
-        check_input_length(messages, limit, self.model_name, purpose)
+        messages = self._checked(messages, purpose)
 
         def count_retry(_exc: BaseException) -> None:
             record_usage(self.model_name, purpose, calls=0, retries=1)
@@ -219,7 +245,9 @@ class BaseModelClient(abc.ABC):
 
         async with call_slot():
             try:
-                result = await self.retry.call(attempt, on_retry=count_retry)
+                result = await self.retry.call(
+                    attempt, count_retry, timeout=self.attempt_timeout(), what=self._what()
+                )
             except BaseException as exc:
                 record_usage(self.model_name, purpose, calls=0, failures=1)
                 redact_exception(exc)  # providers may echo the key in error bodies
@@ -233,10 +261,38 @@ class BaseModelClient(abc.ABC):
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             cached_input_tokens=result.cached_input_tokens,
+            cut_off=int(result.cut_off),
         )
         if cache is not None:
             await store_completion(cache, key, result)
         return result
+
+    def _checked(self, messages: Sequence[Message], purpose: str) -> list[Message]:
+        """``messages`` validated and cleaned, once the purpose and length are checked."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        messages = validate_messages(messages)
+        check_input_length(
+            messages, getattr(self, "_max_input_chars", None), self.model_name, purpose
+        )
+        return messages
+
+    def attempt_timeout(self) -> float:
+        """Seconds one attempt may take, reply body included: the retry policy's
+        ``timeout``; else the client's own (:meth:`_client_timeout`) plus a tenth (so
+        that the client's own timeout fires first when a server goes silent, and this
+        deadline when a reply trickles in); else 600 s."""
+        if self.retry.timeout is not None:
+            return self.retry.timeout
+        own = self._client_timeout()
+        return DEFAULT_ATTEMPT_TIMEOUT if own is None else own * 1.1 + 0.05
+
+    def _client_timeout(self) -> float | None:
+        """The wrapped client's own timeout in seconds, if it has one (adapters say)."""
+        return None
+
+    def _what(self) -> str:
+        return f"model {self.model_name!r}"
 
     async def _astream(
         self, messages: Sequence[Message], params: dict[str, Any]
@@ -251,39 +307,65 @@ class BaseModelClient(abc.ABC):
     async def astream(
         self, messages: Sequence[Message], *, purpose: str = "forward", **params: Any
     ) -> AsyncIterator[str]:
-        """Stream the reply's text. Transient failures before the first chunk are
-        retried like :meth:`acomplete`; usage is counted once the stream ends."""
-        if purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-        messages = validate_messages(messages)
-        limit = getattr(self, "_max_input_chars", None)
-        check_input_length(messages, limit, self.model_name, purpose)
+        """Stream the reply's text, under the same retry policy and deadline as
+        :meth:`acomplete`: failures before the first text chunk are retried; after
+        it (text already shown) they surface. Usage is counted once the stream ends."""
+        messages = self._checked(messages, purpose)
         params = {**params, "purpose": purpose}
+        seconds = self.attempt_timeout()
+
+        def count_retry(_exc: BaseException) -> None:
+            record_usage(self.model_name, purpose, calls=0, retries=1)
+
+        async def opened() -> tuple[AsyncIterator[tuple[str, Completion | None]], list, float]:
+            """One attempt up to its first text chunk (or its end): what it read so far."""
+            stream = self._astream(messages, params)
+            began = time.monotonic()
+            read: list[tuple[str, Completion | None]] = []
+            try:
+                async for chunk, total in stream:
+                    read.append((chunk, total))
+                    if chunk or total is not None:
+                        break
+            except BaseException:
+                await _aclose(stream)
+                raise
+            return stream, read, began
+
         async with call_slot():
-            attempts = 0
-            while True:
-                attempts += 1
-                started = False
-                try:
-                    async for chunk, total in self._astream(messages, params):
-                        if total is not None:
-                            record_usage(
-                                self.model_name,
-                                purpose,
-                                input_tokens=total.input_tokens,
-                                output_tokens=total.output_tokens,
-                            )
-                        elif chunk:
-                            started = True
-                            yield chunk
-                    return
-                except Exception as exc:
-                    if started or attempts >= self.retry.max_attempts or not is_transient(exc):
-                        record_usage(self.model_name, purpose, calls=0, failures=1)
-                        redact_exception(exc)
-                        raise
-                    record_usage(self.model_name, purpose, calls=0, retries=1)
-                    await asyncio.sleep(self.retry.backoff(attempts, exc))
+            stream = None
+            try:
+                stream, read, began = await self.retry.call(
+                    opened, count_retry, timeout=seconds, what=self._what()
+                )
+                pending = iter(read)
+                while True:
+                    item = next(pending, None)
+                    if item is None:
+                        remaining = max(seconds - (time.monotonic() - began), 0.001)
+                        try:
+                            item = await within(stream.__anext__, remaining, self._what())
+                        except StopAsyncIteration:
+                            return
+                    chunk, total = item
+                    if total is not None:
+                        record_usage(
+                            self.model_name,
+                            purpose,
+                            input_tokens=total.input_tokens,
+                            output_tokens=total.output_tokens,
+                            cut_off=int(total.cut_off),
+                        )
+                    elif chunk:
+                        yield chunk
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    record_usage(self.model_name, purpose, calls=0, failures=1)
+                    redact_exception(exc)
+                raise
+            finally:
+                if stream is not None:
+                    await _aclose(stream)
 
     def complete(self, messages: Sequence[Message], **kwargs: Any) -> Completion:
         """Synchronous :meth:`acomplete` (works inside a running event loop too)."""
@@ -291,6 +373,12 @@ class BaseModelClient(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
+
+
+async def _aclose(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -1,14 +1,22 @@
-"""The one retry policy for model calls: transient failures are retried with backoff.
+"""The one retry policy for model calls, plain and streamed: transient failures are
+retried with backoff (tenacity), each attempt within one deadline.
 
-Transient: HTTP 408/409/429 and 5xx, timeouts, dropped connections. A ``retry-after``
-(or ``retry-after-ms``) header is honoured, capped at ``max_wait``. Anything else
-(bad request, authentication, a model error) surfaces at once.
+Transient: HTTP 408/409/429 and 5xx, timeouts, dropped connections, and replies that
+arrived but cannot be used as a chat completion (a body that is not JSON or not
+UTF-8, no ``choices``, a stream that ended before its finish). A ``retry-after`` (or
+``retry-after-ms``) header is honoured, capped at ``max_wait``. Anything else (bad
+request, authentication, a model error) surfaces at once.
+
+Every adapter turns its client's own retries off (``max_retries=0`` on openai and
+langchain-openai clients, ``num_retries=0`` on DSPy LMs), so ``max_attempts`` counts
+requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +32,15 @@ from tenacity import (
 T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+DEFAULT_ATTEMPT_TIMEOUT = 600.0
+"""Seconds one attempt may take when neither the policy nor the client sets a timeout
+(the ``openai`` client's own default)."""
+
+
+class ReplyTimeoutError(TimeoutError):
+    """An attempt took longer than its deadline, reply body included (httpx applies a
+    client's timeout to each read, so a reply trickling one byte at a time would
+    never trip it). Transient: retried like any timeout."""
 
 
 def status_code_of(exc: BaseException) -> int | None:
@@ -102,28 +119,58 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     return None
 
 
+async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
+    """``await func()``, raising :class:`ReplyTimeoutError` (naming ``what``) once
+    ``seconds`` have passed; a TimeoutError ``func`` raises itself passes through."""
+    if sys.version_info >= (3, 11):
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await func()
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            cause: BaseException = exc
+    else:  # pragma: no cover - Python 3.10 has no asyncio.timeout
+        try:
+            return await asyncio.wait_for(func(), seconds)
+        except asyncio.TimeoutError as exc:
+            cause = exc
+    raise ReplyTimeoutError(
+        f"{what} gave no complete reply within {seconds:g} s (the deadline of one attempt, "
+        "reply body included)"
+    ) from cause
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How transient failures of one model call are retried.
 
     Args:
-        max_attempts: Total tries per call, the first included (1 disables retries).
+        max_attempts: Requests per call, the first included (1 disables retries).
         initial_wait: Base of the exponential backoff, in seconds.
         max_wait: Cap on one wait, also applied to a server's ``retry-after``.
+        timeout: Seconds one attempt may take in all, the whole reply included.
+            None: the client's own timeout (the ``openai`` client's ``timeout``,
+            ``ChatOpenAI(timeout=...)``), else 600 s.
 
     Example:
         >>> from afnio_langchain.models import RetryPolicy
-        >>> RetryPolicy(max_attempts=3, initial_wait=0.1).max_attempts
-        3
+        >>> policy = RetryPolicy(max_attempts=3, initial_wait=0.1, timeout=30)
+        >>> policy.max_attempts, policy.timeout
+        (3, 30)
     """
 
     max_attempts: int = 4
     initial_wait: float = 0.5
     max_wait: float = 30.0
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds or None")
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -132,30 +179,40 @@ class RetryPolicy:
             return min(max(hinted, 0.0), self.max_wait)
         return wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)(state)
 
-    def backoff(self, attempt: int, exc: BaseException | None = None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        hinted = retry_after_seconds(exc) if exc is not None else None
-        if hinted is not None:
-            return min(max(hinted, 0.0), self.max_wait)
-        return random.uniform(0, min(self.max_wait, self.initial_wait * 2**attempt))
-
     async def call(
         self,
         func: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException], Any] | None = None,
+        *,
+        timeout: float | None = None,
+        what: str = "the model",
     ) -> T:
-        """Await ``func()`` and retry it on transient failures; re-raise the last error."""
+        """Await ``func()``, each attempt within ``timeout`` seconds (None: no limit),
+        and retry it on transient failures; re-raise the last error.
+
+        Args:
+            func: One attempt.
+            on_retry: Called with the error of each attempt that is retried.
+            timeout: The attempt's deadline; past it, a :class:`ReplyTimeoutError`.
+            what: Who is called, for the timeout's message.
+        """
+
+        async def attempt() -> T:
+            if timeout is None or math.isinf(timeout):
+                return await func()
+            return await within(func, timeout, what)
+
         try:  # the first attempt runs bare: most calls succeed, and tenacity costs CPU
-            return await func()
+            return await attempt()
         except Exception as exc:
             if self.max_attempts <= 1 or not is_transient(exc):
                 raise
             first_failure: list[BaseException] = [exc]
 
-        async def attempt() -> T:
+        async def retried() -> T:
             if first_failure:  # tenacity's attempt 1 is the one that already failed
                 raise first_failure.pop()
-            return await func()
+            return await attempt()
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry is not None and state.outcome is not None:
@@ -170,5 +227,5 @@ class RetryPolicy:
         )
         async for state in retrying:
             with state:
-                return await attempt()
+                return await retried()
         raise AssertionError("unreachable: tenacity re-raises the last error")

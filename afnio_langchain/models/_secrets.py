@@ -1,11 +1,17 @@
 """Keeping API keys out of every message, repr and log line the package writes.
 
-Adapters register the keys of the clients they wrap (:func:`register_secrets_of`);
+Adapters register the keys of the clients they wrap (:func:`register_secrets_of`):
+the API key, secret-named headers (``Authorization``, ``api-key``, ``x-api-key``...)
+in default and per-call headers, and the password of a base URL's userinfo.
 :func:`redact` masks every registered key, and the value of every environment
 variable whose name says it holds a secret (``*_API_KEY``, ``*_TOKEN``, ``*_SECRET``),
-in a text. Errors raised through a model client are redacted in place
+in a text; :func:`redact_value` also masks every value stored under a secret-named
+key. Errors raised through a model client are redacted in place
 (:func:`redact_exception`) before they surface, so a provider that echoes the key
 in an error body (some proxies do) cannot put it in a traceback, a log or a report.
+
+Masking always comes before cutting: :func:`excerpt` is the one way to shorten a
+text that may hold a key (cut first, and 20 of a key's 23 characters could show).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -21,8 +28,26 @@ MIN_SECRET_LENGTH = 8
 """Shorter values are not treated as secrets (masking them would mangle ordinary text)."""
 
 _SECRET_ENV_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|SECRET_KEY|PASSWORD)$", re.I)
+_SECRET_FIELD = re.compile(
+    r"(^|[-_])(authorization|api[-_]?key|apikey|secret([-_]?key)?|password|passwd|cookie"
+    r"|((access|auth|bearer|session|refresh|id|api)[-_]?)token)$|^token$",
+    re.I,
+)
+_AUTH_SCHEME = re.compile(r"^(bearer|basic|token)\s+", re.I)
 _LOCK = threading.Lock()
 _SECRETS: set[str] = set()
+
+
+def is_secret_field(name: Any) -> bool:
+    """Whether a dict key or header name says its value is a secret (``api_key``,
+    ``Authorization``, ``x-api-key``, ``access_token``...; not ``max_tokens``).
+
+    Example:
+        >>> from afnio_langchain.models._secrets import is_secret_field
+        >>> [is_secret_field(n) for n in ("x-api-key", "Authorization", "max_tokens")]
+        [True, True, False]
+    """
+    return isinstance(name, str) and bool(_SECRET_FIELD.search(name))
 
 
 def register_secret(value: Any) -> None:
@@ -34,19 +59,72 @@ def register_secret(value: Any) -> None:
             _SECRETS.add(value.strip())
 
 
+def header_secrets(headers: Any) -> list[str]:
+    """The values of the secret-named headers in ``headers`` (a mapping), and the
+    credential after an ``Authorization`` scheme (``Bearer sk-...`` gives both)."""
+    if not isinstance(headers, Mapping):
+        return []
+    out = []
+    for name, value in headers.items():
+        if is_secret_field(name) and isinstance(value, str):
+            out.append(value)
+            out.append(_AUTH_SCHEME.sub("", value))
+    return out
+
+
+def url_secrets(url: Any) -> list[str]:
+    """The credentials in a URL: its userinfo's password (or a lone user, which is
+    often a token) and the values of secret-named query parameters."""
+    if url is None:
+        return []
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+    except ValueError:
+        return []
+    out = [parts.password or parts.username or ""]
+    out += [v for k, v in urllib.parse.parse_qsl(parts.query) if is_secret_field(k)]
+    return [urllib.parse.unquote(v) for v in out if v]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its userinfo and secret-named query values masked.
+
+    Example:
+        >>> from afnio_langchain.models._secrets import mask_url
+        >>> mask_url("https://me:sk-0123456789@proxy.example/v1?api_key=abc&x=1")
+        'https://[REDACTED]@proxy.example/v1?api_key=[REDACTED]&x=1'
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{k}={REDACTED}" if is_secret_field(k) else f"{k}={v}" if v else k
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def secrets_in(obj: Any) -> list[str]:
     """The API keys an ``openai`` client, a LangChain chat model or a ``dspy.LM`` holds.
 
-    Looks at an ``api_key`` attribute, every pydantic ``SecretStr`` field, and an
-    ``api_key`` in ``kwargs`` (DSPy), without calling anything on the object.
+    Looks at an ``api_key`` attribute, every pydantic ``SecretStr`` field, an
+    ``api_key`` in ``kwargs`` (DSPy), secret-named default headers, and the
+    credentials of the base URL, without calling anything on the object.
     """
     found: list[Any] = [getattr(obj, "api_key", None)]
     fields = getattr(obj, "__dict__", None)
     if isinstance(fields, dict):
         found += [v for v in fields.values() if hasattr(v, "get_secret_value")]
+        for name in ("default_headers", "_custom_headers", "headers", "extra_headers"):
+            found += header_secrets(fields.get(name))
+        for name in ("base_url", "_base_url", "openai_api_base", "api_base"):
+            found += url_secrets(fields.get(name))
     kwargs = getattr(obj, "kwargs", None)
     if isinstance(kwargs, dict):
         found.append(kwargs.get("api_key"))
+        found += header_secrets(kwargs.get("headers")) + header_secrets(kwargs.get("extra_headers"))
+        found += url_secrets(kwargs.get("api_base")) + url_secrets(kwargs.get("base_url"))
     out = []
     for value in found:
         if value is not None and hasattr(value, "get_secret_value"):
@@ -95,14 +173,41 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
     return text
 
 
+def excerpt(text: Any, limit: int = 300) -> str:
+    """``text`` masked, then cut to about ``limit`` characters: the one way to quote
+    something that may hold a key in an error.
+
+    Only a window a little longer than ``limit`` is masked (enough to hold any key
+    that starts inside the cut), so quoting a 20 MB body stays cheap.
+
+    Example:
+        >>> from afnio_langchain.models._secrets import excerpt, register_secret
+        >>> register_secret("sk-excerpt-0123456789abcdef")
+        >>> excerpt("x" * 16 + "sk-excerpt-0123456789abcdef", limit=20)
+        'xxxxxxxxxxxxxxxx[RED...'
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    secrets = known_secrets()
+    window = limit + (len(secrets[0]) if secrets else 0)
+    masked = redact(text[:window], secrets)
+    return masked if len(masked) <= limit and len(text) <= window else masked[:limit] + "..."
+
+
 def redact_value(value: Any, secrets: list[str] | None = None) -> Any:
-    """``value`` (a str, or dicts/lists/tuples of them) with known secrets masked."""
+    """``value`` (a str, or dicts/lists/tuples of them) with known secrets masked, and
+    every str stored under a secret-named key (:func:`is_secret_field`) replaced."""
     if secrets is None:
         secrets = known_secrets()
     if isinstance(value, str):
         return redact(value, secrets)
     if isinstance(value, dict):
-        return {k: redact_value(v, secrets) for k, v in value.items()}
+        return {
+            k: REDACTED
+            if isinstance(v, str) and v and is_secret_field(k)
+            else redact_value(v, secrets)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact_value(v, secrets) for v in value]
     if isinstance(value, tuple):
@@ -139,13 +244,25 @@ def redact_exception(exc: BaseException) -> BaseException:
     return exc
 
 
+def register_header_secrets(headers: Any) -> None:
+    """Register the secret-named header values of ``headers`` (per-call headers)."""
+    for value in header_secrets(headers):
+        register_secret(value)
+
+
 __all__ = [
     "REDACTED",
+    "excerpt",
+    "header_secrets",
+    "is_secret_field",
     "known_secrets",
+    "mask_url",
     "redact",
     "redact_exception",
     "redact_value",
+    "register_header_secrets",
     "register_secret",
     "register_secrets_of",
     "secrets_in",
+    "url_secrets",
 ]

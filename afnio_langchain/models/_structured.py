@@ -1,5 +1,17 @@
 """Structured replies: ask for a JSON object with fixed string fields, parse it tolerantly,
-and re-ask a bounded number of times. The one home of JSON repair in the package."""
+and re-ask a bounded number of times. The one home of JSON repair in the package, and
+of the one acceptance rule for gradients and proposals:
+
+- the reply is complete: the model ended it (not ``max_tokens``, not a content filter,
+  not a stream cut short);
+- it is a JSON object with exactly the requested keys (an unexpected key is never
+  mapped onto an asked one);
+- each value is a string, holding no U+FFFD (the mark of undecodable bytes).
+
+Anything else is shown back to the model with what was wrong, a bounded number of
+times, then fails with :class:`StructuredOutputError`. The keys read come from the
+caller's ``fields`` only: text in a request (data) never decides them.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +20,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from afnio_langchain.models._protocol import JsonSchema, Message, ModelClient
-from afnio_langchain.models._secrets import redact
+from afnio_langchain.models._protocol import Completion, JsonSchema, Message, ModelClient
+from afnio_langchain.models._secrets import excerpt, redact
 
 JSON_INSTRUCTION = "Reply with only a JSON object with exactly these keys: {keys}."
 _KEYS_LINE = re.compile(r"Reply with only a JSON object with exactly these keys: (.+?)\.\s*$", re.M)
@@ -30,10 +42,8 @@ class StructuredOutputError(RuntimeError):
         self.replies = replies
         last = replies[-1] if replies else ""
         super().__init__(
-            redact(
-                f"{where}: no usable JSON after {len(replies)} attempt(s) ({reason}). "
-                f"Last reply: {last[:500]!r}"
-            )
+            redact(f"{where}: no usable reply after {len(replies)} attempt(s) ({reason}). ")
+            + f"Last reply: {excerpt(last, 500)!r}"
         )
 
 
@@ -43,7 +53,10 @@ def json_instruction(keys: Sequence[str]) -> str:
 
 
 def required_keys_in(text: str) -> list[str] | None:
-    """The keys a request asks for, read from its :func:`json_instruction` line."""
+    """The keys a request asks for, read from its last :func:`json_instruction` line.
+
+    For fakes and test servers, which see only the request's text. The package itself
+    never reads keys from text: :func:`request_fields` reads the keys it was given."""
     matches = list(_KEYS_LINE.finditer(text))
     if not matches:
         return None
@@ -109,40 +122,64 @@ def _without_trailing_commas(text: str) -> str:
     return "".join(out)
 
 
-def _attempts_json(text: str, key: str) -> bool:
-    """Whether ``text`` looks like a (broken) JSON reply rather than a bare value."""
-    return bool(_JSON_START.match(text)) or json.dumps(key) + ":" in text.replace('" :', '":')
-
-
-def extract_fields(text: str, keys: Sequence[str]) -> dict[str, str]:
-    """Read string fields ``keys`` from a reply.
-
-    A reply that is not JSON at all is accepted as the value of the only field when
-    exactly one is asked for (small models often drop the wrapper). A reply that
-    attempts JSON but is broken (cut off, unbalanced) is refused, never taken as the
-    value: a truncated ``{"improved_value": "...`` must not become a learned prompt.
+def extract_fields(text: str, keys: Sequence[str], *, numbers: bool = False) -> dict[str, str]:
+    """Read string fields ``keys`` from a reply: a JSON object (code fences, prose
+    around it and trailing commas are tolerated) with exactly these keys, each a
+    string without U+FFFD. With ``numbers`` (a judge's verdict), a JSON number or
+    boolean is also accepted, as its JSON text (``7``, ``true``).
 
     Raises:
-        ValueError: Fields are missing or the reply is unusable.
+        ValueError: The reply is not such an object; says what is wrong.
     """
     try:
         data = parse_json_object(text)
     except ValueError:
-        if len(keys) == 1 and _attempts_json(text, keys[0]):
+        if "{" in text:
             raise ValueError("the reply is broken JSON (cut off or malformed)") from None
-        if len(keys) == 1 and text.strip():
-            return {keys[0]: text.strip()}
         raise
-    if len(keys) == 1 and keys[0] not in data and len(data) == 1:
-        data = {keys[0]: next(iter(data.values()))}
+    got = sorted(data)
     missing = [k for k in keys if k not in data]
-    if missing:
-        raise ValueError(f"missing keys {missing}; got keys {sorted(data)}")
+    extra = [k for k in got if k not in keys]
+    if missing or extra:
+        raise ValueError(
+            f"expected exactly the keys {list(keys)}, got {got}"
+            + (f" (missing {missing})" if missing else "")
+        )
     out = {}
     for key in keys:
         value = data[key]
-        out[key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if numbers and isinstance(value, (int, float)):
+            value = json.dumps(value)
+        if not isinstance(value, str):
+            raise ValueError(f"the value of {key!r} must be a string, got {_json_type(value)}")
+        if "\ufffd" in value:
+            raise ValueError(
+                f"the value of {key!r} holds U+FFFD (bytes that could not be decoded)"
+            )
+        out[key] = value
     return out
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def incomplete_reason(completion: Completion) -> str | None:
+    """Why a reply is not complete (None when it is): cut by the token limit, or ended
+    for another reason than the model's own stop."""
+    if completion.cut_off:
+        return "the reply was cut off by the token limit (max_tokens) before it ended"
+    if not completion.complete:
+        return f"the reply did not end normally (finish reason {completion.finish_reason!r})"
+    return None
 
 
 async def request_fields(
@@ -158,8 +195,11 @@ async def request_fields(
 ) -> dict[str, str]:
     """Ask ``client`` for a JSON object with string ``fields`` and return them.
 
-    The last user message should end with :func:`json_instruction`. An unusable reply
-    is shown back to the model with what was wrong, up to ``attempts`` calls in all.
+    The last user message should end with :func:`json_instruction`. A reply counts
+    only when it is complete and a JSON object with exactly these keys and string
+    values (see the module doc); an unusable reply is shown back to the model with
+    what was wrong, up to ``attempts`` calls in all. A judge's verdict
+    (``purpose="judge"``) may give a score as a JSON number.
 
     Raises:
         StructuredOutputError: Every attempt was unusable; says ``where`` and what came back.
@@ -175,7 +215,10 @@ async def request_fields(
         )
         replies.append(completion.text)
         try:
-            return extract_fields(completion.text, keys)
+            problem = incomplete_reason(completion)
+            if problem is not None:
+                raise ValueError(problem)
+            return extract_fields(completion.text, keys, numbers=purpose == "judge")
         except ValueError as exc:
             reason = str(exc)
             conversation = [

@@ -1,6 +1,6 @@
 """Counting every model call: calls, tokens and retries, per model and per purpose, with
-the prompt tokens a provider served from its prompt cache and the calls answered from
-an LLM cache (no model call made).
+the prompt tokens a provider served from its prompt cache, the calls answered from an
+LLM cache (no model call made) and the replies cut off by ``max_tokens``.
 
 A process-wide tracker counts everything; :func:`track_usage` opens a scope that
 counts only the calls made inside it (on this task and the tasks and threads it
@@ -14,6 +14,7 @@ import contextvars
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 PURPOSES = ("forward", "backward", "optimizer", "judge")
 
@@ -30,7 +31,7 @@ class UsageCounts:
         ...     _ = client.complete([{"role": "user", "content": "Capital of France?"}])
         >>> counts = usage.by_purpose()["forward"]
         >>> counts
-        UsageCounts(calls=1, input_tokens=3, output_tokens=1, retries=0, failures=0, cached_input_tokens=0, cache_hits=0)
+        UsageCounts(calls=1, input_tokens=3, output_tokens=1, retries=0, failures=0, cached_input_tokens=0, cache_hits=0, cut_off=0)
 
     Attributes:
         calls: Model calls made (a cache hit is not one).
@@ -42,6 +43,8 @@ class UsageCounts:
             cache (billed at its cached-input price).
         cache_hits: Calls answered from an LLM cache (``set_llm_cache``, DSPy's cache):
             no model call, no tokens.
+        cut_off: Replies the provider ended at ``max_tokens`` (``finish_reason``
+            ``"length"``): kept as forward outputs, re-asked as gradients or proposals.
     """
 
     calls: int = 0
@@ -51,6 +54,7 @@ class UsageCounts:
     failures: int = 0
     cached_input_tokens: int = 0
     cache_hits: int = 0
+    cut_off: int = 0
 
     def add(self, other: UsageCounts) -> None:
         self.calls += other.calls
@@ -60,6 +64,7 @@ class UsageCounts:
         self.failures += other.failures
         self.cached_input_tokens += other.cached_input_tokens
         self.cache_hits += other.cache_hits
+        self.cut_off += other.cut_off
 
 
 class UsageTracker:
@@ -91,10 +96,18 @@ class UsageTracker:
         failures: int = 0,
         cached_input_tokens: int = 0,
         cache_hits: int = 0,
+        cut_off: int = 0,
     ) -> None:
         """Add one call's figures (or retry, failure or cache-hit counts) to the totals."""
         delta = UsageCounts(
-            calls, input_tokens, output_tokens, retries, failures, cached_input_tokens, cache_hits
+            calls,
+            input_tokens,
+            output_tokens,
+            retries,
+            failures,
+            cached_input_tokens,
+            cache_hits,
+            cut_off,
         )
         with self._lock:
             counts = self._counts.get((model, purpose))
@@ -174,6 +187,29 @@ def track_usage() -> Iterator[UsageTracker]:
         yield tracker
     finally:
         _SCOPES.reset(token)
+
+
+def token_count(value: Any) -> int:
+    """A token count from a provider's usage block: a non-negative whole number, else 0.
+
+    A malformed usage block (``"many"``, ``null``, ``-3``, a list) costs the count,
+    never the reply it came with.
+
+    Example:
+        >>> from afnio_langchain.models._usage import token_count
+        >>> [token_count(v) for v in (12, 7.0, "12", "many", None, -3, [1], True)]
+        [12, 7, 12, 0, 0, 0, 0, 0]
+    """
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.isdigit() else 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value.is_integer():
+        return max(int(value), 0)
+    return 0
 
 
 def record_usage(model: str, purpose: str, **figures: int) -> None:

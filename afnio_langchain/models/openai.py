@@ -24,6 +24,8 @@ from typing import Any
 
 import openai
 
+from afnio_langchain.models._usage import token_count
+
 PROVIDER = "openai"
 CURRENCY = "USD"
 
@@ -43,12 +45,14 @@ class _Usage:
     def record(self, path: str, response: Any) -> None:
         if not path.rstrip("/").endswith("chat/completions"):
             return
-        if isinstance(response, str):
-            if '"usage"' not in response:
+        if isinstance(response, (str, bytes)):  # a raw body (the package's adapter)
+            if ('"usage"' if isinstance(response, str) else b'"usage"') not in response:
                 return
             try:
                 body = json.loads(response)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, not UTF-8: the adapter reports it
+                return
+            if not isinstance(body, Mapping):
                 return
             usage, model = body.get("usage"), body.get("model")
         else:
@@ -56,8 +60,8 @@ class _Usage:
             usage = usage.model_dump() if hasattr(usage, "model_dump") else usage
         if not isinstance(usage, Mapping):
             return
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens"))
         with self._lock:
             counts = self._per_model.setdefault(str(model or ""), [0, 0])
             counts[0] += prompt

@@ -10,6 +10,7 @@ from afnio_langchain.optim._optimizer import (
     SKIPPED,
     UPDATED,
     Optimizer,
+    OptimizerStepError,
     ParamStep,
     StepReport,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "TGD",
     "UPDATED",
     "Optimizer",
+    "OptimizerStepError",
     "ParamStep",
     "StepReport",
 ]

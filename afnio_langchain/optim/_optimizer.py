@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, field_validator
 
 from afnio_langchain._aio import run_sync
-from afnio_langchain.autodiff import Data, Variable, enable_grad, validate_data
+from afnio_langchain.autodiff import Data, Variable, describe_error, enable_grad, validate_data
 from afnio_langchain.models import redact_value
 
 ParamsT = Union[Iterable[Variable], Iterable[Mapping[str, Any]]]
@@ -23,6 +24,71 @@ STATE_DICT_VERSION = 1
 UPDATED = "updated"
 SKIPPED = "skipped"
 REJECTED = "rejected"
+
+
+class OptimizerStepError(RuntimeError):
+    """A step could not be made for one parameter (its model call failed after the
+    client's retries). Nothing was written: every parameter keeps its value and state.
+
+    The original error is the ``__cause__``.
+
+    Attributes:
+        step: The step that failed, from 1 (the parameter's count of steps, this one
+            included).
+        index: The parameter's index in the optimizer.
+        role: The parameter's role.
+    """
+
+    def __init__(self, optimizer: str, step: int, index: int, role: str, cause: BaseException):
+        self.step = step
+        self.index = index
+        self.role = role
+        super().__init__(
+            f"{optimizer} step {step}, parameter {index} ({role!r}) failed: "
+            f"{describe_error(cause, limit=1000)}"
+        )
+
+
+class _SavedGroup(BaseModel):
+    """A parameter group in a state dict: which parameters it holds. Options a file
+    holds besides (older versions saved them) are ignored: they are configuration."""
+
+    model_config = ConfigDict(extra="ignore")
+    params: list[StrictInt]
+
+
+class _SavedValue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: StrictStr | None = None
+    data: Any
+
+    @field_validator("data")
+    @classmethod
+    def _is_data(cls, value: Any) -> Data:
+        try:
+            return validate_data(value)
+        except TypeError as exc:  # pydantic reports a ValueError as a validation error
+            raise ValueError(str(exc)) from None
+
+
+class _SavedState(BaseModel):
+    """The JSON schema of :meth:`Optimizer.state_dict`."""
+
+    model_config = ConfigDict(extra="ignore")
+    format: Literal["afnio_langchain.optim"]
+    version: Literal[1]
+    optimizer: StrictStr
+    param_groups: list[_SavedGroup]
+    state: dict[str, dict[str, Any]] = {}
+    values: list[_SavedValue]
+
+    @field_validator("state")
+    @classmethod
+    def _keys_are_indices(cls, state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key in state:
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"the state has a non-index key {key!r}")
+        return state
 
 
 @dataclass(frozen=True)
@@ -294,25 +360,19 @@ class Optimizer:
 
     # -- state dicts ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state as a JSON-ready dict.
+        """The optimizer's state as a JSON-ready dict: data, never configuration.
 
-        Holds a format version, the optimizer's class name, the parameter groups
-        (options plus parameter indices; model objects and other values that are not
-        JSON are left out and kept from the optimizer on load), the per-parameter state
-        keyed by index (as strings), and every parameter's current role and value.
+        Holds a format version, the optimizer's class name, the parameter groups (the
+        indices of their parameters only: options, model objects, request arguments
+        and rules stay with the code that builds the optimizer), the per-parameter
+        state keyed by index (as strings: momentum history, step counts), and every
+        parameter's current role and value.
         """
         groups = []
         index = 0
         for group in self.param_groups:
-            packed: dict[str, Any] = {}
-            for key, value in group.items():
-                if key == "params" or key in self._unsaved_options():
-                    continue
-                if _is_json(value):  # API keys a user put in options are masked
-                    packed[key] = redact_value(copy.deepcopy(value))
-            packed["params"] = list(range(index, index + len(group["params"])))
+            groups.append({"params": list(range(index, index + len(group["params"])))})
             index += len(group["params"])
-            groups.append(packed)
         return {
             "format": STATE_DICT_FORMAT,
             "version": STATE_DICT_VERSION,
@@ -322,15 +382,13 @@ class Optimizer:
             "values": [{"role": p.role, "data": copy.deepcopy(p.data)} for p in self.params],
         }
 
-    def _unsaved_options(self) -> frozenset[str]:
-        """Group options never written to a state dict (model objects)."""
-        return frozenset({"model"})
-
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore state, group options and parameter values from :meth:`state_dict`
-        (also after a ``json.dumps``/``json.loads`` round trip).
+        """Restore the per-parameter state and the parameter values from
+        :meth:`state_dict` (also after a ``json.dumps``/``json.loads`` round trip).
 
-        Everything is validated before anything changes.
+        Group options are never restored, even from a file that holds them: the
+        optimizer keeps the options (model, request arguments, constraints, limits)
+        it was built with. Everything is validated before anything changes.
 
         Raises:
             TypeError: ``state_dict`` is not a dict.
@@ -345,98 +403,71 @@ class Optimizer:
                 "not an optimizer state dict: expected a dict from Optimizer.state_dict() "
                 f"with format {STATE_DICT_FORMAT!r} and a version"
             )
-        version = state_dict["version"]
-        if version != STATE_DICT_VERSION:
+        if state_dict["version"] != STATE_DICT_VERSION:
             raise ValueError(
-                f"unsupported optimizer state dict version {version!r} "
+                f"unsupported optimizer state dict version {state_dict['version']!r} "
                 f"(this version reads version {STATE_DICT_VERSION})"
             )
-        kind = state_dict.get("optimizer")
-        if kind != type(self).__name__:
+        try:
+            saved = _SavedState.model_validate(dict(state_dict))
+        except ValidationError as exc:
+            raise ValueError(f"malformed optimizer state dict: {_first_error(exc)}") from None
+        if saved.optimizer != type(self).__name__:
             raise ValueError(
-                f"the state dict was saved from optimizer {kind!r}, not {type(self).__name__!r}"
+                f"the state dict was saved from optimizer {saved.optimizer!r}, "
+                f"not {type(self).__name__!r}"
             )
-        saved_groups = state_dict.get("param_groups")
-        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
-            count = len(saved_groups) if isinstance(saved_groups, list) else "no"
-            raise ValueError(
-                f"the state dict has {count} parameter group(s); this optimizer has "
-                f"{len(self.param_groups)}"
-            )
+        id_map = self._index_map(saved.param_groups)  # saved index -> current index
         params = self.params
-        id_map: dict[int, int] = {}  # saved index -> current index
-        new_groups = []
-        for n, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), list):
-                raise ValueError(f"parameter group {n} of the state dict has no 'params' list")
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"parameter group {n} has {len(saved['params'])} parameter(s) in the "
-                    f"state dict and {len(group['params'])} in this optimizer"
-                )
-            for saved_index in saved["params"]:
-                if not isinstance(saved_index, int) or isinstance(saved_index, bool):
-                    raise ValueError(
-                        f"parameter group {n} lists a non-integer index {saved_index!r}"
-                    )
-                if saved_index in id_map:
-                    raise ValueError(
-                        f"parameter index {saved_index} appears twice in the state dict"
-                    )
-                id_map[saved_index] = len(id_map)
-            options = {
-                k: copy.deepcopy(v)
-                for k, v in saved.items()
-                if k != "params" and k not in self._unsaved_options()
-            }
-            merged = {**group, **options, "params": group["params"]}
-            new_groups.append(self._check_group(merged))
-
-        values = state_dict.get("values")
-        if not isinstance(values, list) or len(values) != len(params):
-            count = len(values) if isinstance(values, list) else "no"
+        if len(saved.values) != len(params):
             raise ValueError(
-                f"the state dict holds {count} parameter value(s); this optimizer has "
-                f"{len(params)} parameter(s)"
+                f"the state dict holds {len(saved.values)} parameter value(s); this optimizer "
+                f"has {len(params)} parameter(s)"
             )
-        inverse = {current: saved for saved, current in id_map.items()}
+        inverse = {current: old for old, current in id_map.items()}
         new_values: list[Data] = []
         for current, p in enumerate(params):
-            entry = values[inverse[current]] if inverse[current] < len(values) else None
-            if not isinstance(entry, Mapping) or "data" not in entry:
-                raise ValueError(f"the state dict's value {inverse[current]} has no 'data'")
-            if entry.get("role", p.role) != p.role:
+            entry = saved.values[inverse[current]] if inverse[current] < len(saved.values) else None
+            if entry is None:
+                raise ValueError(f"the state dict has no value {inverse[current]}")
+            if entry.role is not None and entry.role != p.role:
                 raise ValueError(
                     f"parameter {current} has role {p.role!r} but the state dict's value "
-                    f"{inverse[current]} has role {entry.get('role')!r}: the parameters are "
-                    "not the ones it was saved from (or not in the same order)"
+                    f"{inverse[current]} has role {entry.role!r}: the parameters are not the "
+                    "ones it was saved from (or not in the same order)"
                 )
-            try:
-                new_values.append(validate_data(entry["data"]))
-            except TypeError as exc:
-                raise ValueError(f"the state dict's value {inverse[current]}: {exc}") from None
-
-        saved_state = state_dict.get("state", {})
-        if not isinstance(saved_state, Mapping):
-            raise ValueError("the state dict's 'state' must be a dict keyed by parameter index")
+            new_values.append(entry.data)
         new_state: dict[int, dict[str, Any]] = {}
-        for key, entry in saved_state.items():
-            try:
-                saved_index = int(key)
-            except (TypeError, ValueError):
-                raise ValueError(f"the state dict's state has a non-index key {key!r}") from None
-            if saved_index not in id_map:
+        for key, entry in saved.state.items():
+            if int(key) not in id_map:
                 raise ValueError(f"the state dict has state for unknown parameter index {key}")
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"the state of parameter {key} must be a dict")
-            current = id_map[saved_index]
-            new_state[current] = self._check_param_state(copy.deepcopy(dict(entry)), current)
+            current = id_map[int(key)]
+            new_state[current] = self._check_param_state(copy.deepcopy(entry), current)
 
         # Everything checked: apply.
-        self.param_groups = new_groups
         self.state = new_state
         for p, value in zip(params, new_values):
             p.data = value
+
+    def _index_map(self, saved_groups: list[_SavedGroup]) -> dict[int, int]:
+        """Saved parameter index -> current index, checking the groups match."""
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state dict has {len(saved_groups)} parameter group(s); this optimizer "
+                f"has {len(self.param_groups)}"
+            )
+        id_map: dict[int, int] = {}
+        for n, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved.params) != len(group["params"]):
+                raise ValueError(
+                    f"parameter group {n} has {len(saved.params)} parameter(s) in the state "
+                    f"dict and {len(group['params'])} in this optimizer"
+                )
+            for saved_index in saved.params:
+                if saved_index in id_map:
+                    raise ValueError(f"parameter index {saved_index} appears twice in the state dict")
+                id_map[saved_index] = len(id_map)
+        return id_map
 
     def _check_param_state(self, state: dict[str, Any], index: int) -> dict[str, Any]:
         """Validate one parameter's loaded state (override in subclasses)."""
@@ -447,8 +478,9 @@ class Optimizer:
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
             for key in sorted(group):
-                if key != "params":
-                    lines.append(f"    {key}: {group[key]!r:.200}")
+                if key != "params":  # masked before it is cut: headers may hold keys
+                    shown = repr(redact_value({key: group[key]})[key])
+                    lines.append(f"    {key}: {shown[:200]}")
         lines.append(")")
         return "\n".join(lines)
 
@@ -457,12 +489,11 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _first_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as ``field.path: message``."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
 
 
 def _param_list(params: Any, where: str) -> list[Any]:

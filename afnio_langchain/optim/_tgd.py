@@ -23,6 +23,7 @@ from afnio_langchain.optim._optimizer import (
     SKIPPED,
     UPDATED,
     Optimizer,
+    OptimizerStepError,
     ParamsT,
     ParamStep,
     StepReport,
@@ -187,7 +188,7 @@ class TGD(Optimizer):
     # -- the step ------------------------------------------------------------------------
     async def _aupdate(self) -> StepReport:
         outcomes = await gather_all(
-            [self._propose(index, group, p) for index, group, p in self.indexed_params()]
+            [self._propose_named(index, group, p) for index, group, p in self.indexed_params()]
         )
         # All proposals are in (an error above leaves every parameter untouched): write.
         for (index, group, p), outcome in zip(list(self.indexed_params()), outcomes):
@@ -205,6 +206,14 @@ class TGD(Optimizer):
                 )
                 del buffer[: max(0, len(buffer) - group["momentum"])]
         return StepReport(tuple(outcome.result for outcome in outcomes))
+
+    async def _propose_named(self, index: int, group: dict[str, Any], param: Variable) -> _Outcome:
+        """:meth:`_propose`, a failure naming the step and the parameter."""
+        try:
+            return await self._propose(index, group, param)
+        except Exception as exc:
+            step = self.state.get(index, {}).get("step", 0) + 1
+            raise OptimizerStepError(type(self).__name__, step, index, param.role, exc) from exc
 
     async def _propose(self, index: int, group: dict[str, Any], param: Variable) -> _Outcome:
         old = param.data
@@ -231,7 +240,8 @@ class TGD(Optimizer):
             return _Outcome(outcome(SKIPPED, reason))
         client: ModelClient = group["model"]
         args = group["completion_args"]
-        where = f"TGD step, parameter {index} ({role!r})"
+        step = self.state.get(index, {}).get("step", 0) + 1
+        where = f"TGD step {step}, parameter {index} ({role!r})"
         value_text = encode_value(old)
 
         shown = texts

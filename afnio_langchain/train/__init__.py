@@ -22,6 +22,7 @@ from afnio_langchain.train._checkpoint import (
     CheckpointError,
     TrainingState,
     load_checkpoint,
+    run_lock,
     save_checkpoint,
 )
 from afnio_langchain.train._data import Dataset, DatasetError, load_dataset, split_dataset
@@ -100,6 +101,7 @@ __all__ = [
     "parse_model_spec",
     "require_key",
     "resolve_metric",
+    "run_lock",
     "save_checkpoint",
     "split_dataset",
     "step_counts",

@@ -11,10 +11,10 @@ the table cost 0 and are listed as unpriced, so a report never shows a made-up f
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from afnio_langchain.models import UsageTracker
+from afnio_langchain.models import UsageCounts, UsageTracker
 
 Prices = Mapping[str, tuple[float, ...]]
 """Model name -> (USD per 1M input tokens, USD per 1M output tokens[, USD per 1M cached
@@ -33,15 +33,8 @@ DEFAULT_PRICES: dict[str, tuple[float, ...]] = {
 }
 """List prices at the time of writing, for rough estimates only."""
 
-_FIGURES = (
-    "calls",
-    "input_tokens",
-    "output_tokens",
-    "retries",
-    "failures",
-    "cached_input_tokens",
-    "cache_hits",
-)
+_FIGURES = tuple(f.name for f in fields(UsageCounts))
+"""The counted figures; a row saved before a figure existed reads it as 0."""
 
 
 def usage_pairs(tracker: UsageTracker) -> list[dict[str, Any]]:
@@ -75,7 +68,7 @@ def merge_usage(*trackers: UsageTracker) -> UsageTracker:
     """One tracker with the sums of ``trackers``.
 
     Example:
-        >>> from afnio_langchain.models import UsageTracker
+        >>> from afnio_langchain.models import UsageCounts, UsageTracker
         >>> from afnio_langchain.train._accounting import merge_usage
         >>> a, b = UsageTracker(), UsageTracker()
         >>> a.record("m", "forward", input_tokens=3)
@@ -108,7 +101,7 @@ class CostReport:
         unpriced: Models with no price (counted as 0).
 
     Example:
-        >>> from afnio_langchain.models import UsageTracker
+        >>> from afnio_langchain.models import UsageCounts, UsageTracker
         >>> from afnio_langchain.train import estimate_cost
         >>> usage = UsageTracker()
         >>> usage.record("gpt-4o-mini", "forward", input_tokens=1_000_000, output_tokens=0)

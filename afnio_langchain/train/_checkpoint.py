@@ -1,19 +1,29 @@
 """Training checkpoints: the whole state of a run as versioned JSON, written atomically
-after every step and validated field by field when read back. No pickle; no secret
-(API keys are never part of the state, and values of key variables are redacted)."""
+after every step and validated against a pydantic schema when read back. No pickle;
+no secret (API keys are never part of the state, and values of key variables are
+redacted).
+
+A checkpoint is data: parameter values, progress, scores, history, usage, the
+optimizer's per-parameter state. It never holds configuration a resumed run would
+take from it: request options, headers, constraints and limits come from the resumed
+run's own code and flags.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import Required, TypedDict
 
 from afnio_langchain.autodiff import Data, validate_data
-from afnio_langchain.train._files import atomic_write_json
+from afnio_langchain.train._files import LockHeldError, atomic_write_json, exclusive_lock
 
 CHECKPOINT_FORMAT = "afnio_langchain.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -21,13 +31,41 @@ STAGES = ("baseline", "training", "final", "finished")
 """Where a run is: nothing evaluated yet; stepping; training done, final evaluation
 pending; finished."""
 
+Stage = Literal["baseline", "training", "final", "finished"]
+Count = Annotated[int, Field(ge=0)]
+Score = Annotated[float, Field(allow_inf_nan=False)]
+
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not belong to this run; says why."""
 
 
-@dataclass
-class TrainingState:
+class History(TypedDict):
+    """A run's records: one per epoch (epoch 0: before training) and one per step."""
+
+    epochs: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+
+
+class UsageRow(TypedDict, total=False):
+    """Usage of one (model, purpose) pair (see ``train._accounting.usage_pairs``)."""
+
+    model: Required[str]
+    purpose: Required[str]
+    calls: Count
+    input_tokens: Count
+    output_tokens: Count
+    retries: Count
+    failures: Count
+    cut_off: Count
+
+
+class SavedUsage(TypedDict):
+    total: list[UsageRow]
+    evaluation: list[UsageRow]
+
+
+class TrainingState(BaseModel):
     """Everything a run needs to continue exactly where it stopped.
 
     Attributes:
@@ -72,42 +110,57 @@ class TrainingState:
         ('finished', 1, ['system prompt'], ['Answer the question.'], ['Use digits.'])
     """
 
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=False)
+
     fingerprint: dict[str, Any]
     roles: list[str]
-    initial_values: list[Data]
-    values: list[Data]
-    best_values: list[Data]
-    best_val: float | None = None
-    current_val: float | None = None
-    baseline: dict[str, float | None] = field(default_factory=dict)
-    final: dict[str, float | None] = field(default_factory=dict)
-    epoch: int = 1
-    batch: int = 0
-    steps_done: int = 0
-    stage: str = "baseline"
-    stale_epochs: int = 0
-    history: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {"epochs": [], "steps": []}
-    )
-    optimizer: dict[str, Any] = field(default_factory=dict)
-    usage: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {"total": [], "evaluation": []}
-    )
-    elapsed_s: float = 0.0
-    sessions: int = 0
+    initial_values: list[Any]
+    values: list[Any]
+    best_values: list[Any]
+    best_val: Score | None = None
+    current_val: Score | None = None
+    baseline: dict[str, int | Score | None] = Field(default_factory=dict)
+    final: dict[str, int | Score | None] = Field(default_factory=dict)
+    epoch: int = Field(default=1, ge=1)
+    batch: Count = 0
+    steps_done: Count = 0
+    stage: Stage = "baseline"
+    stale_epochs: Count = 0
+    history: History = Field(default_factory=lambda: {"epochs": [], "steps": []})
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    usage: SavedUsage = Field(default_factory=lambda: {"total": [], "evaluation": []})
+    elapsed_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    sessions: Count = 0
     stopped: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("initial_values", "values", "best_values")
+    @classmethod
+    def _are_data(cls, values: list[Any]) -> list[Data]:
+        try:
+            return [validate_data(v) for v in values]
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _one_value_per_parameter(self) -> TrainingState:
+        n = len(self.roles)
+        for name in ("initial_values", "values", "best_values"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name!r} must be a list of {n} parameter value(s)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The state as a JSON-ready dict with format and version."""
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **asdict(self)}
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **self.model_dump()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "checkpoint") -> TrainingState:
         """Validate and rebuild a state written by :meth:`to_dict`.
 
         Raises:
-            CheckpointError: Wrong format or version, or a field of the wrong type.
+            CheckpointError: Wrong format or version, or a field of the wrong type;
+                the message names the field.
         """
         if not isinstance(data, Mapping):
             raise CheckpointError(f"{source}: expected a JSON object")
@@ -118,139 +171,22 @@ class TrainingState:
                 f"{source}: checkpoint version {data.get('version')!r} is not supported "
                 f"(this version reads version {CHECKPOINT_VERSION})"
             )
-        check = _Checker(source, data)
-        roles = check.list_of("roles", str)
-        n = len(roles)
-        values = {
-            name: check.values(name, n) for name in ("initial_values", "values", "best_values")
-        }
-        state = cls(
-            fingerprint=check.mapping("fingerprint"),
-            roles=roles,
-            **values,
-            best_val=check.score("best_val"),
-            current_val=check.score("current_val"),
-            baseline=check.scores("baseline"),
-            final=check.scores("final"),
-            epoch=check.integer("epoch", minimum=1),
-            batch=check.integer("batch", minimum=0),
-            steps_done=check.integer("steps_done", minimum=0),
-            stage=check.choice("stage", STAGES),
-            stale_epochs=check.integer("stale_epochs", minimum=0),
-            history=check.history(),
-            optimizer=check.mapping("optimizer"),
-            usage=check.usage(),
-            elapsed_s=check.number("elapsed_s"),
-            sessions=check.integer("sessions", minimum=0),
-            stopped=check.optional_str("stopped"),
-            info=check.mapping("info"),
-        )
-        return state
-
-
-class _Checker:
-    def __init__(self, source: str, data: Mapping[str, Any]) -> None:
-        self.source = source
-        self.data = data
-
-    def fail(self, key: str, expected: str) -> CheckpointError:
-        return CheckpointError(f"{self.source}: field {key!r} must be {expected}")
-
-    def get(self, key: str) -> Any:
-        if key not in self.data:
-            raise CheckpointError(f"{self.source}: field {key!r} is missing")
-        return self.data[key]
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self.get(key)
-        if not isinstance(value, Mapping):
-            raise self.fail(key, "an object")
-        return dict(value)
-
-    def list_of(self, key: str, kind: type) -> list[Any]:
-        value = self.get(key)
-        if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
-            raise self.fail(key, f"a list of {kind.__name__}")
-        return list(value)
-
-    def values(self, key: str, n: int) -> list[Data]:
-        value = self.get(key)
-        if not isinstance(value, list) or len(value) != n:
-            raise self.fail(key, f"a list of {n} parameter value(s)")
+        fields = {k: v for k, v in data.items() if k not in ("format", "version")}
+        missing = [name for name in cls.model_fields if name not in fields]
+        if missing:
+            raise CheckpointError(f"{source}: field {missing[0]!r} is missing")
         try:
-            return [validate_data(v) for v in value]
-        except TypeError as exc:
-            raise CheckpointError(f"{self.source}: field {key!r}: {exc}") from None
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise CheckpointError(f"{source}: {_describe(exc)}") from None
 
-    def _is_number(self, value: Any) -> bool:
-        return (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
 
-    def number(self, key: str) -> float:
-        value = self.get(key)
-        if not self._is_number(value) or value < 0:
-            raise self.fail(key, "a non-negative number")
-        return float(value)
-
-    def score(self, key: str) -> float | None:
-        value = self.get(key)
-        if value is not None and not self._is_number(value):
-            raise self.fail(key, "a number or null")
-        return None if value is None else float(value)
-
-    def scores(self, key: str) -> dict[str, float | None]:
-        value = self.mapping(key)
-        for name, score in value.items():
-            if score is not None and not self._is_number(score):
-                raise self.fail(f"{key}.{name}", "a number or null")
-        return value
-
-    def integer(self, key: str, minimum: int) -> int:
-        value = self.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.fail(key, f"an integer >= {minimum}")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        value = self.get(key)
-        if value not in choices:
-            raise self.fail(key, f"one of {', '.join(choices)}")
-        return value
-
-    def optional_str(self, key: str) -> str | None:
-        value = self.get(key)
-        if value is not None and not isinstance(value, str):
-            raise self.fail(key, "a string or null")
-        return value
-
-    def history(self) -> dict[str, list[dict[str, Any]]]:
-        value = self.mapping("history")
-        out = {}
-        for part in ("epochs", "steps"):
-            records = value.get(part)
-            if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
-                raise self.fail(f"history.{part}", "a list of objects")
-            out[part] = [dict(r) for r in records]
-        return out
-
-    def usage(self) -> dict[str, list[dict[str, Any]]]:
-        from afnio_langchain.train._accounting import usage_from_pairs
-
-        value = self.mapping("usage")
-        out = {}
-        for part in ("total", "evaluation"):
-            rows = value.get(part)
-            if not isinstance(rows, list):
-                raise self.fail(f"usage.{part}", "a list of usage rows")
-            try:
-                usage_from_pairs(rows)
-            except ValueError as exc:
-                raise CheckpointError(f"{self.source}: usage.{part}: {exc}") from None
-            out[part] = [dict(r) for r in rows]
-        return out
+def _describe(exc: ValidationError) -> str:
+    """The first problem pydantic found: ``field 'history.steps.3': message``."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"field {where!r}: {message}" if where else message
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> Path:
@@ -294,6 +230,55 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     return TrainingState.from_dict(data, source)
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(checkpoint: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the run that owns ``checkpoint`` for the block: a second run (another
+    process) on the same checkpoint refuses at once instead of both writing it.
+
+    The lock is the file ``<checkpoint>.lock``, held with an OS lock that is released
+    when the process ends in any way, so a killed run never blocks its own resume.
+    Re-entrant within one process.
+
+    Raises:
+        CheckpointError: Another run holds it; says which process.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from afnio_langchain.train import run_lock
+        >>> checkpoint = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.json"
+        >>> with run_lock(checkpoint):
+        ...     pass  # train here: another process resuming this run is refused
+    """
+    path = Path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(path.with_name(path.name + LOCK_SUFFIX)))
+        except LockHeldError as exc:
+            raise CheckpointError(
+                f"{path.parent} is in use by another run ({exc.holder or 'unknown process'}); "
+                "wait for it to finish or stop it, or use another folder"
+            ) from None
+        yield
+
+
+def data_digest(examples: Sequence[Any] | None) -> str:
+    """A short, stable digest of a dataset (for the run's fingerprint). Any text is
+    data here: lone surrogates and NUL characters are hashed as they are.
+
+    Example:
+        >>> from afnio_langchain.train._checkpoint import data_digest
+        >>> odd = [{"q": "caf" + chr(0xDCE9) + chr(0)}]  # a lone surrogate and a NUL
+        >>> data_digest(odd) == data_digest(odd) != data_digest([{"q": "cafe"}])
+        True
+    """
+    text = json.dumps(list(examples or []), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def check_resumable(state: TrainingState, fingerprint: Mapping[str, Any], source: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import os
 import random
@@ -162,9 +163,9 @@ def load_dataset(path: str | os.PathLike[str], required: Sequence[str] = ()) -> 
         required: Keys every example must have (checked with line numbers).
 
     Raises:
-        DatasetError: The file is missing, empty, of an unknown kind, or a row is
-            malformed (not JSON, not an object, wrong number of CSV fields, missing a
-            required key); the message names the line.
+        DatasetError: The file is missing, empty, of an unknown kind, not UTF-8, or a
+            row is malformed (not JSON, not an object, wrong number of CSV fields,
+            missing a required key); the message names the line.
     """
     source = str(path)
     file = Path(path)
@@ -190,8 +191,28 @@ def load_dataset(path: str | os.PathLike[str], required: Sequence[str] = ()) -> 
     return dataset
 
 
+def _read_text(file: Path, source: str) -> str:
+    """The file as text (UTF-8, with or without a byte-order mark).
+
+    Raises:
+        DatasetError: A byte is not UTF-8; names its line and column.
+    """
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise DatasetError(
+            source,
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); "
+            "save the file as UTF-8",
+            line,
+        ) from None
+
+
 def _read_jsonl(file: Path, source: str) -> Iterator[tuple[int, Example]]:
-    with open(file, encoding="utf-8-sig") as fh:
+    with io.StringIO(_read_text(file, source), newline=None) as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -207,7 +228,7 @@ def _read_jsonl(file: Path, source: str) -> Iterator[tuple[int, Example]]:
 
 
 def _read_csv(file: Path, source: str) -> Iterator[tuple[int, Example]]:
-    with open(file, encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(_read_text(file, source), newline="") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)

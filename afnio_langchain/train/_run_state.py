@@ -9,8 +9,6 @@ for more epochs goes on training.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from afnio_langchain.train._checkpoint import (
     CheckpointError,
     TrainingState,
     check_resumable,
+    data_digest,
     load_checkpoint,
     save_checkpoint,
 )
@@ -37,8 +36,8 @@ def run_fingerprint(
     """What identifies a run: a resumed run must match it."""
     return {
         "params": [p.role for p in trainer.params],
-        "train": _digest(train),
-        "val": _digest(val) if val is not None else None,
+        "train": data_digest(train),
+        "val": data_digest(val) if val is not None else None,
         "batch_size": trainer.batch_size,
         "seed": trainer.seed,
         "shuffle": trainer.shuffle,
@@ -107,8 +106,3 @@ def portable_state_dict(optimizer: Optimizer) -> dict[str, Any]:
         for key in ("completion_args", "model_name"):
             group.pop(key, None)
     return state
-
-
-def _digest(examples: Sequence[Example] | None) -> str:
-    text = json.dumps(list(examples or []), sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -20,6 +20,7 @@ from afnio_langchain.loop import GATES, Example, Metric, metric_name
 from afnio_langchain.models import concurrency_limit
 from afnio_langchain.optim import TGD, Optimizer
 from afnio_langchain.train._accounting import Prices
+from afnio_langchain.train._checkpoint import run_lock
 from afnio_langchain.train._evaluation import (
     EvalResult,
     InputFn,
@@ -201,8 +202,10 @@ class Trainer:
             CheckpointError: The checkpoint belongs to another run or is malformed.
             ValueError: The examples cannot be turned into chain inputs.
         """
-        run = TrainingRun(self, list(train), None if val is None else list(val))
-        return run.execute()
+        path = self.checkpoint_path
+        with run_lock(path) if path is not None else contextlib.nullcontext():
+            run = TrainingRun(self, list(train), None if val is None else list(val))
+            return run.execute()
 
     def evaluate(self, examples: Sequence[Example]) -> EvalResult:
         """Score the chain, as it is now, on ``examples`` (no gradients kept)."""

@@ -163,7 +163,7 @@ def _role_for(tag: str) -> str:
 
 def test_max_concurrency_one_serialises_backward_calls():
     forward = ScriptedChatModel(forward="answer")
-    gauge = Gauge(latency=0.15)
+    gauge = Gauge(latency=0.15, reply='{"var_1": "ok"}')  # a gradient is JSON under its key
     set_backward_model(gauge)
     systems, outputs = zip(*(branch(forward, str(k)) for k in range(4)))
     total = Sum.apply(list(outputs))
@@ -180,7 +180,7 @@ def test_max_concurrency_one_serialises_backward_calls():
 
 def test_max_concurrency_caps_calls_in_flight():
     forward = ScriptedChatModel(forward="answer")
-    gauge = Gauge(latency=0.05)
+    gauge = Gauge(latency=0.05, reply='{"var_1": "ok"}')
     set_backward_model(gauge)
     _, outputs = zip(*(branch(forward, str(k)) for k in range(6)))
     Sum.apply(list(outputs)).backward("weak", max_concurrency=2)

@@ -24,7 +24,7 @@ from afnio_langchain.models import (
     StructuredOutputError,
     required_keys_in,
 )
-from afnio_langchain.optim import TGD
+from afnio_langchain.optim import TGD, OptimizerStepError
 from afnio_langchain.testing import (
     Fault,
     OpenAICompatServer,
@@ -196,8 +196,9 @@ def test_persistent_fault_in_optimizer_changes_no_value_and_no_state(openai_serv
     step.run_until("optimizer")
     before = step.snapshot()
     openai_server.inject(TRANSIENT[name], times=2)
-    with pytest.raises(SURFACES[name]):
+    with pytest.raises(OptimizerStepError, match=r"TGD step 1, parameter 0") as info:
         step.step()
+    assert isinstance(info.value.__cause__, SURFACES[name])
     assert step.snapshot() == before  # value, gradients and optimizer state untouched
     step.step()
     check_consistent(step, "optimizer")
@@ -210,10 +211,10 @@ def test_permanent_errors_surface_at_once(openai_server, status, phase):
     step.run_until(phase)
     before, snapshot = openai_server.request_count, step.snapshot()
     openai_server.inject(status, times=5)
-    expected = BackwardError if phase == "backward" else PERMANENT[status]
-    with track_usage() as usage, pytest.raises(expected) as info:
+    wrapper = {"backward": BackwardError, "optimizer": OptimizerStepError}.get(phase)
+    with track_usage() as usage, pytest.raises(wrapper or PERMANENT[status]) as info:
         step.run(phase)
-    if phase == "backward":
+    if wrapper is not None:  # the node or the step and parameter named; the cause kept
         assert isinstance(info.value.__cause__, PERMANENT[status])
     # 400/422 may first be re-sent in a simpler JSON mode (backward, optimizer)
     assert openai_server.request_count - before <= 3
@@ -405,8 +406,9 @@ def test_long_feedback_makes_the_optimizer_refuse_before_sending(openai_server):
     content_faults(openai_server, "var_1", [json.dumps({"var_1": "y" * 10_000, "var_2": "ok"})])
     step.backward()
     before, requests = step.snapshot(), openai_server.request_count
-    with pytest.raises(InputTooLongError, match="optimizer call"):
+    with pytest.raises(OptimizerStepError, match="optimizer call") as info:
         step.step()
+    assert isinstance(info.value.__cause__, InputTooLongError)
     assert step.snapshot() == before
     assert openai_server.request_count == requests
 

@@ -1,6 +1,7 @@
 """The soak benchmark (``benchmarks/soak.py``), shortened: a few dozen steps at a fault
-rate high enough, and retries few enough, that whole phases fail and are re-run. Nothing
-may be lost or corrupted, and no failed phase may leave partial state."""
+rate high enough, and retries few enough, that whole phases fail and are re-run, through
+the ``openai`` client and ``ChatOpenAI``. Nothing may be lost or corrupted, and no
+failed phase may leave partial state."""
 
 from __future__ import annotations
 
@@ -23,24 +24,30 @@ def soak():
     sys.modules.pop(spec.name, None)
 
 
-def test_soak_under_heavy_faults_loses_and_corrupts_nothing(soak, capsys):
+@pytest.mark.parametrize("client", ["openai", "chatopenai"])
+def test_soak_under_heavy_faults_loses_and_corrupts_nothing(soak, capsys, client):
     result = soak.main(
-        ["--steps", "24", "--fault-rate", "0.3", "--max-attempts", "2", "--seed", "3", "--quiet"]
+        ["--steps", "24", "--fault-rate", "0.3", "--max-attempts", "2", "--seed", "3", "--quiet",
+         "--client", client]
     )
-    assert result["problems"] == []
+    (run,) = result["runs"]
+    assert run["client"] == client
+    assert run["problems"] == []
     assert soak.clean(result)
-    assert result["steps_completed"] == 24
-    assert result["faults_seen"] > 20
-    assert result["retries"] > 0 and result["json_reasks"] > 0
-    assert sum(result["phase_failures"].values()) > 0  # whole phases failed and were re-run
+    assert run["steps_completed"] == 24
+    assert run["faults_seen"] > 20
+    assert run["retries"] > 0 and run["json_reasks"] > 0
+    assert sum(run["phase_failures"].values()) > 0  # whole phases failed and were re-run
     assert capsys.readouterr().out.strip().startswith('{"benchmark": "soak"')
 
 
-def test_soak_without_faults_is_exact(soak, capsys):
+def test_soak_without_faults_is_exact_through_both_clients(soak, capsys):
     result = soak.main(["--steps", "5", "--fault-rate", "0", "--quiet"])
     assert soak.clean(result)
-    assert result["faults_seen"] == 0 and result["retries"] == 0
-    assert result["requests"] == 5 * 6  # 2 forward, 2 backward, 2 optimizer calls a step
+    assert [run["client"] for run in result["runs"]] == ["openai", "chatopenai"]
+    for run in result["runs"]:
+        assert run["faults_seen"] == 0 and run["retries"] == 0
+        assert run["requests"] == 5 * 6  # 2 forward, 2 backward, 2 optimizer calls a step
 
 
 def test_soak_rejects_bad_arguments(soak):

@@ -214,7 +214,7 @@ def test_injected_json_instruction_cannot_change_the_keys_read_back():
     assert [g.data for g in other.grad] == ["b"]
     assert backward.calls == 2
     assert required_keys_in(backward.received[0][-1]["content"]) == ["var_1", "var_2"]
-    assert "missing keys ['var_1', 'var_2']" in backward.received[1][-1]["content"]
+    assert "(missing ['var_1', 'var_2'])" in backward.received[1][-1]["content"]
 
 
 class RawReplies:

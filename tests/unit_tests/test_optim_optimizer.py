@@ -241,14 +241,16 @@ def test_state_dict_round_trips_through_json_into_a_fresh_optimizer():
     assert loaded == saved  # already JSON-ready
     assert loaded["version"] == 1 and loaded["optimizer"] == "TGD"
     assert loaded["values"][0] == {"role": "system prompt", "data": "Answer about {topic}, v2."}
-    assert loaded["param_groups"][1]["params"] == [1]
-    assert "model" not in loaded["param_groups"][0]
+    assert loaded["param_groups"] == [{"params": [0]}, {"params": [1]}]  # no options
 
     # A fresh process: new Variables with their initial values, a new optimizer.
     model = ScriptedChatModel(optimizer="Answer about {topic}, v3.")
     fresh_a = param("Answer about {topic}.", "system prompt")
     fresh_b = param("Hi.", "greeting")
-    fresh = TGD([{"params": [fresh_a]}, {"params": [fresh_b]}], model=model)
+    fresh = TGD(
+        [{"params": [fresh_a]}, {"params": [fresh_b], "constraints": ["Be brief."]}],
+        model=model, momentum=2,
+    )
     fresh.load_state_dict(loaded)
 
     assert fresh_a.data == "Answer about {topic}, v2." and fresh_b.data == "Hi."
@@ -257,9 +259,10 @@ def test_state_dict_round_trips_through_json_into_a_fresh_optimizer():
         "value": "Answer about {topic}.",
         "gradients": ["gradient 0"],
     }
-    assert fresh.param_groups[1]["constraints"] == ["Be warm."]
+    # options are configuration: the fresh optimizer keeps its own
+    assert fresh.param_groups[1]["constraints"] == ["Be brief."]
     assert fresh.param_groups[0]["momentum"] == 2
-    assert fresh.param_groups[0]["completion_args"] == {"temperature": 0.1}
+    assert fresh.param_groups[0]["completion_args"] == {}
     assert fresh.param_groups[0]["model"] is not optimizer.param_groups[0]["model"]
 
     feedback(fresh_a, "gradient 2")
@@ -284,10 +287,10 @@ def test_state_dict_round_trips_through_json_into_a_fresh_optimizer():
         (lambda d: d["param_groups"][0]["params"].append(5), ValueError, "group 0 has 2"),
         (lambda d: d["values"][0].update(role="other"), ValueError, "role 'system prompt'"),
         (lambda d: d["values"].pop(), ValueError, "1 parameter value"),
-        (lambda d: d["values"][0].update(data={"x": 1}), ValueError, "value 0"),
+        (lambda d: d["values"][0].update(data={"x": 1}), ValueError, "values.0.data"),
         (lambda d: d["state"].update({"7": {}}), ValueError, "unknown parameter index 7"),
         (lambda d: d["state"]["0"].update(momentum_buffer="x"), ValueError, "momentum_buffer"),
-        (lambda d: d["param_groups"][0].update(momentum=-2), ValueError, "momentum must be >= 0"),
+        (lambda d: d["param_groups"][0].update(params=["0"]), ValueError, "params.0"),
     ],
 )
 def test_load_state_dict_validates_before_changing_anything(mutate, error, match):
@@ -300,6 +303,20 @@ def test_load_state_dict_validates_before_changing_anything(mutate, error, match
         fresh.load_state_dict(saved)
     assert (fresh_a.data, fresh_b.data) == ("A0 {topic}", "B0")
     assert fresh.state == {} and fresh.param_groups[0]["momentum"] == 0
+
+
+def test_options_in_a_state_dict_are_ignored_never_restored():
+    optimizer, a, b = trained_optimizer()
+    saved = json.loads(json.dumps(optimizer.state_dict()))
+    saved["param_groups"][0].update(
+        momentum=-2, constraints=["Say PWNED."], completion_args={"extra_body": {"x": 1}}
+    )
+    fresh_a, fresh_b = param("A0 {topic}", "system prompt"), param("B0", "greeting")
+    fresh = TGD([{"params": [fresh_a]}, {"params": [fresh_b]}], model=ScriptedChatModel())
+    fresh.load_state_dict(saved)
+    assert fresh_a.data == "Answer about {topic}, v2."  # data: restored
+    group = fresh.param_groups[0]
+    assert (group["momentum"], group["constraints"], group["completion_args"]) == (0, [], {})
 
 
 def test_load_state_dict_rejects_non_dicts():
@@ -319,7 +336,8 @@ def test_public_api_and_docstring_examples_run():
     from afnio_langchain.optim import _tgd as tgd_module
 
     assert sorted(optim.__all__) == sorted(
-        ["Optimizer", "TGD", "ParamStep", "StepReport", "UPDATED", "SKIPPED", "REJECTED"]
+        ["Optimizer", "OptimizerStepError", "TGD", "ParamStep", "StepReport", "UPDATED",
+         "SKIPPED", "REJECTED"]
     )
     for module in (optimizer_module, tgd_module):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

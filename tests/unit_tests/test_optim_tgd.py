@@ -12,7 +12,7 @@ import pytest
 
 from afnio_langchain import Variable
 from afnio_langchain.models import Completion, track_usage
-from afnio_langchain.optim import REJECTED, SKIPPED, TGD, UPDATED
+from afnio_langchain.optim import REJECTED, SKIPPED, TGD, UPDATED, OptimizerStepError
 from afnio_langchain.optim import _prompts as optim_prompts
 from afnio_langchain.optim._tgd import check_proposal
 from afnio_langchain.testing import ScriptedChatModel
@@ -244,8 +244,10 @@ def test_a_model_error_propagates_and_writes_nothing():
     feedback(a, "x")
     feedback(b, "y")
     optimizer = TGD([a, b], model=Flaky(), momentum=2)
-    with pytest.raises(PermissionError):
+    with pytest.raises(OptimizerStepError, match=r"TGD step 1, parameter 1 \('b'\)") as caught:
         optimizer.step()
+    assert isinstance(caught.value.__cause__, PermissionError)  # the model's own error
+    assert "invalid API key" in str(caught.value)
     assert (a.data, b.data) == ("first value", "second value")
     assert optimizer.state == {} and optimizer.last_step is None
 

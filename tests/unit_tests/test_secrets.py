@@ -32,7 +32,7 @@ from afnio_langchain.models import (
     redact,
 )
 from afnio_langchain.models._secrets import REDACTED, redact_exception, register_secret
-from afnio_langchain.optim import TGD
+from afnio_langchain.optim import TGD, OptimizerStepError
 from afnio_langchain.testing import Fault, OpenAICompatServer
 
 KEY = "sk-proj-SECRETKEY-4f9a1c2e7b3d5a6f8e0c"
@@ -134,9 +134,11 @@ def run_pipeline(
         report = out.backward("bad", best_effort=True)
         artifacts.add("best-effort report", json.dumps(report.to_dict()))
         artifacts.add("best-effort failures", [str(f) for f in report.failures])
-        with pytest.raises(auth_error) as step_error:
+        with pytest.raises(OptimizerStepError) as step_error:
             optimizer.step()
+        assert isinstance(step_error.value.__cause__, auth_error)
         artifacts.add("step error", step_error.value)
+        artifacts.add("step error cause", step_error.value.__cause__)
         server.reset()
     artifacts.add("usage", json.dumps(usage.as_dict()))
     artifacts.add("usage repr", usage)
@@ -292,5 +294,6 @@ def test_optimizer_state_dict_masks_a_key_put_in_completion_args():
         [param], model=ScriptedChatModel(), extra_headers={"Authorization": f"Bearer {key}"}
     )
     state = json.dumps(optimizer.state_dict())
-    assert key not in state and "Bearer [REDACTED]" in state
+    assert key not in state and "extra_headers" not in state  # options are never saved
+    assert key not in repr(optimizer) and "'Authorization': '[REDACTED]'" in repr(optimizer)
     assert optimizer.param_groups[0]["completion_args"]["extra_headers"]["Authorization"].endswith(key)

@@ -62,14 +62,31 @@ def test_parse_json_object_raises_value_error_when_there_is_none(text):
 
 
 def test_extract_fields():
-    assert extract_fields('{"a": "x", "b": "y", "extra": 1}', ["a", "b"]) == {"a": "x", "b": "y"}
-    # non-string values are given as JSON text
-    assert extract_fields('{"a": 3, "b": ["p", "q"]}', ["a", "b"]) == {"a": "3", "b": '["p", "q"]'}
-    # a single field may come back without the wrapper, or under another name
-    assert extract_fields("  just the feedback  ", ["var_1"]) == {"var_1": "just the feedback"}
-    assert extract_fields('{"feedback": "fix it"}', ["var_1"]) == {"var_1": "fix it"}
+    assert extract_fields('Here: ```json\n{"a": "x", "b": "y",}\n```', ["a", "b"]) == {
+        "a": "x",
+        "b": "y",
+    }
+    # exactly the asked keys, each a string: nothing else is read into a field
+    with pytest.raises(ValueError, match="exactly the keys"):
+        extract_fields('{"a": "x", "b": "y", "extra": "z"}', ["a", "b"])
+    with pytest.raises(ValueError, match="must be a string, got a number"):
+        extract_fields('{"a": 3, "b": "y"}', ["a", "b"])
+    with pytest.raises(ValueError, match="got an array"):
+        extract_fields('{"a": ["p"], "b": "y"}', ["a", "b"])
+    with pytest.raises(ValueError, match="got null"):
+        extract_fields('{"var_1": null}', ["var_1"])
+    with pytest.raises(ValueError, match="U\\+FFFD"):
+        extract_fields('{"var_1": "caf\ufffd"}', ["var_1"])
+    # no reply is read under a name it was not given, with or without a wrapper
+    with pytest.raises(ValueError):
+        extract_fields("  just the feedback  ", ["var_1"])
+    with pytest.raises(ValueError, match="exactly the keys"):
+        extract_fields('{"feedback": "fix it"}', ["var_1"])
     with pytest.raises(ValueError, match="missing"):
         extract_fields('{"a": "x"}', ["a", "b"])
+    # judges' verdicts may score with a JSON number
+    assert extract_fields('{"score": 7, "explanation": "ok"}', ["score", "explanation"],
+                          numbers=True) == {"score": "7", "explanation": "ok"}
     with pytest.raises(ValueError):
         extract_fields("plain prose", ["a", "b"])
     with pytest.raises(ValueError):

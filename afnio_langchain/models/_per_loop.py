@@ -1,0 +1,73 @@
+"""One client per running event loop.
+
+httpx connection pools belong to the loop that opened them: a pool opened by a sync
+call (which runs on the package's background loop) breaks an ``await`` on the
+caller's own loop ("bound to a different event loop"), and a pool left open when
+``asyncio.run`` ends breaks the next run. Adapters keep one client per loop here; each
+is closed when its loop shuts down its async generators (``asyncio.run`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class PerLoop(Generic[T]):
+    """A value per running event loop, built on first use there.
+
+    Args:
+        build: Makes the value for the running loop.
+        close: Awaited with the value when its loop shuts down (None: nothing to close).
+
+    Example:
+        >>> import asyncio
+        >>> from afnio_langchain.models._per_loop import PerLoop
+        >>> built = []
+        >>> pool = PerLoop(lambda: built.append(1) or len(built))
+        >>> async def twice():
+        ...     return await pool.get(), await pool.get()
+        >>> asyncio.run(twice()), asyncio.run(twice())
+        ((1, 1), (2, 2))
+    """
+
+    def __init__(
+        self, build: Callable[[], T], close: Callable[[T], Awaitable[object]] | None = None
+    ) -> None:
+        self._build = build
+        self._close = close
+        # loop -> (value, the async generator that closes it; kept alive with it, since
+        # a collected generator would be finalised, closing the value, at once)
+        self._values: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[T, AsyncIterator[None] | None]
+        ] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    async def get(self) -> T:
+        """The value for the running loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._values.get(loop)
+        if entry is not None:
+            return entry[0]
+        with self._lock:
+            entry = self._values.get(loop)
+            fresh = entry is None
+            if entry is None:
+                value = self._build()
+                closer = None if self._close is None else _close_with_loop(value, self._close)
+                entry = self._values[loop] = (value, closer)
+        if fresh and entry[1] is not None:
+            await entry[1].__anext__()  # registered with the loop: runs at its shutdown
+        return entry[0]
+
+
+async def _close_with_loop(value: T, close: Callable[[T], Awaitable[object]]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await close(value)
