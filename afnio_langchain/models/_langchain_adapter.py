@@ -27,7 +27,12 @@ from langchain_core.runnables import RunnableConfig, ensure_config
 
 from afnio_langchain.models._cache import CACHED_PURPOSES
 from afnio_langchain.models._chat_body import clean_usage, parse_chat_body, usage_is_clean
-from afnio_langchain.models._openai_adapter import CHAT_COMPLETIONS_PATH, seconds_of
+from afnio_langchain.models._openai_adapter import (
+    CHAT_COMPLETIONS_PATH,
+    JSON_MODES,
+    response_format_for,
+    seconds_of,
+)
 from afnio_langchain.models._per_loop import PerLoop
 from afnio_langchain.models._protocol import (
     BaseModelClient,
@@ -50,7 +55,8 @@ from afnio_langchain.models._usage import token_count
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 PURPOSE_METADATA_KEY = "afnio_purpose"
-_JSON_MODE_REFUSED: set[int] = set()
+# id(model) -> the JSON mode that model's endpoint took (json_schema, json_object, prompt).
+_JSON_MODE_OF: dict[int, str] = {}
 
 
 def to_langchain_messages(messages: Sequence[Message]) -> list[BaseMessage]:
@@ -260,8 +266,12 @@ class LangChainChatModelClient(BaseModelClient):
     Args:
         model: The chat model.
         retry: Retry policy for transient failures.
-        json_mode: Ask OpenAI-compatible models for ``response_format=json_object``
-            when a JSON reply is needed (``"auto"``: for langchain-openai models).
+        json_mode: Ask OpenAI-compatible models for a ``response_format`` carrying the
+            reply's JSON schema when a JSON reply is needed (``"auto"``: for
+            langchain-openai models): ``json_schema`` first, then ``json_object`` with
+            the schema (llama.cpp's form), then the prompt alone, as
+            :class:`~afnio_langchain.models.OpenAIClient` does; the mode an endpoint
+            takes is remembered per model object.
         max_input_chars: Refuse longer requests before sending (see
             :class:`~afnio_langchain.models.BaseModelClient`).
 
@@ -290,18 +300,23 @@ class LangChainChatModelClient(BaseModelClient):
             getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type
         )
         wanted = _speaks_openai_json_mode(model) if json_mode == "auto" else bool(json_mode)
-        self._json_mode = wanted and id(model) not in _JSON_MODE_REFUSED
+        self._json_mode = _JSON_MODE_OF.get(id(model), JSON_MODES[0]) if wanted else "prompt"
         self._openai_root = _openai_root(model)
 
     caches_itself = True  # LangChain's LLM cache (set_llm_cache, the model's cache=)
 
-    def _refuse_json_mode(self) -> None:
-        # Remembered per model object (not per adapter), forgotten when the model dies.
-        self._json_mode = False
+    def _step_down_json_mode(self, refused: str) -> str:
+        """The endpoint refused JSON mode ``refused``: the next one down the ladder,
+        remembered per model object (not per adapter) and forgotten when the model dies.
+        Never climbs back up (concurrent calls may report refusals out of order)."""
+        mode = JSON_MODES[min(JSON_MODES.index(refused) + 1, len(JSON_MODES) - 1)]
+        if JSON_MODES.index(mode) > JSON_MODES.index(self._json_mode):
+            self._json_mode = mode
         key = id(self.model)
-        if key not in _JSON_MODE_REFUSED:
-            _JSON_MODE_REFUSED.add(key)
-            weakref.finalize(self.model, _JSON_MODE_REFUSED.discard, key)
+        if key not in _JSON_MODE_OF:
+            weakref.finalize(self.model, _JSON_MODE_OF.pop, key, None)
+        _JSON_MODE_OF[key] = self._json_mode
+        return mode
 
     def _client_timeout(self) -> float | None:
         return seconds_of(getattr(self.model, "request_timeout", None))
@@ -340,17 +355,20 @@ class LangChainChatModelClient(BaseModelClient):
     ) -> Completion:
         purpose = params.get("purpose", "forward")
         params, config = self._call_setup(params)
-        use_json_mode = json_schema is not None and self._json_mode
+        mode = self._json_mode if json_schema is not None else "prompt"
         model = await self._runner(purpose)
-        try:
-            reply = await _invoke(model, messages, params, use_json_mode, config)
-        except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: a cut reply
-            return self._cut_completion(exc)
-        except Exception as exc:
-            if not (use_json_mode and refuses_json_mode(exc)):
-                raise
-            self._refuse_json_mode()  # this endpoint refuses JSON mode: prompt and parse instead
-            reply = await _invoke(model, messages, params, False, config)
+        while True:
+            try:
+                reply = await _invoke(
+                    model, messages, {**params, **response_format_for(mode, json_schema)}, config
+                )
+                break
+            except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: cut
+                return self._cut_completion(exc)
+            except Exception as exc:
+                if mode == "prompt" or not refuses_json_mode(exc):
+                    raise
+                mode = self._step_down_json_mode(mode)  # this endpoint refuses that mode
         return self._completion(reply)
 
     def _cut_completion(self, exc: openai.LengthFinishReasonError) -> Completion:
@@ -412,10 +430,7 @@ async def _invoke(
     model: BaseChatModel,
     messages: Sequence[Message],
     params: dict[str, Any],
-    json_mode: bool,
     config: RunnableConfig,
 ) -> BaseMessage:
-    if json_mode:
-        params = {**params, "response_format": {"type": "json_object"}}
     runnable = model.bind(**params) if params else model
     return await runnable.ainvoke(to_langchain_messages(messages), config=config)

@@ -110,7 +110,7 @@ class OpenAIClient(BaseModelClient):
         while True:
             try:
                 response = await self._create(
-                    messages, {**params, **_response_format(mode, json_schema)}
+                    messages, {**params, **response_format_for(mode, json_schema)}
                 )
                 break
             except openai.APIStatusError as exc:
@@ -185,7 +185,7 @@ def seconds_of(timeout: Any) -> float | None:
     return max(known) if known else None
 
 
-def _response_format(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:
+def response_format_for(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:
     if json_schema is None or mode == "prompt":
         return {}
     if mode == "json_schema":

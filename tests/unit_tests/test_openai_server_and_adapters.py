@@ -23,6 +23,7 @@ from langchain_openai import ChatOpenAI
 
 from afnio_langchain.models import (
     JsonSchema,
+    LangChainChatModelClient,
     MalformedReplyError,
     OpenAIClient,
     RetryPolicy,
@@ -389,13 +390,38 @@ async def test_chat_openai_forward_text_and_usage_counted_once(openai_server):
     assert (counts.calls, counts.input_tokens, counts.output_tokens) == (1, prompt_tokens, 3)
 
 
-async def test_chat_openai_json_request_sends_json_object_response_format(openai_server):
+async def test_chat_openai_json_request_sends_the_schema_in_its_response_format(openai_server):
     model = chat_openai_model(openai_server)
     completion = await model.acomplete(json_request("feedback"), json_schema=SCHEMA)
     assert json.loads(completion.text) == {"feedback": "feedback for feedback"}
-    assert openai_server.requests[-1]["response_format"] == {"type": "json_object"}
+    assert openai_server.requests[-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": SCHEMA.name, "schema": SCHEMA.schema},
+    }
     await model.acomplete(HELLO)
     assert "response_format" not in openai_server.requests[-1]
+
+
+async def test_chat_openai_on_llama_cpp_sends_the_schema_with_json_object(openai_server):
+    # llama.cpp's server refuses json_schema (HTTP 500) but honours json_object + schema,
+    # which is what makes even a 135M model emit the requested keys.
+    chat = ChatOpenAI(base_url=openai_server.base_url, api_key="sk-test", model="fake-model")
+    model = LangChainChatModelClient(chat, retry=RetryPolicy(max_attempts=1))
+    openai_server.inject(Fault.refuse_json_schema(), times=10)
+    completion = await model.acomplete(json_request("feedback"), json_schema=SCHEMA)
+    assert json.loads(completion.text) == {"feedback": "feedback for feedback"}
+    formats = [r.get("response_format") for r in openai_server.requests]
+    assert formats == [
+        {"type": "json_schema", "json_schema": {"name": SCHEMA.name, "schema": SCHEMA.schema}},
+        {"type": "json_object", "schema": SCHEMA.schema},
+    ]
+    # remembered for the model: the next structured call goes straight to json_object
+    again = LangChainChatModelClient(chat, retry=RetryPolicy(max_attempts=1))
+    await again.acomplete(json_request("feedback"), json_schema=SCHEMA)
+    assert openai_server.requests[-1]["response_format"] == {
+        "type": "json_object",
+        "schema": SCHEMA.schema,
+    }
 
 
 async def test_chat_openai_purpose_reaches_callbacks_and_tracing(openai_server):
