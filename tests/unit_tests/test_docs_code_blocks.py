@@ -86,24 +86,6 @@ def _placeholders() -> dict[str, object]:
 PLACEHOLDERS = _placeholders
 """Builds the placeholder namespace: fresh for every file."""
 
-# Blocks that do not run yet, in docs this change did not edit (each owned by other
-# work in progress), with why. They are expected to fail, strictly: a block that
-# starts to run must be removed from here. Keyed by file name and a snippet of the block.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("dspy.md", "optimizer = TGD(params, model=lm)"): "uses `params`, defined nowhere",
-    ("dspy.md", "class RAGish(dspy.Module)"): "uses `trainset`, `valset`, defined nowhere",
-    ("reliability.md", "best_effort=True"): "uses `answer`, defined nowhere",
-    ("reliability.md", 'on_item_error="placeholder"'): "uses `ChatCompletion` without importing it",
-    ("performance.md", "pip install"): "installs packages: needs <!-- not-run: ... -->",
-}
-# Blocks in those docs that must not run in the suite (too slow), until they are marked.
-KNOWN_NOT_RUN: dict[tuple[str, str], str] = {
-    ("reliability.md", "python benchmarks/soak.py"): "2,000 soak steps take a minute or more",
-}
-# Output blocks in those docs without a language (should be ``text``).
-KNOWN_UNLABELLED: dict[tuple[str, str], str] = {
-    ("agents.md", "OFFLINE: scripted fake models."): "the example's output",
-}
 
 
 @dataclass(frozen=True)
@@ -133,15 +115,8 @@ def blocks(path: Path) -> list[Block]:
 ALL_BLOCKS = [b for path in DOC_FILES for b in blocks(path)]
 
 
-def listed(block: Block, table: dict[tuple[str, str], str]) -> str | None:
-    for (name, snippet), reason in table.items():
-        if block.path.name == name and snippet in block.code:
-            return reason
-    return None
-
-
 def test_every_block_names_a_known_language():
-    unnamed = [b.where for b in ALL_BLOCKS if b.language not in LANGUAGES and not listed(b, KNOWN_UNLABELLED)]
+    unnamed = [b.where for b in ALL_BLOCKS if b.language not in LANGUAGES]
     assert not unnamed, f"label these blocks python, bash or text: {unnamed}"
     assert sum(b.language in ("python", "bash") for b in ALL_BLOCKS) >= 20
 
@@ -228,9 +203,8 @@ def _run_blocks(path, namespace, folder, env, capsys, *, local: bool) -> int:
             kind, _ = block.mark
             if kind == "not-run" or (kind == "needs") is not local:
                 continue
-        elif local or listed(block, KNOWN_NOT_RUN):
+        elif local:
             continue
-        expected = listed(block, KNOWN_FAILURES)
         try:
             if block.language == "python":
                 run_python(block, namespace)
@@ -239,11 +213,7 @@ def _run_blocks(path, namespace, folder, env, capsys, *, local: bool) -> int:
         except BaseException as exc:  # noqa: BLE001 - a block's failure is reported, not raised
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if expected is None:
-                problems.append(f"{block.where} ({block.language}): {type(exc).__name__}: {exc}")
-        else:
-            if expected is not None:
-                problems.append(f"{block.where} runs now: remove it from KNOWN_FAILURES ({expected})")
+            problems.append(f"{block.where} ({block.language}): {type(exc).__name__}: {exc}")
         ran += 1
         capsys.readouterr()
     assert not problems, "\n\n".join(problems)
