@@ -14,6 +14,9 @@ Skipped, and why (each is a capability the fakes do not claim):
 - image / audio / PDF inputs and tool messages, Anthropic-format inputs: these tests
   download media over the network (not allowed in this suite) and need a multimodal model;
 - ``test_init_from_env``: a fake has no credentials to read from the environment;
+- ``test_serdes``: LangChain's ``load`` admits only the classes of its own mapping (even
+  with ``allowed_objects="all"``), so no chat model outside langchain's partner packages
+  can pass it; like those, the fakes leave ``is_lc_serializable`` False;
 - ``test_stream_time``: a VCR benchmark of HTTP traffic (the fakes make none).
 """
 
