@@ -131,6 +131,8 @@ def neutralize(text: object, limit: int | None = None) -> str:
     value = str(text)
     if limit is not None and len(value) > limit:
         value = value[:limit] + f" ... [{len(value) - limit} more characters]"
+    if "<" not in value:  # the common case: no tag to look for
+        return value
     return _TAG_RE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), value)
 
 

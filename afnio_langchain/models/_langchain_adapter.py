@@ -26,10 +26,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import RunnableConfig, ensure_config
 
 from afnio_langchain.models._cache import CACHED_PURPOSES
-from afnio_langchain.models._chat_body import clean_usage, parse_chat_body, usage_is_clean
+from afnio_langchain.models._lean_completions import LeanChatClient
 from afnio_langchain.models._openai_adapter import (
     CHAT_COMPLETIONS_PATH,
     JSON_MODES,
+    aiohttp_usable,
     response_format_for,
     seconds_of,
 )
@@ -153,44 +154,56 @@ def finish_reason_of(reply: BaseMessage) -> str | None:
     return None
 
 
-class _CheckedHttpClient(openai.DefaultAsyncHttpxClient):  # type: ignore[misc, valid-type]
-    """openai's default async HTTP client, checking each non-streamed chat-completion
-    reply before langchain-openai reads it (langchain-openai would fail on an HTML
-    200 with ``'str' object has no attribute ...``).
+class _StreamChecks:
+    """Checks each streamed chat-completion reply before langchain-openai reads it (a
+    non-streamed reply is checked where it is read: ``_lean_completions``).
 
-    An unusable body is answered as an HTTP 502 whose error message says what came
-    back (masked), which the openai client raises as a transient server error; a
-    malformed ``usage`` block is rewritten as zero counts, so the reply survives it.
+    A reply that is not an event stream is answered as an HTTP 502 whose error message
+    says what came back (masked), which the openai client raises as a transient server
+    error; undecodable bytes end the stream with a :class:`MalformedReplyError`.
     """
 
     def __init__(self, what: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[call-arg]
         self._what = what
 
     async def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        response = await super().send(request, *args, **kwargs)
-        if response.status_code != 200 or not request.url.path.endswith(CHAT_COMPLETIONS_PATH):
+        response = await super().send(request, *args, **kwargs)  # type: ignore[misc]
+        if (
+            response.status_code != 200
+            or not kwargs.get("stream")
+            or not request.url.path.endswith(CHAT_COMPLETIONS_PATH)
+        ):
             return response
-        if kwargs.get("stream"):
-            if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
-                text = (await response.aread()).decode("utf-8", "replace")
-                message = f"the reply of {self._what} to a streamed request is not an event stream"
-                error = {"message": f"{message}: {excerpt(text)!r}", "type": "malformed_reply"}
-                return _replaced(response, request, 502, {"error": error})
-            # checked as it is read: undecodable bytes end it
-            stream = _utf8_checked(response.stream, self._what, type(response))
-            return type(response)(
-                200, headers=response.headers, stream=stream, request=request,
-                extensions=response.extensions,
-            )
-        try:
-            body = parse_chat_body(response.content, self._what)
-        except MalformedReplyError as exc:
-            error = {"error": {"message": str(exc), "type": "malformed_reply", "code": None}}
-            return _replaced(response, request, 502, error)
-        if usage_is_clean(body):
-            return response
-        return _replaced(response, request, 200, clean_usage(body))
+        if "event-stream" not in response.headers.get("content-type", "text/event-stream"):
+            text = (await response.aread()).decode("utf-8", "replace")
+            message = f"the reply of {self._what} to a streamed request is not an event stream"
+            error = {"message": f"{message}: {excerpt(text)!r}", "type": "malformed_reply"}
+            return _replaced(response, request, 502, {"error": error})
+        stream = _utf8_checked(response.stream, self._what, type(response))
+        return type(response)(
+            200, headers=response.headers, stream=stream, request=request,
+            extensions=response.extensions,
+        )
+
+
+class _CheckedHttpxClient(_StreamChecks, openai.DefaultAsyncHttpxClient):  # type: ignore[misc, valid-type]
+    """openai's default httpx client, with the stream checks."""
+
+
+class _CheckedAioHttpClient(_StreamChecks, openai.DefaultAioHttpClient):  # type: ignore[misc, valid-type]
+    """openai's aiohttp-backed client, with the stream checks."""
+
+
+def _checked_http_client(what: str, base_url: Any, proxy: str | None) -> Any:
+    """The HTTP client of a runner: aiohttp where openai's path would take it (see
+    :func:`~afnio_langchain.models._openai_adapter.default_http_client`), httpx for a
+    proxy, a base URL with userinfo, or without aiohttp."""
+    if proxy:
+        return _CheckedHttpxClient(what, base_url=base_url, proxy=proxy)
+    if aiohttp_usable(base_url):
+        return _CheckedAioHttpClient(what, base_url=base_url)
+    return _CheckedHttpxClient(what, base_url=base_url)
 
 
 def _utf8_checked(inner: Any, what: str, response_type: type) -> Any:
@@ -226,7 +239,7 @@ def _replaced(response: Any, request: Any, status: int, body: dict[str, Any]) ->
     return type(response)(status, headers=headers, content=content, request=request)
 
 
-_RUNNER_CLIENTS: dict[int, PerLoop[openai.AsyncOpenAI]] = {}
+_RUNNER_CLIENTS: dict[int, PerLoop[LeanChatClient]] = {}
 _RUNNER_LOCK = threading.Lock()
 
 
@@ -242,15 +255,14 @@ def _runner_clients(model: BaseChatModel, root: openai.AsyncOpenAI, what: str) -
             own_http = getattr(model, "http_async_client", None) is None
             proxy = getattr(model, "openai_proxy", None) or None
 
-            def build() -> openai.AsyncOpenAI:
+            def build() -> LeanChatClient:
                 if not own_http:  # the user's HTTP client: used as it is
-                    return root.with_options(max_retries=0)
-                options = {"proxy": proxy} if proxy else {}
-                http = _CheckedHttpClient(what, base_url=root.base_url, **options)
-                return root.with_options(http_client=http, max_retries=0)
+                    return LeanChatClient(root.with_options(max_retries=0), what)
+                http = _checked_http_client(what, root.base_url, proxy)
+                return LeanChatClient(root.with_options(http_client=http, max_retries=0), what)
 
             clients = _RUNNER_CLIENTS[key] = PerLoop(
-                build, (lambda c: c.close()) if own_http else None
+                build, (lambda c: c.client.close()) if own_http else None
             )
             weakref.finalize(model, _RUNNER_CLIENTS.pop, key, None)
     return clients
@@ -335,7 +347,7 @@ class LangChainChatModelClient(BaseModelClient):
         if self._openai_root is not None:
             client = await _runner_clients(model, self._openai_root, self._what()).get()
             update["root_async_client"] = client
-            update["async_client"] = client.chat.completions
+            update["async_client"] = client.chat.completions  # plain requests skip the typed layer
             # LangChain caches the model's serialised form for its callbacks; computed
             # once on the model, the copy shares it instead of serialising on every call.
             getattr(model, "_serialized", None)

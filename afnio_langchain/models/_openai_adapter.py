@@ -83,7 +83,7 @@ class OpenAIClient(BaseModelClient):
         ):
             base = self._client
             self._per_loop = PerLoop(
-                lambda: base.copy(http_client=_default_http_client(base.base_url)),
+                lambda: base.copy(http_client=default_http_client(base.base_url)),
                 lambda copy: copy.close(),
             )
         self.model_name = model
@@ -134,15 +134,9 @@ class OpenAIClient(BaseModelClient):
         that undecodable bytes are refused rather than read as U+FFFD.
         """
         client = self._client if self._per_loop is None else await self._per_loop.get()
-        body = {"model": self.model_name, "messages": list(messages)}
-        options: dict[str, Any] = {}
-        for key, value in params.items():
-            if key in _REQUEST_OPTIONS:
-                options[_REQUEST_OPTIONS[key]] = value
-            else:
-                body[key] = value
-        if "headers" in options:
-            register_header_secrets(options["headers"])  # masked if a server echoes them
+        body, options = split_request_options(
+            {"model": self.model_name, "messages": list(messages), **params}
+        )
         if self._is_async:
             raw = await client.post(CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=bytes)
         else:
@@ -152,22 +146,49 @@ class OpenAIClient(BaseModelClient):
         return parse_chat_body(raw, self._what())
 
 
-def _default_http_client(base_url: Any) -> Any:
+def split_request_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``chat.completions.create`` keywords as the JSON body and the request options
+    of ``client.post`` (``extra_headers``, ``extra_query``, ``extra_body``, ``timeout``).
+
+    Example:
+        >>> split_request_options({"model": "m", "extra_headers": {"x-a": "1"}})
+        ({'model': 'm'}, {'headers': {'x-a': '1'}})
+    """
+    body: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in _REQUEST_OPTIONS:
+            options[_REQUEST_OPTIONS[key]] = value
+        else:
+            body[key] = value
+    if "headers" in options:
+        register_header_secrets(options["headers"])  # masked if a server echoes them
+    return body, options
+
+
+def default_http_client(base_url: Any) -> Any:
     """The HTTP client for one event loop of a client built with openai's default one:
     openai's own aiohttp backend (``openai.DefaultAioHttpClient``, "for improved
-    concurrency performance") when aiohttp is installed, else its httpx default.
+    concurrency performance") when :func:`aiohttp_usable`, else its httpx default.
     Same defaults (timeout, connection limits, redirects); aiohttp spends a fraction of
     httpx's CPU per request, which sits on the critical path of a minibatch's calls
-    (``benchmarks/``). A base URL with userinfo keeps httpx: aiohttp refuses
-    credentials in the URL beside the client's ``Authorization`` header."""
+    (``benchmarks/``)."""
+    if aiohttp_usable(base_url):
+        return openai.DefaultAioHttpClient(base_url=base_url)
+    return openai.DefaultAsyncHttpxClient(base_url=base_url)
+
+
+def aiohttp_usable(base_url: Any) -> bool:
+    """Whether openai's aiohttp backend can serve ``base_url``: aiohttp is installed,
+    and the URL has no userinfo (aiohttp refuses credentials in the URL beside the
+    client's ``Authorization`` header)."""
     if urllib.parse.urlsplit(str(base_url)).username is not None:
-        return openai.DefaultAsyncHttpxClient(base_url=base_url)
+        return False
     try:
         import aiohttp  # noqa: F401
-
-        return openai.DefaultAioHttpClient(base_url=base_url)
-    except (ImportError, RuntimeError):
-        return openai.DefaultAsyncHttpxClient(base_url=base_url)
+    except ImportError:
+        return False
+    return not openai.DefaultAioHttpClient.__name__.startswith("_Missing")
 
 
 def seconds_of(timeout: Any) -> float | None:

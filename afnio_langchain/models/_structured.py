@@ -90,14 +90,19 @@ def parse_json_object(text: str) -> dict[str, Any]:
         if start == -1 or end <= start:
             continue
         body = candidate[start : end + 1]
-        for attempt in (body, _without_trailing_commas(body)):
-            try:
-                value = json.loads(attempt, strict=False)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
+        value = _loads(body)
+        if value is None and "," in body:  # the repair only when the plain parse fails
+            value = _loads(_without_trailing_commas(body))
+        if isinstance(value, dict):
+            return value
     raise ValueError("the reply contains no JSON object")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, strict=False)
+    except json.JSONDecodeError:
+        return None
 
 
 def _without_trailing_commas(text: str) -> str:

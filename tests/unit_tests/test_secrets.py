@@ -14,11 +14,8 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import dspy
 import openai
 import pytest
-from dspy.clients.cache import Cache
-from dspy.utils.exceptions import LMAuthError
 from langchain_core.tracers.context import collect_runs
 from langchain_openai import ChatOpenAI
 
@@ -194,6 +191,10 @@ def test_key_from_the_environment_is_masked_too(openai_server, monkeypatch, logs
 
 
 def test_dspy_lm_run_leaks_the_key_nowhere(openai_server, monkeypatch, logs):
+    dspy = pytest.importorskip("dspy")  # the dspy extra
+    from dspy.clients.cache import Cache
+    from dspy.utils.exceptions import LMAuthError
+
     monkeypatch.setitem(vars(dspy), "cache", Cache(False, True, None))
     lm = dspy.LM("openai/fake-model", api_base=openai_server.base_url, api_key=KEY, cache=False)
     model = as_model_client(lm)
