@@ -53,13 +53,74 @@ def _close_background_loop() -> None:
         pass
 
 
+_MAIN_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _main_thread_loop() -> asyncio.AbstractEventLoop | None:
+    """The main thread's own event loop, when the caller may run it: in the main thread
+    with no loop running there (a script, the CLI); None otherwise (a notebook, a
+    thread pool, a sync call made from inside a coroutine). It is kept from call to
+    call, so connection pools opened on it are reused, and it is not made the thread's
+    current loop (``asyncio.get_event_loop()`` is left as it was)."""
+    global _MAIN_LOOP
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        asyncio.get_running_loop()
+        return None
+    except RuntimeError:
+        pass
+    if _MAIN_LOOP is None or _MAIN_LOOP.is_closed():
+        _MAIN_LOOP = asyncio.new_event_loop()
+    return _MAIN_LOOP
+
+
+def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on ``loop`` in this thread. Interrupted (Ctrl-C, SystemExit), every
+    task left on the loop is cancelled and awaited before the interrupt goes on, as
+    ``asyncio.run`` does, so no model call keeps running into the next sync call."""
+    task = loop.create_task(coro, context=contextvars.copy_context())
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for pending in left:
+            pending.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        raise
+
+
+@atexit.register
+def _close_main_loop() -> None:
+    """At exit, close the main thread's loop after finalising its async generators,
+    which close the connection pools opened on it (an aiohttp session left open warns
+    at exit)."""
+    loop = _MAIN_LOOP
+    if loop is None or loop.is_closed() or loop.is_running():
+        return
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    except Exception:  # exiting anyway: never fail the interpreter's shutdown
+        pass
+
+
 def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``coro_factory()`` to completion from synchronous code and return its result.
 
-    The coroutine runs on the package's background event loop with a copy of the
-    caller's contextvars (grad mode, usage scopes, LangChain's run tree), so it works
-    the same from a script, a thread pool or inside a running loop (a notebook).
+    The coroutine runs with a copy of the caller's contextvars (grad mode, usage scopes,
+    LangChain's run tree), so it works the same from a script, a thread pool or inside
+    a running loop (a notebook). In the main thread of a script the caller runs it
+    itself, on the main thread's own loop (no thread hop per call: the hop cost more
+    engine CPU per node than everything else a sync node does, see ``benchmarks/``).
+    Elsewhere it runs on the package's background event loop.
     """
+    here = _main_thread_loop()
+    if here is not None:
+        return _run_here(here, coro_factory())
     loop = _background_loop()
     if threading.current_thread() is _LOOP_THREAD:
         # Called from code already running on the background loop: use a fresh one.

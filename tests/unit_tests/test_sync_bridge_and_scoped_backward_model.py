@@ -1,8 +1,10 @@
-"""Sync entry points on the shared background loop, and the scoped backward model."""
+"""Sync entry points (the main thread's own loop, the shared background loop for every
+other caller), and the scoped backward model."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 import pytest
@@ -63,3 +65,95 @@ def test_scoped_backward_models_of_two_threads_do_not_clash():
         thread.join()
     assert seen == {"a": "feedback of a", "b": "feedback of b"}
     assert get_backward_model() is None
+
+
+# -- the main thread runs its own loop -------------------------------------------------
+
+
+def test_a_sync_call_in_the_main_thread_runs_on_the_callers_thread_and_keeps_its_loop():
+    seen: list[tuple[threading.Thread, asyncio.AbstractEventLoop]] = []
+
+    async def where() -> None:
+        seen.append((threading.current_thread(), asyncio.get_running_loop()))
+
+    run_sync(where)
+    run_sync(where)
+    assert seen[0][0] is threading.main_thread() and seen[1][0] is threading.main_thread()
+    assert seen[0][1] is seen[1][1]  # one loop: connection pools opened on it are reused
+
+
+def test_sync_calls_leave_asyncio_run_and_the_current_loop_alone():
+    async def answer() -> int:
+        return 42
+
+    run_sync(answer)
+    assert asyncio.run(answer()) == 42
+    assert run_sync(answer) == 42
+
+
+def test_an_interrupt_cancels_every_model_call_it_left_running():
+    cancelled: list[str] = []
+
+    async def slow_call(name: str) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+
+    async def minibatch() -> None:
+        calls = [asyncio.ensure_future(slow_call(f"item {k}")) for k in range(3)]
+        await asyncio.sleep(0.01)  # the calls are in flight
+        raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the step
+        await asyncio.gather(*calls)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(minibatch)
+    assert sorted(cancelled) == ["item 0", "item 1", "item 2"]
+
+    async def answer() -> int:
+        return 7
+
+    assert run_sync(answer) == 7  # the next call starts on a clean loop
+
+
+def test_a_sync_call_from_a_thread_pool_or_inside_a_running_loop_still_works():
+    async def where() -> str:
+        return threading.current_thread().name
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(run_sync, where).result() == "afnio-loop"
+
+    async def notebook_cell() -> str:
+        return run_sync(where)  # a sync call with the notebook's loop running
+
+    assert asyncio.run(notebook_cell()) == "afnio-loop"
+
+
+def test_a_script_of_sync_calls_closes_its_connection_pools_at_exit():
+    """aiohttp warns "Unclosed client session" when a pool outlives its loop."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import openai
+        from afnio_langchain import Variable
+        from afnio_langchain.autodiff import ChatCompletion
+        from afnio_langchain.models import as_model_client
+        from afnio_langchain.testing import OpenAICompatServer
+        server = OpenAICompatServer().start()
+        model = as_model_client(openai.AsyncOpenAI(base_url=server.base_url, api_key="k"), "m")
+        prompt = Variable("Be brief.", requires_grad=True)
+        messages = [{"role": "system", "content": [prompt]}, {"role": "user", "content": ["hi"]}]
+        ChatCompletion.apply(model, messages, backward_model=model).backward("Shorter.")
+        print(len(prompt.grad))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    assert "Unclosed" not in done.stderr and "never retrieved" not in done.stderr, done.stderr
