@@ -172,3 +172,54 @@ def plot_scaling(
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def plot_overhead(
+    path: Path, rows: Sequence[dict[str, Any]], textgrad: dict[str, Any] | None = None
+) -> bool:
+    """Engine CPU per node against graph size, and per item call against minibatch size
+    (one line per phase); TextGrad's figures on the 1,000-node graph as dotted lines.
+    False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    graphs = sorted((r for r in rows if "items" not in r), key=lambda r: r["nodes"])
+    batches = sorted((r for r in rows if "items" in r), key=lambda r: r["items"])
+    fig, (by_nodes, by_items) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120, sharey=True)
+    phases = ("forward", "backward", "forward_sync", "backward_sync")
+    for phase in phases:
+        label = phase.replace("_sync", " (sync API)")
+        by_nodes.plot(
+            [r["nodes"] for r in graphs], [r[f"{phase}_us_per_node"] for r in graphs], "o-",
+            label=label,
+        )
+        if batches and f"{phase}_us_per_item_call" in batches[0]:
+            by_items.plot(
+                [r["items"] for r in batches],
+                [r[f"{phase}_us_per_item_call"] for r in batches],
+                "o-",
+                label=label,
+            )
+    if textgrad:
+        for phase, style in (("forward", "r:"), ("backward", "r--")):
+            value = textgrad.get(f"{phase}_us_per_node")
+            if value is not None:
+                by_nodes.axhline(value, color="tab:red", linestyle=style[1:],
+                                 label=f"TextGrad {phase} (1,000 nodes)")
+    by_nodes.set(xscale="log", xlabel="graph nodes (width x depth 100)",
+                 ylabel="engine CPU (µs)", title="per node, against graph size")
+    by_items.set(xscale="log", xlabel="minibatch items (depth 10)",
+                 title="per item call, against minibatch size")
+    for ax in (by_nodes, by_items):
+        ax.set_ylim(bottom=0)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "One training step against pipeline depth (minibatch 8)",
         ):
             plots.append(str(path))
+    if overhead_scaling:
+        path = out_dir / "scaling_overhead.png"
+        textgrad_overhead = next((r for r in overheads if r["library"] == "textgrad"), None)
+        if report.plot_overhead(path, overhead_scaling, textgrad_overhead):
+            plots.append(str(path))
     report.write_json(out_dir / "steps.json", steps)
     report.write_json(out_dir / "overhead.json", overheads + overhead_scaling)
     report.write_json(out_dir / "cache.json", cache)
@@ -382,7 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {"summary": summary, "machine": machine, "settings": settings, "elapsed_s": elapsed},
     )
     (out_dir / "summary.md").write_text(
-        report.markdown(summary, steps, overheads, machine, settings, plots), encoding="utf-8"
+        report.markdown(summary, steps, overheads + overhead_scaling, machine, settings, plots),
+        encoding="utf-8",
     )
     log(f"results in {out_dir} ({elapsed} s)")
     print(report.step_table(steps))
