@@ -42,15 +42,35 @@ def _background_loop() -> asyncio.AbstractEventLoop:
 
 @atexit.register
 def _close_background_loop() -> None:
-    """At exit, let the background loop finalise its async generators, which close the
-    connection pools opened on it (an aiohttp session left open warns at exit)."""
+    """At exit, let the background loop finish what closes the connection pools opened
+    on it (see :func:`_wind_down`)."""
     loop, thread = _LOOP, _LOOP_THREAD
     if loop is None or loop.is_closed() or thread is None or not thread.is_alive():
         return
     try:
-        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=10)
     except Exception:  # exiting anyway: never fail the interpreter's shutdown
         pass
+
+
+async def _wind_down() -> None:
+    """Finish every task of the running loop, then finalise its async generators.
+
+    Per-loop clients are closed by async generators (``models/_per_loop.py``): at the
+    loop's shutdown, and when their owner (a model object) is collected, which schedules
+    the close as a task. Closing an aiohttp session itself starts tasks. All of them
+    must end before the loop does, or aiohttp warns "Unclosed client session" and
+    asyncio "Task was destroyed but it is pending".
+    """
+    me = asyncio.current_task()
+    for _ in range(2):  # the generators' shutdown may start tasks of its own
+        await asyncio.sleep(0)  # closes scheduled by collected generators become tasks
+        for _ in range(8):  # a closing task may start another
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, timeout=5)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 _MAIN_LOOP: asyncio.AbstractEventLoop | None = None
@@ -95,14 +115,13 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> 
 
 @atexit.register
 def _close_main_loop() -> None:
-    """At exit, close the main thread's loop after finalising its async generators,
-    which close the connection pools opened on it (an aiohttp session left open warns
-    at exit)."""
+    """At exit, close the main thread's loop once it has closed the connection pools
+    opened on it (see :func:`_wind_down`)."""
     loop = _MAIN_LOOP
     if loop is None or loop.is_closed() or loop.is_running():
         return
     try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(_wind_down())
         loop.close()
     except Exception:  # exiting anyway: never fail the interpreter's shutdown
         pass
