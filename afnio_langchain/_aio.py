@@ -96,21 +96,34 @@ def _main_thread_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on ``loop`` in this thread. Interrupted (Ctrl-C, SystemExit), every
-    task left on the loop is cancelled and awaited before the interrupt goes on, as
-    ``asyncio.run`` does, so no model call keeps running into the next sync call."""
+    """Run ``coro`` on ``loop`` in this thread. Interrupted (Ctrl-C, SystemExit), the
+    model calls left running are cancelled and awaited before the interrupt goes on,
+    as ``asyncio.run`` does, so none keeps running into the next sync call."""
     task = loop.create_task(coro, context=contextvars.copy_context())
     try:
         return loop.run_until_complete(task)
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
-        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        left = [t for t in asyncio.all_tasks(loop) if not t.done() and not _is_closing(t)]
         for pending in left:
             pending.cancel()
         if left:
             loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         raise
+
+
+CLOSING_TASK_NAME = "afnio-close-pool"
+"""The name of the tasks that close a collected owner's connection pool
+(``models/_per_loop.py``)."""
+
+
+def _is_closing(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` closes a connection pool (named so, or an async generator's
+    close): cancelled, the pool would never be closed."""
+    return task.get_name() == CLOSING_TASK_NAME or (
+        type(task.get_coro()).__name__ == "async_generator_athrow"
+    )
 
 
 @atexit.register

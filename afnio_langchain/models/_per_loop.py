@@ -4,7 +4,13 @@ httpx connection pools belong to the loop that opened them: a pool opened by a s
 call (which runs on the package's background loop) breaks an ``await`` on the
 caller's own loop ("bound to a different event loop"), and a pool left open when
 ``asyncio.run`` ends breaks the next run. Adapters keep one client per loop here; each
-is closed when its loop shuts down its async generators (``asyncio.run`` does).
+is closed when its loop shuts down its async generators (``asyncio.run`` does), or,
+when its owner (an adapter, a model) is collected first, by a task on its loop.
+
+The loop, not the owner, holds the open clients: an owner is often collected as part
+of a reference cycle (an exception's traceback holds the frames that held it), and
+a client collected with it would be finalised before any close could run (aiohttp:
+"Unclosed client session").
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
+
+from afnio_langchain._aio import CLOSING_TASK_NAME
 
 T = TypeVar("T")
 
@@ -47,6 +55,7 @@ class PerLoop(Generic[T]):
             asyncio.AbstractEventLoop, tuple[T, AsyncIterator[None] | None]
         ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        weakref.finalize(self, _close_later, self._values)
 
     async def get(self) -> T:
         """The value for the running loop."""
@@ -61,6 +70,8 @@ class PerLoop(Generic[T]):
                 value = self._build()
                 closer = None if self._close is None else _close_with_loop(value, self._close)
                 entry = self._values[loop] = (value, closer)
+                if closer is not None:
+                    _OPEN.setdefault(loop, {})[id(closer)] = closer
         if fresh and entry[1] is not None:
             await entry[1].__anext__()  # registered with the loop: runs at its shutdown
         return entry[0]
@@ -71,3 +82,30 @@ async def _close_with_loop(value: T, close: Callable[[T], Awaitable[object]]) ->
         yield
     finally:
         await close(value)
+
+
+_OPEN: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, AsyncIterator[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""loop -> the closers of the values open on it (see the module doc)."""
+
+
+def _close_later(values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]) -> None:
+    """The owner is gone: close each of its values on the loop it was opened on."""
+    for loop, (_, closer) in list(values.items()):
+        if closer is None or loop.is_closed():
+            continue
+        try:
+            loop.call_soon_threadsafe(_start_closing, loop, closer)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+
+def _start_closing(loop: asyncio.AbstractEventLoop, closer: AsyncIterator[None]) -> None:
+    async def close() -> None:
+        try:
+            await closer.aclose()  # type: ignore[attr-defined]
+        finally:
+            _OPEN.get(loop, {}).pop(id(closer), None)
+
+    loop.create_task(close(), name=CLOSING_TASK_NAME)

@@ -169,3 +169,40 @@ def test_a_script_of_sync_calls_closes_its_connection_pools_at_exit():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
     assert done.stderr == "", done.stderr  # -X dev shows every ResourceWarning
+
+
+def test_a_client_collected_after_a_failed_call_closes_its_connection_pool():
+    """A failed call's traceback puts the client in a reference cycle: collected there,
+    its connection pool used to be finalised unclosed ("Unclosed connector")."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import gc, openai
+        from afnio_langchain.autodiff import ChatCompletion
+        from afnio_langchain.models import OpenAIClient, RetryPolicy
+        from afnio_langchain.testing import Fault, OpenAICompatServer
+        server = OpenAICompatServer().start()
+        retry = RetryPolicy(max_attempts=2, initial_wait=0.001, max_wait=0.01)
+        def call(fail):
+            raw = openai.AsyncOpenAI(base_url=server.base_url, api_key="k")
+            client = OpenAIClient(raw, "m", retry=retry)
+            if fail:
+                server.inject(Fault.http(500), times=2)
+            try:
+                return ChatCompletion.apply(client, [{"role": "user", "content": ["hi"]}]).data
+            except Exception as exc:
+                return type(exc).__name__
+        print(call(False), call(True))
+        gc.collect()
+        print(call(False))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["echo:", "hi", "InternalServerError", "echo:", "hi"]
+    assert done.stderr == "", done.stderr
