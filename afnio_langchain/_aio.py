@@ -119,11 +119,9 @@ CLOSING_TASK_NAME = "afnio-close-pool"
 
 
 def _is_closing(task: asyncio.Task[Any]) -> bool:
-    """Whether ``task`` closes a connection pool (named so, or an async generator's
-    close): cancelled, the pool would never be closed."""
-    return task.get_name() == CLOSING_TASK_NAME or (
-        type(task.get_coro()).__name__ == "async_generator_athrow"
-    )
+    """Whether ``task`` closes a connection pool: cancelled, the pool would never be
+    closed."""
+    return task.get_name() == CLOSING_TASK_NAME
 
 
 @atexit.register

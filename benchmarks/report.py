@@ -122,6 +122,18 @@ def markdown(
     return "\n".join(parts)
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive backend, None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def plot_scaling(
     path: Path,
     rows: Sequence[dict[str, Any]],
@@ -130,12 +142,8 @@ def plot_scaling(
     textgrad: Sequence[dict[str, Any]] = (),
 ) -> bool:
     """Wall time and bound against ``x_key`` (one line per mode); False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     modes = sorted({r["mode"] for r in rows})
@@ -180,12 +188,8 @@ def plot_overhead(
     """Engine CPU per node against graph size, and per item call against minibatch size
     (one line per phase); TextGrad's figures on the 1,000-node graph as dotted lines.
     False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     graphs = sorted((r for r in rows if "items" not in r), key=lambda r: r["nodes"])
     batches = sorted((r for r in rows if "items" in r), key=lambda r: r["items"])

@@ -18,6 +18,7 @@ langchain-openai as the dict it builds its ``ChatResult`` from. Everything else
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
@@ -60,18 +61,16 @@ class _RawReply:
 
 
 class _RawCompletions:
+    """``chat.completions.with_raw_response`` of :class:`LeanChatClient`."""
+
     def __init__(self, lean: _LeanCompletions) -> None:
         self._lean = lean
 
     async def create(self, **payload: Any) -> Any:
-        if not _is_plain(payload):
-            return await self._lean.real.with_raw_response.create(**payload)
-        return await self._lean.post(payload)
+        return await self._lean.send(self._lean.real.with_raw_response.create, payload, raw=True)
 
     async def parse(self, **payload: Any) -> Any:
-        if not _is_plain(payload):
-            return await self._lean.real.with_raw_response.parse(**payload)
-        return await self._lean.post(payload)
+        return await self._lean.send(self._lean.real.with_raw_response.parse, payload, raw=True)
 
 
 class _LeanCompletions:
@@ -86,26 +85,29 @@ class _LeanCompletions:
         # whose headers langchain-openai reads (include_response_headers, gateways).
         self._response_type = _response_class(getattr(client, "_client", None))
 
-    async def post(self, payload: dict[str, Any]) -> _RawReply:
+    async def send(
+        self, typed: Callable[..., Awaitable[Any]], payload: dict[str, Any], *, raw: bool
+    ) -> Any:
+        """A plain request over the raw request API (the reply, or with ``raw`` its
+        ``with_raw_response`` form); anything else through ``typed``, the real method."""
+        if not _is_plain(payload):
+            return await typed(**payload)
         body, options = split_request_options(payload)
         response = await self._client.post(
             CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=self._response_type
         )
-        raw = response if isinstance(response, bytes) else response.content
-        reply = parse_chat_body(raw, self._what)
+        reply = parse_chat_body(
+            response if isinstance(response, bytes) else response.content, self._what
+        )
         if not usage_is_clean(reply):
             reply = clean_usage(reply)  # a malformed usage block never costs the reply
-        return _RawReply(reply, response)
+        return _RawReply(reply, response) if raw else reply
 
     async def create(self, **payload: Any) -> Any:
-        if not _is_plain(payload):
-            return await self.real.create(**payload)
-        return (await self.post(payload)).parse()
+        return await self.send(self.real.create, payload, raw=False)
 
     async def parse(self, **payload: Any) -> Any:
-        if not _is_plain(payload):
-            return await self.real.parse(**payload)
-        return (await self.post(payload)).parse()
+        return await self.send(self.real.parse, payload, raw=False)
 
 
 class _LeanChat:

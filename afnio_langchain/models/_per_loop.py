@@ -7,10 +7,11 @@ caller's own loop ("bound to a different event loop"), and a pool left open when
 is closed when its loop shuts down its async generators (``asyncio.run`` does), or,
 when its owner (an adapter, a model) is collected first, by a task on its loop.
 
-The loop, not the owner, holds the open clients: an owner is often collected as part
-of a reference cycle (an exception's traceback holds the frames that held it), and
-a client collected with it would be finalised before any close could run (aiohttp:
-"Unclosed client session").
+The open clients are held apart from their owner (by the owner's finalizer, until
+their close is scheduled): an owner is often collected as part of a reference cycle
+(an exception's traceback holds the frames that held it), and a client collected
+with it would be finalised before any close could run (aiohttp: "Unclosed client
+session").
 """
 
 from __future__ import annotations
@@ -70,8 +71,6 @@ class PerLoop(Generic[T]):
                 value = self._build()
                 closer = None if self._close is None else _close_with_loop(value, self._close)
                 entry = self._values[loop] = (value, closer)
-                if closer is not None:
-                    _OPEN.setdefault(loop, {})[id(closer)] = closer
         if fresh and entry[1] is not None:
             await entry[1].__anext__()  # registered with the loop: runs at its shutdown
         return entry[0]
@@ -82,12 +81,6 @@ async def _close_with_loop(value: T, close: Callable[[T], Awaitable[object]]) ->
         yield
     finally:
         await close(value)
-
-
-_OPEN: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, AsyncIterator[None]]] = (
-    weakref.WeakKeyDictionary()
-)
-"""loop -> the closers of the values open on it (see the module doc)."""
 
 
 def _close_later(values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple]) -> None:
@@ -102,10 +95,4 @@ def _close_later(values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tu
 
 
 def _start_closing(loop: asyncio.AbstractEventLoop, closer: AsyncIterator[None]) -> None:
-    async def close() -> None:
-        try:
-            await closer.aclose()  # type: ignore[attr-defined]
-        finally:
-            _OPEN.get(loop, {}).pop(id(closer), None)
-
-    loop.create_task(close(), name=CLOSING_TASK_NAME)
+    loop.create_task(closer.aclose(), name=CLOSING_TASK_NAME)  # type: ignore[attr-defined]

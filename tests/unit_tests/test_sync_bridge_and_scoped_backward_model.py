@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -68,6 +71,18 @@ def test_scoped_backward_models_of_two_threads_do_not_clash():
 
 
 # -- the main thread runs its own loop -------------------------------------------------
+
+
+def _run_in_dev_mode(script: str) -> str:
+    """Run ``script`` in a fresh interpreter with ``-X dev`` (every ResourceWarning
+    shown) and return its stdout, checking that it exited cleanly and printed nothing
+    on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    return done.stdout
 
 
 def test_a_sync_call_in_the_main_thread_runs_on_the_callers_thread_and_keeps_its_loop():
@@ -134,10 +149,6 @@ def test_a_script_of_sync_calls_closes_its_connection_pools_at_exit():
     """aiohttp warns "Unclosed client session" when a pool outlives its loop, and asyncio
     "Task was destroyed but it is pending" when closing it was left half done: neither
     for models alive at exit, nor for models collected along the way."""
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent(
         """
         import gc, openai
@@ -163,21 +174,12 @@ def test_a_script_of_sync_calls_closes_its_connection_pools_at_exit():
         print(sum(grads))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "3"
-    assert done.stderr == "", done.stderr  # -X dev shows every ResourceWarning
+    assert _run_in_dev_mode(script).strip() == "3"
 
 
 def test_a_client_collected_after_a_failed_call_closes_its_connection_pool():
     """A failed call's traceback puts the client in a reference cycle: collected there,
     its connection pool used to be finalised unclosed ("Unclosed connector")."""
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent(
         """
         import gc, openai
@@ -200,9 +202,4 @@ def test_a_client_collected_after_a_failed_call_closes_its_connection_pool():
         print(call(False))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["echo:", "hi", "InternalServerError", "echo:", "hi"]
-    assert done.stderr == "", done.stderr
+    assert _run_in_dev_mode(script).split() == ["echo:", "hi", "InternalServerError", "echo:", "hi"]
