@@ -3,7 +3,9 @@
 1. Order: walk back from the roots, counting how many gradients each node awaits.
 2. Propagate: a node's backward starts as soon as all its gradients are in;
    independent nodes (and the model calls inside them) run at the same time, under
-   the concurrency limit of ``afnio_langchain.models.concurrency_limit``.
+   the concurrency limit of ``afnio_langchain.models.concurrency_limit``. Between
+   minibatch LLM nodes, gradients flow item by item (``_item_streams``): a stage's
+   item starts once the next stage's same item has written its feedback.
 3. Commit: gradients reach leaves' ``grad`` only once the whole pass succeeded, so a
    failed pass leaves no gradient on some Variables and not on others.
 
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from afnio_langchain.autodiff._function import AccumulateGrad, GradientResult, Node
+from afnio_langchain.autodiff._item_streams import GradientStream, streamable_edges
 from afnio_langchain.autodiff._minibatch import (
     MinibatchError,
     collect_item_failures,
@@ -241,14 +244,39 @@ async def _propagate(
         finished.append(task)
         wake.set()
 
+    streams: dict[Node, dict[int, tuple[Node, GradientStream]]] = {}  # consumer -> its streams
+    streaming: set[Node] = set()  # producers started on a stream, before their consumer ended
+
     def deliver(node: Node, results: list[GradientResult]) -> None:
-        for (child, output_nr), result in zip(node.next_functions, results):
+        opened = streams.pop(node, {})
+        for j, ((child, output_nr), result) in enumerate(zip(node.next_functions, results)):
             if child is None:
+                continue
+            if j in opened:  # the producer already runs: it reads the rest from here
+                opened[j][1].finish(result)
+                waiting[child] -= 1
                 continue
             inbox[child][output_nr].extend(_as_list(result))
             waiting[child] -= 1
             if waiting[child] == 0:
                 ready.append(child)
+
+    def start(node: Node, received: list[list[Variable]]) -> None:
+        edges = [
+            (j, child) for j, child in streamable_edges(node, waiting)
+            if child not in streaming and not any(inbox[child])
+        ]
+        node.ctx._item_streams = {}  # filled below; a retried pass starts afresh
+        task = asyncio.ensure_future(_run_node(node, received, staged, failures))
+        task.add_done_callback(on_done)
+        running[task] = node
+        for j, child in edges:
+            stream = GradientStream(child.ctx.conversation.size)
+            node.ctx._item_streams[j] = stream
+            streams.setdefault(node, {})[j] = (child, stream)
+            streaming.add(child)
+            inbox.pop(child)
+            start(child, [[stream]])  # type: ignore[list-item]
 
     try:
         while ready or running:
@@ -259,11 +287,11 @@ async def _propagate(
                 if isinstance(node, AccumulateGrad):  # no model call: no task
                     staged.extend((node.variable, g) for g in inbox.pop(node)[0])
                     continue
+                if node in streaming:
+                    continue  # started on a stream; its last feedback has just come
                 if started:
                     await asyncio.sleep(0)  # let the last one send its request first
-                task = asyncio.ensure_future(_run_node(node, inbox.pop(node), staged, failures))
-                task.add_done_callback(on_done)
-                running[task] = node
+                start(node, inbox.pop(node))
                 started += 1
             if not running:
                 break
@@ -274,6 +302,7 @@ async def _propagate(
                 task = finished.popleft()
                 node = running.pop(task)
                 error = task.exception()
+                node.ctx.__dict__.pop("_item_streams", None)
                 if failures is not None and isinstance(error, BackwardError):
                     failures.append(BackwardFailure(node.name(), None, error.__cause__))
                     deliver(node, [None] * len(node.next_functions))

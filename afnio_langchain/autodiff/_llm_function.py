@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from afnio_langchain.autodiff._backward_model import resolve_backward_model
 from afnio_langchain.autodiff._conversation import Conversation, gradients_for_slots
 from afnio_langchain.autodiff._function import Function, FunctionCtx
+from afnio_langchain.autodiff._item_streams import GradientStream, ItemFeedback, publish_item
 from afnio_langchain.autodiff._minibatch import (
     MinibatchError,
     gather_items,
@@ -108,7 +109,13 @@ class LLMFunction(Function):
     @classmethod
     async def abackward(cls, ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:
         """One backward call per item with feedback, concurrently (see the class doc)."""
-        feedback = cls.item_feedback(ctx, *grad_outputs)
+        streamed = grad_outputs[0] if len(grad_outputs) == 1 else None
+        if isinstance(streamed, GradientStream):  # items arrive one by one (_item_streams)
+            feedback: list[str] | ItemFeedback = streamed.feedback(
+                getattr(ctx, "failed_items", frozenset())
+            )
+        else:
+            feedback = cls.item_feedback(ctx, *grad_outputs)
 
         def request(i: int, variables: list[VariableSpec], text: str) -> list[Message]:
             return cls.backward_messages(ctx, i, variables, text)
@@ -119,12 +126,16 @@ class LLMFunction(Function):
 async def item_gradients(
     ctx: FunctionCtx,
     conversation: Conversation,
-    feedback: list[str],
+    feedback: list[str] | ItemFeedback,
     make_request: Callable[[int, list[tuple[str, str, str]], str], list[Message]],
     op_name: str,
 ) -> tuple:
     """The backward of a chat-shaped op: one model call per item that has feedback,
-    asking for one gradient per slot feeding that item that needs grad."""
+    asking for one gradient per slot feeding that item that needs grad.
+
+    ``feedback`` holds one text per item (or, from the engine, item texts still
+    arriving); each item's gradient texts are handed on as soon as its call returns
+    (:func:`~afnio_langchain.autodiff._item_streams.publish_item`)."""
     slots = conversation.slots
     needs = ctx.needs_input_grad
     if not any(needs):
@@ -138,14 +149,23 @@ async def item_gradients(
             own.setdefault(slot.item, []).append(j)
 
     async def one_item(i: int) -> dict[int, str] | None:
+        texts = None
+        try:
+            texts = await item_texts(i)
+        finally:
+            publish_item(ctx, i, texts)
+        return texts
+
+    async def item_texts(i: int) -> dict[int, str] | None:
         wanted = sorted(shared + own[i]) if i in own else shared
-        if not wanted or not feedback[i].strip():
+        text = feedback[i] if isinstance(feedback, list) else await feedback.get(i)
+        if not wanted or not text.strip():
             return None  # nothing to differentiate, or nothing to fix in this item
         keys = {j: f"var_{n + 1}" for n, j in enumerate(wanted)}
         roles = {j: slots[j].variable.role or "text" for j in wanted}
         fields = await request_fields(
             client,
-            make_request(i, [(keys[j], roles[j], slots[j].value(i)) for j in wanted], feedback[i]),
+            make_request(i, [(keys[j], roles[j], slots[j].value(i)) for j in wanted], text),
             {keys[j]: f"feedback on the {roles[j]}" for j in wanted},
             purpose="backward",
             where=f"{op_name}Backward0 (item {i})",

@@ -259,7 +259,10 @@ def _runner_clients(model: BaseChatModel, root: openai.AsyncOpenAI, what: str) -
                 if not own_http:  # the user's HTTP client: used as it is
                     return LeanChatClient(root.with_options(max_retries=0), what)
                 http = _checked_http_client(what, root.base_url, proxy)
-                return LeanChatClient(root.with_options(http_client=http, max_retries=0), what)
+                copy = root.with_options(http_client=http, max_retries=0)
+                # Headers asked for come as openai reads them (httpx's, lower-cased).
+                direct = not getattr(model, "include_response_headers", False)
+                return LeanChatClient(copy, what, direct=direct)
 
             clients = _RUNNER_CLIENTS[key] = PerLoop(
                 build, (lambda c: c.client.close()) if own_http else None

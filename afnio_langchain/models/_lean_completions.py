@@ -9,7 +9,9 @@ the CPU ``ChatOpenAI`` spends per call (``benchmarks/``), and on one core that C
 sits on the critical path of a minibatch's calls. The runner copy of a
 langchain-openai model (see ``_langchain_adapter``) gets the objects below in place
 of its ``async_client`` and ``root_async_client``: plain-JSON requests are posted with
-``client.post`` (same transport, headers, timeouts and errors) and the reply body is
+``client.post`` (same transport, headers, timeouts and errors; over the package's own
+HTTP client, with :class:`~afnio_langchain.models._direct_post.DirectPost`, which
+builds that request once and reuses it) and the reply body is
 checked (:func:`~afnio_langchain.models._chat_body.parse_chat_body`) and handed to
 langchain-openai as the dict it builds its ``ChatResult`` from. Everything else
 (streams, a pydantic ``response_format``, other endpoints) goes to the real client.
@@ -24,6 +26,7 @@ from typing import Any
 import openai
 
 from afnio_langchain.models._chat_body import clean_usage, parse_chat_body, usage_is_clean
+from afnio_langchain.models._direct_post import DirectPost
 from afnio_langchain.models._openai_adapter import CHAT_COMPLETIONS_PATH, split_request_options
 
 __all__ = ["LeanChatClient"]
@@ -76,9 +79,10 @@ class _RawCompletions:
 class _LeanCompletions:
     """``chat.completions`` of :class:`LeanChatClient`."""
 
-    def __init__(self, client: openai.AsyncOpenAI, what: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, what: str, direct: DirectPost | None) -> None:
         self._client = client
         self._what = what
+        self._direct = direct
         self.real = client.chat.completions
         self.with_raw_response = _RawCompletions(self)
         # The HTTP library's response class: post() then returns the response itself,
@@ -93,9 +97,13 @@ class _LeanCompletions:
         if not _is_plain(payload):
             return await typed(**payload)
         body, options = split_request_options(payload)
-        response = await self._client.post(
-            CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=self._response_type
-        )
+        response = None
+        if self._direct is not None:
+            response = await self._direct.reply(CHAT_COMPLETIONS_PATH, body, options)
+        if response is None:
+            response = await self._client.post(
+                CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=self._response_type
+            )
         reply = parse_chat_body(
             response if isinstance(response, bytes) else response.content, self._what
         )
@@ -126,6 +134,8 @@ class LeanChatClient:
     Args:
         client: The openai client the requests go through.
         what: Who answers (``"model 'gpt-4o-mini'"``), for errors about reply bodies.
+        direct: Set for a client the package built itself: its plain requests are
+            sent with :class:`~afnio_langchain.models._direct_post.DirectPost`.
 
     Example:
         >>> import openai
@@ -135,9 +145,10 @@ class LeanChatClient:
         (True, True)
     """
 
-    def __init__(self, client: openai.AsyncOpenAI, what: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, what: str, *, direct: bool = False) -> None:
         self.client = client
-        self.chat = _LeanChat(_LeanCompletions(client, what), client.chat)
+        post = DirectPost(client) if direct else None
+        self.chat = _LeanChat(_LeanCompletions(client, what, post), client.chat)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)

@@ -10,6 +10,7 @@ from typing import Any
 import openai
 
 from afnio_langchain.models._chat_body import completion_from, parse_chat_body
+from afnio_langchain.models._direct_post import DirectPost
 from afnio_langchain.models._per_loop import PerLoop
 from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
@@ -77,14 +78,14 @@ class OpenAIClient(BaseModelClient):
         self._is_async = isinstance(client, openai.AsyncOpenAI)
         # An async client with openai's default HTTP client gets one copy (with its own
         # connection pool) per event loop; a user-supplied http_client is used as is.
-        self._per_loop: PerLoop[Any] | None = None
+        self._per_loop: PerLoop[DirectPost] | None = None
         if self._is_async and (
             type(getattr(client, "_client", None)).__name__ == "AsyncHttpxClientWrapper"
         ):
             base = self._client
             self._per_loop = PerLoop(
-                lambda: base.copy(http_client=default_http_client(base.base_url)),
-                lambda copy: copy.close(),
+                lambda: DirectPost(base.copy(http_client=default_http_client(base.base_url))),
+                lambda post: post.client.close(),
             )
         self.model_name = model
         self.json_mode = json_mode
@@ -130,14 +131,17 @@ class OpenAIClient(BaseModelClient):
         ``chat.completions.create``: our parameters are plain JSON, so create's typed
         transform of the request and its pydantic reply models only cost CPU (about a
         third of the client's time per call, measured in ``benchmarks/``). Same
-        transport, headers, timeouts and errors. The body comes back as bytes, so
-        that undecodable bytes are refused rather than read as U+FFFD.
+        transport, headers, timeouts and errors; on the package's own per-loop copies,
+        the request built once and reused (:class:`DirectPost`). The body comes back as
+        bytes, so that undecodable bytes are refused rather than read as U+FFFD.
         """
-        client = self._client if self._per_loop is None else await self._per_loop.get()
         body, options = split_request_options(
             {"model": self.model_name, "messages": list(messages), **params}
         )
-        if self._is_async:
+        client = self._client
+        if self._per_loop is not None:
+            raw = await (await self._per_loop.get())(CHAT_COMPLETIONS_PATH, body, options)
+        elif self._is_async:
             raw = await client.post(CHAT_COMPLETIONS_PATH, body=body, options=options, cast_to=bytes)
         else:
             raw = await asyncio.to_thread(

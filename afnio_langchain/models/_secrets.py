@@ -16,6 +16,7 @@ text that may hold a key (cut first, and 20 of a key's 23 characters could show)
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -47,7 +48,14 @@ def is_secret_field(name: Any) -> bool:
         >>> [is_secret_field(n) for n in ("x-api-key", "Authorization", "max_tokens")]
         [True, True, False]
     """
-    return isinstance(name, str) and bool(_SECRET_FIELD.search(name))
+    return isinstance(name, str) and _is_secret_name(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
+    # Asked for every key of every call's invocation params (LangChain callbacks):
+    # the same few dozen names, so the regex runs once per name.
+    return bool(_SECRET_FIELD.search(name))
 
 
 def register_secret(value: Any) -> None:

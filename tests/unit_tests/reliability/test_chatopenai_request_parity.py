@@ -60,14 +60,22 @@ def _model(server: StdlibServer, **options: Any) -> ChatOpenAI:
 def _direct_and_through_package(
     server: StdlibServer, params: dict[str, Any], **options: Any
 ) -> tuple[Request, Request]:
-    """The request the user's own ``ChatOpenAI`` sends, and the one the package sends."""
+    """The request the user's own ``ChatOpenAI`` sends, and the one the package sends
+    once it reuses the request openai built for its first call."""
     model = _model(server, **options)
     lc_messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
     asyncio.run(model.bind(**params).ainvoke(lc_messages))
     client = LangChainChatModelClient(model, retry=FAST, json_mode=False)
-    asyncio.run(client.acomplete(MESSAGES, **params))
-    assert len(server.requests) == 2
-    return server.requests[0], server.requests[1]
+
+    async def twice() -> None:  # the second call reuses the first's request (_direct_post)
+        for _ in range(2):
+            await client.acomplete(MESSAGES, **params)
+
+    asyncio.run(twice())
+    assert len(server.requests) == 3
+    first, reused = server.requests[1], server.requests[2]
+    assert _headers(reused) == _headers(first) and reused.body == first.body
+    return server.requests[0], reused
 
 
 def _headers(request: Request) -> dict[str, str]:
