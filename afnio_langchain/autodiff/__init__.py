@@ -8,6 +8,8 @@
   (:class:`ChatCompletion`, :class:`LMJudgeEvaluator`); its prompt kit
   (:func:`build_conversation`, :func:`chat_backward_messages`, :func:`neutralize`...)
   is public so a new LLM op is one subclass. The backward prompts are in ``_prompts.py``.
+- Streaming between minibatch stages: items flow forward (:class:`ForwardHandoff`,
+  ``_forward_streams.py``) and backward (``_item_streams.py``) one by one.
 """
 
 from afnio_langchain.autodiff._backward_model import (
@@ -31,6 +33,7 @@ from afnio_langchain.autodiff._evaluators import (
     ExactMatchEvaluator,
     LMJudgeEvaluator,
 )
+from afnio_langchain.autodiff._forward_streams import ForwardHandoff
 from afnio_langchain.autodiff._function import AccumulateGrad, Function, FunctionCtx, Node
 from afnio_langchain.autodiff._grad_mode import (
     enable_grad,
@@ -82,6 +85,7 @@ __all__ = [
     "Data",
     "DeterministicEvaluator",
     "ExactMatchEvaluator",
+    "ForwardHandoff",
     "Function",
     "FunctionCtx",
     "ItemFailureWarning",

@@ -8,7 +8,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from afnio_langchain.autodiff._conversation import Conversation, build_conversation
+from afnio_langchain.autodiff._conversation import Conversation, build_conversation, render_item
+from afnio_langchain.autodiff._forward_streams import (
+    PendingItems,
+    open_streamed_output,
+    pending_items,
+)
 from afnio_langchain.autodiff._function import FunctionCtx
 from afnio_langchain.autodiff._llm_function import DEFAULT_OUTPUT_ROLE, LLMFunction
 from afnio_langchain.autodiff._minibatch import (
@@ -21,7 +26,7 @@ from afnio_langchain.autodiff._minibatch import (
     mark_failed_items,
 )
 from afnio_langchain.autodiff._variable import Variable
-from afnio_langchain.models import Message, resolve_call_model
+from afnio_langchain.models import resolve_call_model
 
 TextSink = Callable[[str], None]
 _STREAM_SINK: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar(
@@ -42,10 +47,14 @@ def stream_text_to(sink: TextSink) -> Iterator[None]:
 
 
 async def _complete_all(
-    client: Any, conversation: Conversation, completion_args: dict[str, Any]
+    client: Any,
+    conversation: Conversation,
+    completion_args: dict[str, Any],
+    streamed: _Streamed | None = None,
 ) -> tuple[list[Any], dict[int, BaseException]]:
     """Every item's reply (text or Completion; None where it failed) and the failed
-    items' errors."""
+    items' errors; with ``streamed``, each item waits for its own inputs and hands its
+    text on as soon as it has it (``_forward_streams``)."""
     sink = _STREAM_SINK.get()
     if sink is not None and not conversation.batched and hasattr(client, "astream"):
 
@@ -69,10 +78,81 @@ async def _complete_all(
             return [None], {0: exc}
         return [reply], {}
 
-    async def one(item: list[Message]) -> Any:
-        return await client.acomplete(item, purpose="forward", **completion_args)
+    async def one(i: int) -> Any:
+        if streamed is None:
+            return await client.acomplete(conversation.items[i], purpose="forward", **completion_args)
+        try:
+            await streamed.inputs_of(i, conversation)
+            reply = await client.acomplete(conversation.items[i], purpose="forward", **completion_args)
+        except Exception as exc:
+            streamed.failed(i, exc)
+            raise
+        streamed.replied(i, getattr(reply, "text", reply))
+        return reply
 
-    return await gather_items([one(item) for item in conversation.items])
+    return await gather_items([one(i) for i in range(conversation.size)])
+
+
+class _Streamed:
+    """A minibatch forward whose inputs or output are streamed between pipeline stages."""
+
+    def __init__(
+        self,
+        messages: Any,
+        inputs: Any,
+        upstream: list[PendingItems],
+        output: tuple[Variable, PendingItems] | None,
+        placeholder: str | None,
+    ) -> None:
+        self.messages, self.inputs, self.upstream = messages, inputs, upstream
+        self.output = output
+        self.placeholder = placeholder  # the text of a failed item (None: it fails)
+
+    async def inputs_of(self, i: int, conversation: Conversation) -> None:
+        if self.upstream:
+            for items in self.upstream:
+                await items.item(i)
+            conversation.items[i] = render_item(self.messages, self.inputs, i)
+
+    def replied(self, i: int, text: str) -> None:
+        if self.output is not None:
+            self.output[1].put(i, text)
+
+    def failed(self, i: int, error: BaseException) -> None:
+        if self.output is None:
+            return
+        if self.placeholder is not None:
+            self.output[1].put(i, self.placeholder)
+        else:
+            self.output[1].fail(i, error)
+
+    async def upstream_recorded(self) -> None:
+        for items in self.upstream:
+            await items.recorded
+
+
+def _streaming(
+    ctx: FunctionCtx,
+    messages: Any,
+    inputs: Any,
+    conversation: Conversation,
+    output_role: str,
+    policy: str,
+    placeholder: str,
+) -> _Streamed | None:
+    """How this forward streams (None: it does not): inputs still arriving from an
+    earlier pipeline stage, and/or its output handed on to the next one."""
+    if not conversation.batched:
+        return None
+    upstream = [p for p in (pending_items(s.variable) for s in conversation.slots) if p is not None]
+    output = open_streamed_output(
+        conversation.size, output_role, any(ctx.needs_input_grad)
+    )
+    if not upstream and output is None:
+        return None
+    return _Streamed(
+        messages, inputs, upstream, output, placeholder if policy == "placeholder" else None
+    )
 
 
 def _item_error_policy(completion_args: dict[str, Any]) -> tuple[str, str]:
@@ -148,7 +228,10 @@ class ChatCompletion(LLMFunction):
             forward_model_client, completion_args, backward_model
         )
         conversation = build_conversation(messages, inputs)
-        replies, errors = await _complete_all(client, conversation, completion_args)
+        streamed = _streaming(ctx, messages, inputs, conversation, output_role, policy, placeholder)
+        replies, errors = await _complete_all(client, conversation, completion_args, streamed)
+        if streamed is not None:
+            await streamed.upstream_recorded()  # our inputs are in the graph before we are
         received = [None if r is None else getattr(r, "text", r) for r in replies]
         if errors and policy == "raise":
             if not conversation.batched:
@@ -160,7 +243,11 @@ class ChatCompletion(LLMFunction):
         ctx.failed_items = frozenset(errors)
         ctx.backward_model = backward_model
         ctx.output_role = output_role
-        output = Variable(texts if conversation.batched else texts[0], role=output_role)
+        if streamed is not None and streamed.output is not None:
+            output = streamed.output[0]
+            output.data = texts
+        else:
+            output = Variable(texts if conversation.batched else texts[0], role=output_role)
         mark_cut_off_items(output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)])
         if errors:
             mark_failed_items(output, errors)

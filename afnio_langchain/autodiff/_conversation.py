@@ -162,18 +162,7 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
     checked = _check_messages(messages)
     values = _check_inputs(inputs)
     size = _batch_size(checked, values)
-    n = size or 1
-    items = []
-    for i in range(n):
-        item_values = {name: _item_text(value, i) for name, value in values.items()}
-        conversation = []
-        for k, (role, parts) in enumerate(checked):
-            texts = [
-                fill(_item_text(part, i), item_values, where=f"message {k} ({role})")
-                for part in parts
-            ]
-            conversation.append({"role": role, "content": CONTENT_SEPARATOR.join(texts)})
-        items.append(conversation)
+    items = [_render(checked, values, i) for i in range(size or 1)]
     slots = [Slot(part) for _, parts in checked for part in parts if isinstance(part, Variable)]
     for value in values.values():
         if isinstance(value, list):
@@ -181,6 +170,24 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
         elif isinstance(value, Variable):
             slots.append(Slot(value))
     return Conversation(items=items, batched=size is not None, slots=slots)
+
+
+def render_item(messages: Any, inputs: Any, i: int) -> list[Message]:
+    """Item ``i`` of :func:`build_conversation` alone, from the inputs' current data (for
+    an input whose items arrive one by one: ``_forward_streams``)."""
+    return _render(_check_messages(messages), _check_inputs(inputs), i)
+
+
+def _render(checked: list[tuple[str, list]], values: dict[str, Any], i: int) -> list[Message]:
+    item_values = {name: _item_text(value, i) for name, value in values.items()}
+    conversation = []
+    for k, (role, parts) in enumerate(checked):
+        texts = [
+            fill(_item_text(part, i), item_values, where=f"message {k} ({role})")
+            for part in parts
+        ]
+        conversation.append({"role": role, "content": CONTENT_SEPARATOR.join(texts)})
+    return conversation
 
 
 def gradients_for_slots(

@@ -44,6 +44,7 @@ from afnio_langchain.models._protocol import (
 )
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode
 from afnio_langchain.models._secrets import (
+    REDACTED,
     excerpt,
     is_secret_field,
     known_secrets,
@@ -128,8 +129,16 @@ def _with_redaction(config: RunnableConfig) -> RunnableConfig:
 
 
 def _holds_secret_fields(value: Any) -> bool:
+    """Whether ``value`` holds a str under a secret-named key that is not masked yet
+    (the serialised model is the same dict on every call: masked once, it stays so)."""
     if isinstance(value, dict):
-        return any(is_secret_field(k) or _holds_secret_fields(v) for k, v in value.items())
+        return any(
+            (isinstance(v, str) and v and v != REDACTED and is_secret_field(k))
+            or _holds_secret_fields(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, (list, tuple)):
+        return any(_holds_secret_fields(v) for v in value)
     return False
 
 

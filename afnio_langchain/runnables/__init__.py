@@ -6,6 +6,7 @@ from afnio_langchain.runnables._chat import ChatCompletionRunnable, VariableSche
 from afnio_langchain.runnables._coerce import as_variable, as_variables
 from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
+from afnio_langchain.runnables._pipeline import ChatPipeline
 from afnio_langchain.runnables._prompts_file import (
     PromptsFileError,
     load_prompts,
@@ -18,6 +19,7 @@ from afnio_langchain.runnables._trainable import TrainableChain, make_trainable
 
 __all__ = [
     "ChatCompletionRunnable",
+    "ChatPipeline",
     "PromptsFileError",
     "TextFunction",
     "TrainableChain",

@@ -24,6 +24,7 @@ from afnio_langchain.autodiff import (
 from afnio_langchain.runnables._base import VariableRunnable
 from afnio_langchain.runnables._coerce import as_variables
 from afnio_langchain.runnables._messages import normalize_messages
+from afnio_langchain.runnables._pipeline import pipe
 
 _DONE = object()
 
@@ -164,6 +165,11 @@ class ChatCompletionRunnable(VariableRunnable):
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
         return create_model_v2(self.get_name("Output"), root=VariableSchema)
+
+    def __or__(self, other: Any) -> Any:
+        """``step | other``: a :class:`ChatPipeline` when ``other`` is an LLM step too
+        (list inputs then flow item by item), else LangChain's ``RunnableSequence``."""
+        return pipe(self, other) or super().__or__(other)
 
     # -- running ----------------------------------------------------------------------
     def _prepare_inputs(self, input: Any) -> dict[str, Any]:

@@ -147,6 +147,7 @@ EXPECTED_ALL = {
         "Data",
         "DeterministicEvaluator",
         "ExactMatchEvaluator",
+        "ForwardHandoff",
         "Function",
         "FunctionCtx",
         "ItemFailureWarning",
@@ -231,6 +232,7 @@ EXPECTED_ALL = {
     ],
     "afnio_langchain.runnables": [
         "ChatCompletionRunnable",
+        "ChatPipeline",
         "PromptsFileError",
         "TextFunction",
         "TrainableChain",
