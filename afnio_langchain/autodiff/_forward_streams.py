@@ -76,10 +76,13 @@ class PendingItems:
             self.fail(i, error)
         if not self.recorded.done():
             self.recorded.set_exception(UpstreamItemError(f"the earlier stage failed: {error}"))
+        _PENDING.pop(self._variable, None)
 
     def mark_recorded(self) -> None:
+        """The stage's node is in the graph: the Variable is complete."""
         if not self.recorded.done():
             self.recorded.set_result(None)
+        _PENDING.pop(self._variable, None)  # it holds the Variable: let both go
 
     async def item(self, item: int) -> str:
         return await self._items[item]
@@ -160,7 +163,4 @@ def pending_items(variable: object) -> PendingItems | None:
     """The items still arriving into ``variable`` (None when it is complete)."""
     if not isinstance(variable, Variable):
         return None
-    items = _PENDING.get(variable)
-    if items is not None and items.recorded.done() and items.recorded.exception() is None:
-        return None
-    return items
+    return _PENDING.get(variable)

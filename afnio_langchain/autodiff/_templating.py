@@ -9,6 +9,7 @@ literal brace) convert to and from this syntax (:func:`from_fstring`, :func:`to_
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -34,11 +35,19 @@ def placeholders(template: str) -> list[str]:
         >>> placeholders('Translate to {language}; reply as {"text": ...} {{literal}} {language}')
         ['language']
     """
+    return list(_fields_of(template))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fields_of(template: str) -> tuple[str, ...]:
+    # Read for every call of a step (its input keys): the same few prompts each time.
+    if "{" not in template:
+        return ()
     names: dict[str, None] = {}
     for match in _FIELD.finditer(template):
         if match.group(2):
             names[match.group(2)] = None
-    return list(names)
+    return tuple(names)
 
 
 def fill(template: str, values: Mapping[str, object], *, where: str = "template") -> str:
@@ -60,6 +69,8 @@ def fill(template: str, values: Mapping[str, object], *, where: str = "template"
             )
         return str(values[name])
 
+    if "{" not in template:  # no field: most system prompts, every filled-in value
+        return template
     return _FIELD.sub(replace, template)
 
 

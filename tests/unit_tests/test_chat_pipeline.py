@@ -7,11 +7,10 @@ the same steps gives: values, graph, gradients, callbacks' runs and errors.
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 from typing import Any
 
 import pytest
+from _paced_model import Paced as _Paced
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.runnables import RunnableLambda, RunnableSequence
 
@@ -21,41 +20,10 @@ from afnio_langchain.runnables import ChatPipeline
 from afnio_langchain.testing import ScriptedChatModel
 
 SIZE = 5
-_ITEM = re.compile(r"\b(?:q|s\d-i)(\d+)\b")
-_STAGE = re.compile(r"You are stage (\d)")
 
 
-def _key(text: str) -> tuple[int, int]:
-    return int(_STAGE.findall(text)[0]), int(_ITEM.findall(text)[-1])
-
-
-class Paced(ScriptedChatModel):
-    """Forward replies ``s<stage>-i<item>``; each forward call takes ``delay(stage, item)``
-    seconds and fails where ``fail`` lists it; every forward call's span is logged."""
-
-    def __init__(self, delay: Any = None, fail: frozenset = frozenset(), **kwargs: Any) -> None:
-        super().__init__(
-            forward=lambda r: "s{}-i{}".format(*_key(r)),
-            feedback=lambda r: "fb s{} i{}".format(*_key(r)),
-            **kwargs,
-        )
-        object.__setattr__(self, "_delay", delay or (lambda stage, item: 0.0))
-        object.__setattr__(self, "_fail", set(fail))
-        object.__setattr__(self, "spans", {})
-
-    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
-        text = "\n".join(str(m.content) for m in messages)
-        forward = "var_" not in text and "improved" not in text
-        key = _key(text) if forward else None
-        began = time.perf_counter()
-        if key is not None:
-            if key in self._fail:
-                raise ValueError(f"the model refuses stage {key[0]} item {key[1]}")
-            await asyncio.sleep(self._delay(*key))
-        result = await super()._agenerate(messages, stop, run_manager, **kwargs)
-        if key is not None:
-            self.spans[key] = (began, time.perf_counter())
-        return result
+def Paced(**options: Any) -> _Paced:  # noqa: N802 - the model class, forward calls paced
+    return _Paced("forward", **options)
 
 
 def _steps(model: ScriptedChatModel, depth: int = 3, **options: Any):
@@ -188,3 +156,19 @@ def test_a_single_input_and_sync_calls_run_as_a_sequence():
     chain = _pipeline(steps)
     assert _run(chain, {"question": "q7"}).data == "s3-i7"
     assert chain.invoke(QUESTIONS).data == [f"s3-i{i}" for i in range(SIZE)]
+
+
+def test_a_streamed_stage_output_is_freed_with_its_graph():
+    import gc
+    import weakref
+
+    from afnio_langchain.autodiff import _forward_streams
+
+    _, steps = _steps(Paced())
+    output = _run(_pipeline(steps), QUESTIONS)
+    middle = weakref.ref(output.grad_fn.next_functions[1][0].ctx.conversation.slots[1].variable)
+    assert middle() is not None and middle() not in _forward_streams._PENDING
+    output.backward("too vague")
+    del output
+    gc.collect()
+    assert middle() is None

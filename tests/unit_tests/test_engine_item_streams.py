@@ -7,61 +7,29 @@ all-or-nothing commit.
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
 from typing import Any
 
 import pytest
+from _paced_model import Paced as _Paced
+from _paced_model import stage_and_item
 
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import BackwardError, ChatCompletion
 from afnio_langchain.testing import ScriptedChatModel
 
 SIZE = 6
-_ITEM = re.compile(r"\b(?:q|s\d-i)(\d+)\b")
-_STAGE = re.compile(r"You are stage (\d)")
 
 
-def _item(text: str) -> int:
-    return int(_ITEM.findall(text)[-1])
+def Paced(**options: Any) -> _Paced:  # noqa: N802 - the model class, backward calls paced
+    return _Paced("backward", **options)
 
 
 def _stage(text: str) -> int:
-    return int(_STAGE.findall(text)[0])
+    return stage_and_item(text)[0]
 
 
-def _forward(request: str) -> str:
-    return f"s{_stage(request)}-i{_item(request)}"
-
-
-def _feedback(request: str) -> str:
-    return f"fb s{_stage(request)} i{_item(request)}"
-
-
-class Paced(ScriptedChatModel):
-    """Scripted replies, each backward call taking the time ``delay`` gives its
-    (stage, item), and failing where ``fail`` lists it; every call's span is logged."""
-
-    def __init__(self, delay: Any = None, fail: frozenset = frozenset(), **kwargs: Any) -> None:
-        super().__init__(forward=_forward, feedback=_feedback, **kwargs)
-        object.__setattr__(self, "_delay", delay or (lambda stage, item: 0.0))
-        object.__setattr__(self, "_fail", set(fail))
-        object.__setattr__(self, "spans", {})
-
-    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
-        text = "\n".join(str(m.content) for m in messages)
-        backward = "feedback" in text.lower() and "var_" in text
-        key = (_stage(text), _item(text)) if backward else None
-        began = time.perf_counter()
-        if key is not None:
-            if key in self._fail:
-                raise ValueError(f"the backward model refuses stage {key[0]} item {key[1]}")
-            await asyncio.sleep(self._delay(*key))
-        result = await super()._agenerate(messages, stop, run_manager, **kwargs)
-        if key is not None:
-            self.spans[key] = (began, time.perf_counter())
-        return result
+def _item(text: str) -> int:
+    return stage_and_item(text)[1]
 
 
 def _pipeline(model: ScriptedChatModel, depth: int = 3, retain: int | None = None):
