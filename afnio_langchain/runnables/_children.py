@@ -27,6 +27,8 @@ from langchain_core.runnables.passthrough import RunnableAssign
 from langchain_core.runnables.router import RouterRunnable
 from pydantic import BaseModel
 
+from afnio_langchain.runnables._pipeline import sequence_of
+
 
 def children(runnable: Any) -> Iterator[Any]:
     """The runnables (and, for unknown pydantic runnables, Variables) directly inside
@@ -103,7 +105,7 @@ def replace_children(runnable: Any, fn: Callable[[Any], Any]) -> Any:
         steps = [fn(s) for s in runnable.steps]
         if all(new is old for new, old in zip(steps, runnable.steps)):
             return runnable
-        return RunnableSequence(*steps, name=runnable.name)
+        return sequence_of(steps, runnable.name)
     updates: dict[str, Any] = {}
     if isinstance(runnable, RunnableParallel):
         updates["steps__"] = {k: fn(v) for k, v in runnable.steps__.items()}

@@ -157,12 +157,18 @@ def pipe(first: Any, other: Any) -> ChatPipeline | None:
     pipelines of them), else None (plain LCEL composition)."""
     if not (chains_item_by_item(first) and chains_item_by_item(other)):
         return None
-    steps = [*_steps(first), *_steps(other)]
-    return ChatPipeline(*steps)
+    return ChatPipeline(*_steps(first), *_steps(other))
+
+
+def sequence_of(steps: list[Any], name: str | None = None) -> RunnableSequence:
+    """``steps`` in sequence: a :class:`ChatPipeline` when every one is an LLM step."""
+    if all(chains_item_by_item(step) for step in steps):
+        return ChatPipeline(*steps, name=name)
+    return RunnableSequence(*steps, name=name)
 
 
 def _steps(runnable: Any) -> list[Any]:
     return list(runnable.steps) if isinstance(runnable, ChatPipeline) else [runnable]
 
 
-__all__ = ["ChatPipeline", "chains_item_by_item", "is_minibatch_input", "pipe"]
+__all__ = ["ChatPipeline", "chains_item_by_item", "is_minibatch_input", "pipe", "sequence_of"]

@@ -21,6 +21,7 @@ from afnio_langchain.runnables._convert import (
     trainable_step,
 )
 from afnio_langchain.runnables._parameters import parameters
+from afnio_langchain.runnables._pipeline import sequence_of
 from afnio_langchain.runnables._prompts_file import load_prompts, prompts_state, save_prompts
 from afnio_langchain.runnables._text_functions import as_differentiable
 
@@ -222,7 +223,7 @@ class _Converter:
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence
-        return out[0] if len(out) == 1 else RunnableSequence(*out, name=sequence.name)
+        return out[0] if len(out) == 1 else sequence_of(out, sequence.name)
 
 
 def _differentiable_parser(parser: BaseOutputParser) -> Runnable:

@@ -172,3 +172,13 @@ def test_a_streamed_stage_output_is_freed_with_its_graph():
     del output
     gc.collect()
     assert middle() is None
+
+
+def test_a_chain_rebuilt_around_new_llm_steps_keeps_streaming():
+    from afnio_langchain.runnables._children import replace_children
+
+    _, (a, b, c) = _steps(ScriptedChatModel(forward="x"))
+    rebuilt = replace_children(a | b, lambda step: c if step is b else step)
+    assert isinstance(rebuilt, ChatPipeline) and rebuilt.steps == [a, c]
+    plain = replace_children(a | b, lambda step: RunnableLambda(lambda v: v) if step is b else step)
+    assert type(plain) is RunnableSequence

@@ -8,6 +8,7 @@ searches all of them for the key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
@@ -298,3 +299,17 @@ def test_optimizer_state_dict_masks_a_key_put_in_completion_args():
     assert key not in state and "extra_headers" not in state  # options are never saved
     assert key not in repr(optimizer) and "'Authorization': '[REDACTED]'" in repr(optimizer)
     assert optimizer.param_groups[0]["completion_args"]["extra_headers"]["Authorization"].endswith(key)
+
+
+def test_a_secret_inside_a_list_of_call_options_is_masked_in_traces(openai_server, logs):
+    plugin_key = "plugin-token-0123456789abcdef-NOT-REGISTERED"
+    chat = ChatOpenAI(
+        base_url=openai_server.base_url, api_key=KEY, model="fake-model", max_retries=0,
+        extra_body={"plugins": [{"name": "search", "api_key": plugin_key}]},
+    )
+    model = as_model_client(chat)
+    model.retry = FAST
+    with collect_runs() as collector:
+        asyncio.run(model.acomplete([{"role": "user", "content": "hi"}]))
+    traces = [run.model_dump_json() for run in collector.traced_runs]
+    assert traces and not any(plugin_key in trace for trace in traces)
