@@ -456,5 +456,6 @@ async def _invoke(
     params: dict[str, Any],
     config: RunnableConfig,
 ) -> BaseMessage:
-    runnable = model.bind(**params) if params else model
-    return await runnable.ainvoke(to_langchain_messages(messages), config=config)
+    # Call options as keywords: what model.bind(**params).ainvoke does, without a
+    # binding built per call (a binding adds no run of its own to traces).
+    return await model.ainvoke(to_langchain_messages(messages), config=config, **params)
