@@ -123,8 +123,8 @@ class _Streamed:
             return
         if self.placeholder is not None:
             self.output[1].put(i, self.placeholder)
-        else:
-            self.output[1].fail(i, error)
+        else:  # this stage will raise: the next one asks for no further item
+            self.output[1].fail_all(error)
 
     async def upstream_recorded(self) -> None:
         for items in self.upstream:

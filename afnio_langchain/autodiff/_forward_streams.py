@@ -52,7 +52,7 @@ class PendingItems:
 
     def __init__(self, variable: Variable) -> None:
         loop = asyncio.get_running_loop()
-        self._variable = variable
+        self._variable = weakref.ref(variable)  # the registry's value: never its key's owner
         self._items: list[asyncio.Future[str]] = [loop.create_future() for _ in variable.items()]
         self.recorded: asyncio.Future[None] = loop.create_future()
         self.recorded.add_done_callback(_observe)
@@ -60,8 +60,10 @@ class PendingItems:
     def put(self, item: int, text: str) -> None:
         """Item ``item``'s text (written into the Variable's data too)."""
         future = self._items[item]
+        variable = self._variable()
         if not future.done():
-            self._variable._data[item] = text  # type: ignore[index]
+            if variable is not None:
+                variable._data[item] = text  # type: ignore[index]
             future.set_result(text)
 
     def fail(self, item: int, error: BaseException) -> None:
@@ -76,13 +78,14 @@ class PendingItems:
             self.fail(i, error)
         if not self.recorded.done():
             self.recorded.set_exception(UpstreamItemError(f"the earlier stage failed: {error}"))
-        _PENDING.pop(self._variable, None)
 
     def mark_recorded(self) -> None:
         """The stage's node is in the graph: the Variable is complete."""
         if not self.recorded.done():
             self.recorded.set_result(None)
-        _PENDING.pop(self._variable, None)  # it holds the Variable: let both go
+        variable = self._variable()
+        if variable is not None:
+            _PENDING.pop(variable, None)
 
     async def item(self, item: int) -> str:
         return await self._items[item]
@@ -163,4 +166,4 @@ def pending_items(variable: object) -> PendingItems | None:
     """The items still arriving into ``variable`` (None when it is complete)."""
     if not isinstance(variable, Variable):
         return None
-    return _PENDING.get(variable)
+    return _PENDING.get(variable)  # a failed stage's stays: its items raise

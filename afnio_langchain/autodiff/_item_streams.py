@@ -68,11 +68,13 @@ class GradientStream:
 
     def finish(self, gradient: Any) -> None:
         """The consumer is done: items not yet given take their text from its
-        gradient for this output (a list-valued Variable), or ``""``."""
-        data = gradient.data if isinstance(gradient, Variable) else None
+        gradient for this output, read as the producer's backward reads a gradient (a
+        list-valued Variable item by item, one text for every item; several
+        contributions joined per item), or ``""``."""
+        contributions = gradient if isinstance(gradient, list) else [gradient]
+        columns = [_item_texts(g, self.size) for g in contributions if isinstance(g, Variable)]
         for i in range(self.size):
-            text = data[i] if isinstance(data, list) and i < len(data) else ""
-            self.put(i, str(text))
+            self.put(i, "\n\n".join(c[i] for c in columns if c[i]))
 
     async def get(self, item: int) -> str:
         """Item ``item``'s feedback, once its consumer has written it."""
@@ -87,6 +89,13 @@ class GradientStream:
     def feedback(self, skipped: Container[int]) -> ItemFeedback:
         """The per-item feedback a producer's backward reads, ``""`` for ``skipped``."""
         return ItemFeedback(self, skipped)
+
+
+def _item_texts(gradient: Variable, size: int) -> list[str]:
+    texts = [str(t) for t in gradient.items()]
+    if len(texts) == 1 and size > 1:
+        texts = texts * size
+    return (texts + [""] * size)[:size]
 
 
 class ItemFeedback:

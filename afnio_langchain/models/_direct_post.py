@@ -216,7 +216,7 @@ class DirectPost:
             return None
         return _Template(request, transport.client)
 
-    async def _send(self, template: _Template, data: bytes) -> bytes:
+    async def _send(self, template: _Template, data: bytes) -> DirectReply:
         try:
             async with template.session.request(
                 "POST",

@@ -104,16 +104,28 @@ class ChatPipeline(RunnableSequence):
                 tasks.append(asyncio.create_task(stage, context=context))
                 upstream = handoff
             try:
-                await asyncio.wait(tasks)
+                await _until_done(tasks)
             except BaseException:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         for task in tasks:  # the earliest stage's error is the run's error
-            if task.exception() is not None:
+            if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
         return tasks[-1].result()
+
+
+async def _until_done(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for every stage; once one fails, the stages after it stop (run one after
+    another, they would never have started): their calls are not paid for."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [tasks.index(t) for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            for task in tasks[min(failed) + 1 :]:
+                task.cancel()
 
 
 async def _run_stage(

@@ -182,3 +182,18 @@ def test_a_chain_rebuilt_around_new_llm_steps_keeps_streaming():
     assert isinstance(rebuilt, ChatPipeline) and rebuilt.steps == [a, c]
     plain = replace_children(a | b, lambda step: RunnableLambda(lambda v: v) if step is b else step)
     assert type(plain) is RunnableSequence
+
+
+def test_stages_after_a_failed_one_stop_making_calls():
+    """Item 3 fails at once in stage 1 while the others are slow: stage 1 raises, and
+    the later stages, started for the items already through, make no further calls."""
+    model = Paced(
+        delay=lambda stage, item: 0.0 if stage > 1 else (0.0 if item == 0 else 0.3),
+        fail=frozenset({(1, 3)}),
+    )
+    _, steps = _steps(model)
+    with pytest.raises(MinibatchError) as raised:
+        _run(_pipeline(steps), QUESTIONS)
+    assert raised.value.failed_items == [3]
+    later = [key for key in model.spans if key[0] > 1]
+    assert all(item == 0 for _, item in later)  # only item 0 got through before the failure

@@ -7,6 +7,7 @@ all-or-nothing commit.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -128,3 +129,21 @@ def test_an_item_without_feedback_makes_no_call_in_any_earlier_stage():
     outputs[-1].backward(feedback)
     assert not any(item == 4 for (_, item) in model.spans)
     assert _grad_texts(prompts[0]) == sorted(f"fb s1 i{i}" for i in range(SIZE) if i != 4)
+
+
+def test_feedback_a_consumer_never_published_reaches_the_producer_as_it_would_unstreamed():
+    """A consumer that returns one gradient text for all items (without publishing
+    item by item) still gives every item of the stage before that text."""
+    from afnio_langchain.autodiff._item_streams import GradientStream
+
+    stream = GradientStream(3)
+    stream.finish(Variable("be concise", role="feedback"))
+    many = GradientStream(2)
+    many.put(0, "kept")
+    many.finish([Variable(["a0", "a1"], role="f"), Variable(["", "b1"], role="f")])
+
+    async def read(s: GradientStream) -> list[str]:
+        return [await s.get(i) for i in range(s.size)]
+
+    assert asyncio.run(read(stream)) == ["be concise"] * 3
+    assert asyncio.run(read(many)) == ["kept", "a1\n\nb1"]
