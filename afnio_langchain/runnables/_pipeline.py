@@ -27,6 +27,7 @@ from langchain_core.runnables.config import (
     patch_config,
     set_config_context,
 )
+from langchain_core.runnables.utils import coro_with_context
 
 from afnio_langchain.autodiff import ForwardHandoff, Variable
 
@@ -101,7 +102,7 @@ class ChatPipeline(RunnableSequence):
                 handoff = ForwardHandoff()
                 context.run(handoff.install)
                 stage = _run_stage(step, input, upstream, step_config, kwargs if i == 0 else {}, handoff)
-                tasks.append(asyncio.create_task(stage, context=context))
+                tasks.append(coro_with_context(stage, context, create_task=True))  # type: ignore[arg-type]
                 upstream = handoff
             try:
                 await _until_done(tasks)
