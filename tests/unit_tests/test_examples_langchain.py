@@ -67,3 +67,12 @@ def test_examples_against_an_openai_compatible_endpoint(name, openai_server, tmp
     assert {body["model"] for body in openai_server.requests} == {"fake-model"}
     if name == "lcel_pipeline.py":
         assert lines[1].startswith("gradients reached 3 of 3 system prompts")
+
+
+def test_minibatch_pipeline_example_streams_and_trains_all_three_prompts():
+    lines = run("minibatch_pipeline.py")
+    assert lines[0] == "ChatPipeline of 3 steps, 12 questions"
+    assert [line.split(":")[0] for line in lines[1:3]] == ["ChatPipeline", "RunnableSequence"]
+    assert lines[3] == "same outputs: True"
+    assert lines[4] == "gradients on 3 of 3 system prompts"
+    assert lines[5] == "new solver prompt: Solve the question and give the sum as a number."
