@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from afnio_langchain.autodiff._conversation import Conversation, build_conversation, render_item
+from afnio_langchain.autodiff._conversation import Conversation, build_conversation, item_renderer
 from afnio_langchain.autodiff._forward_streams import (
     PendingItems,
     open_streamed_output,
@@ -104,15 +104,16 @@ class _Streamed:
         output: tuple[Variable, PendingItems] | None,
         placeholder: str | None,
     ) -> None:
-        self.messages, self.inputs, self.upstream = messages, inputs, upstream
+        self.render = item_renderer(messages, inputs) if upstream else None
+        self.upstream = upstream
         self.output = output
         self.placeholder = placeholder  # the text of a failed item (None: it fails)
 
     async def inputs_of(self, i: int, conversation: Conversation) -> None:
-        if self.upstream:
+        if self.render is not None:
             for items in self.upstream:
                 await items.item(i)
-            conversation.items[i] = render_item(self.messages, self.inputs, i)
+            conversation.items[i] = self.render(i)
 
     def replied(self, i: int, text: str) -> None:
         if self.output is not None:

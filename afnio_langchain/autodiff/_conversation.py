@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,10 +172,12 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
     return Conversation(items=items, batched=size is not None, slots=slots)
 
 
-def render_item(messages: Any, inputs: Any, i: int) -> list[Message]:
-    """Item ``i`` of :func:`build_conversation` alone, from the inputs' current data (for
-    an input whose items arrive one by one: ``_forward_streams``)."""
-    return _render(_check_messages(messages), _check_inputs(inputs), i)
+def item_renderer(messages: Any, inputs: Any) -> Callable[[int], list[Message]]:
+    """Renders item ``i`` of :func:`build_conversation` alone, from the inputs' data at
+    that moment (for an input whose items arrive one by one: ``_forward_streams``); the
+    messages and inputs are checked once, here."""
+    checked, values = _check_messages(messages), _check_inputs(inputs)
+    return lambda i: _render(checked, values, i)
 
 
 def _render(checked: list[tuple[str, list]], values: dict[str, Any], i: int) -> list[Message]:

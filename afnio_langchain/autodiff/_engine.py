@@ -244,16 +244,15 @@ async def _propagate(
         finished.append(task)
         wake.set()
 
-    streams: dict[Node, dict[int, tuple[Node, GradientStream]]] = {}  # consumer -> its streams
     streaming: set[Node] = set()  # producers started on a stream, before their consumer ended
 
     def deliver(node: Node, results: list[GradientResult]) -> None:
-        opened = streams.pop(node, {})
+        opened: dict[int, GradientStream] = node.ctx.__dict__.pop("_item_streams", {})
         for j, ((child, output_nr), result) in enumerate(zip(node.next_functions, results)):
             if child is None:
                 continue
             if j in opened:  # the producer already runs: it reads the rest from here
-                opened[j][1].finish(result)
+                opened[j].finish(result)
                 waiting[child] -= 1
                 continue
             inbox[child][output_nr].extend(_as_list(result))
@@ -272,8 +271,7 @@ async def _propagate(
         running[task] = node
         for j, child in edges:
             stream = GradientStream(child.ctx.conversation.size)
-            node.ctx._item_streams[j] = stream
-            streams.setdefault(node, {})[j] = (child, stream)
+            node.ctx._item_streams[j] = stream  # the node publishes here; deliver finishes it
             streaming.add(child)
             inbox.pop(child)
             start(child, [[stream]])  # type: ignore[list-item]
@@ -302,7 +300,6 @@ async def _propagate(
                 task = finished.popleft()
                 node = running.pop(task)
                 error = task.exception()
-                node.ctx.__dict__.pop("_item_streams", None)
                 if failures is not None and isinstance(error, BackwardError):
                     failures.append(BackwardFailure(node.name(), None, error.__cause__))
                     deliver(node, [None] * len(node.next_functions))
