@@ -53,6 +53,7 @@ from afnio_langchain.models._secrets import (
     register_header_secrets,
     register_secrets_of,
 )
+from afnio_langchain.models._unobserved_call import agenerate_unobserved, is_unobserved
 from afnio_langchain.models._usage import token_count
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
@@ -368,7 +369,7 @@ class LangChainChatModelClient(BaseModelClient):
     def _call_setup(self, params: dict[str, Any]) -> tuple[dict[str, Any], RunnableConfig]:
         params = dict(params)
         purpose = params.pop("purpose", "forward")
-        config: RunnableConfig = _with_redaction(ensure_config(params.pop("config", None)))
+        config: RunnableConfig = ensure_config(params.pop("config", None))
         config["metadata"] = {**config.get("metadata", {}), PURPOSE_METADATA_KEY: purpose}
         if "extra_headers" in params:
             register_header_secrets(params["extra_headers"])  # masked if a server echoes them
@@ -384,7 +385,11 @@ class LangChainChatModelClient(BaseModelClient):
         while True:
             try:
                 reply = await _invoke(
-                    model, messages, {**params, **response_format_for(mode, json_schema)}, config
+                    model,
+                    messages,
+                    {**params, **response_format_for(mode, json_schema)},
+                    config,
+                    run_free=self._openai_root is not None,
                 )
                 break
             except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: cut
@@ -418,7 +423,8 @@ class LangChainChatModelClient(BaseModelClient):
         model = await self._runner(purpose)
         runnable = model.bind(**params) if params else model
         merged: BaseMessage | None = None
-        async for chunk in runnable.astream(to_langchain_messages(messages), config=config):
+        chunks = runnable.astream(to_langchain_messages(messages), config=_with_redaction(config))
+        async for chunk in chunks:
             merged = chunk if merged is None else merged + chunk  # type: ignore[operator]
             yield message_text(chunk), None
         yield "", self._completion(merged if merged is not None else AIMessage(content=""))
@@ -455,7 +461,14 @@ async def _invoke(
     messages: Sequence[Message],
     params: dict[str, Any],
     config: RunnableConfig,
+    *,
+    run_free: bool = False,
 ) -> BaseMessage:
+    """The model's reply; with ``run_free`` (langchain-openai models), straight from
+    its ``_agenerate`` when no handler, cache or limiter would see LangChain's run."""
+    lc_messages = to_langchain_messages(messages)
+    if run_free and is_unobserved(model, config, params):
+        return await agenerate_unobserved(model, lc_messages, params)
     # Call options as keywords: what model.bind(**params).ainvoke does, without a
     # binding built per call (a binding adds no run of its own to traces).
-    return await model.ainvoke(to_langchain_messages(messages), config=config, **params)
+    return await model.ainvoke(lc_messages, config=_with_redaction(config), **params)

@@ -1,0 +1,87 @@
+"""A langchain-openai model's call without langchain-core's run around it, when nothing
+would observe that run.
+
+``BaseChatModel.ainvoke`` wraps the model's own ``_agenerate`` in a run: a callback
+manager configured from the call's config, the model and the environment (tracers),
+start and end events, the LLM cache, the rate limiter and the streaming decision. On
+one core that wrapping costs about as much CPU per call as the request itself, and in a
+minibatch that CPU sits on the critical path (``benchmarks/``). When the call would get
+no callback handler at all (no callbacks in its config or on the model, no tracer from
+``LANGSMITH_TRACING`` or a tracing context, no ``verbose``/``set_debug``), no cache
+applies, there is no rate limiter, the model would not stream and does not rewrite its
+output to v1 content blocks, the run does nothing anyone sees: the call then goes to the
+model's own ``_agenerate`` (its request, its reply parsing, its errors), and the reply's
+metadata is merged as the run merges it. The one difference left is the id LangChain
+gives the reply message (``lc_run-...``), which only a handler could match to a run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManager
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import BaseChatModel, chat_models
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+__all__ = ["agenerate_unobserved", "is_unobserved"]
+
+# What ainvoke runs around _agenerate; a model class that overrides any of it keeps it.
+_RUN_METHODS = ("ainvoke", "agenerate_prompt", "agenerate", "_agenerate_with_cache")
+# Generation info the run leaves out of response_metadata (langchain-core 1.x).
+_GATEWAY_KEY = getattr(chat_models, "GATEWAY_METADATA_RESPONSE_KEY", None)
+
+
+@functools.lru_cache(maxsize=64)
+def _keeps_base_run(cls: type) -> bool:
+    return all(getattr(cls, name) is getattr(BaseChatModel, name) for name in _RUN_METHODS)
+
+
+def _no_cache_applies(model: BaseChatModel) -> bool:
+    return model.cache is False or (model.cache is None and get_llm_cache() is None)
+
+
+def is_unobserved(model: BaseChatModel, config: RunnableConfig, params: dict[str, Any]) -> bool:
+    """Whether ``model.ainvoke(..., config=config, **params)`` would run with no callback
+    handler, cache, rate limiter, stream or v1 output rewrite (see the module doc).
+
+    The handlers are counted by LangChain's own ``AsyncCallbackManager.configure``, with
+    the arguments ``agenerate`` gives it, so every source of a tracer it knows of counts.
+    """
+    if not _keeps_base_run(type(model)):
+        return False
+    if model.rate_limiter is not None or getattr(model, "output_version", None) == "v1":
+        return False
+    if not _no_cache_applies(model) or model._should_stream(async_api=True, **params):
+        return False
+    manager = AsyncCallbackManager.configure(
+        config.get("callbacks"),
+        model.callbacks,
+        model.verbose,
+        config.get("tags"),
+        model.tags,
+        config.get("metadata"),
+        model.metadata,
+    )
+    return not manager.handlers
+
+
+async def agenerate_unobserved(
+    model: BaseChatModel, messages: list[BaseMessage], params: dict[str, Any]
+) -> BaseMessage:
+    """The reply ``model.ainvoke(messages, **params)`` gives, from the model's own
+    ``_agenerate``, with the response metadata merged as ``_agenerate_with_cache`` does.
+
+    Call only where :func:`is_unobserved` holds."""
+    params = dict(params)
+    stop = params.pop("stop", None)
+    result = await model._agenerate(messages, stop=stop, **params)
+    generation = result.generations[0]
+    message = generation.message
+    info = {k: v for k, v in (generation.generation_info or {}).items() if k != _GATEWAY_KEY}
+    message.response_metadata = {**info, **message.response_metadata}
+    if len(result.generations) == 1 and result.llm_output is not None:
+        message.response_metadata = {**result.llm_output, **message.response_metadata}
+    return message

@@ -1,0 +1,200 @@
+"""A ``ChatOpenAI`` call that nothing observes skips langchain-core's run, and gives back
+what the run gives back; anything that would observe the run keeps it.
+
+``models/_unobserved_call.py`` sends such a call to the model's own ``_agenerate``
+(LangChain's callback managers, start/end events and cache checks cost as much CPU per
+call as the request). These tests pin, against the independent stdlib server, that the
+reply, usage, finish reason and metadata are those of the run, and that a callback in
+the config or on the model, a run collector, an LLM cache, a rate limiter, streaming,
+v1 output and a subclass that overrides the run each keep LangChain's run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.globals import set_llm_cache
+from langchain_core.language_models import BaseChatModel
+from langchain_core.rate_limiters import InMemoryRateLimiter
+from langchain_core.tracers.context import collect_runs
+from langchain_openai import ChatOpenAI
+
+from afnio_langchain.models import JsonSchema, LangChainChatModelClient
+
+from ._stdlib_server import Reply, Request, StdlibServer, completion
+from .conftest import FAST, KEY, MODEL
+
+MESSAGES = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is 2 + 2?"},
+]
+USAGE = {
+    "prompt_tokens": 40,
+    "completion_tokens": 5,
+    "total_tokens": 45,
+    "prompt_tokens_details": {"cached_tokens": 32},
+}
+
+
+def _answer(request: Request) -> Reply:
+    text = '{"answer": "4"}' if (request.body or {}).get("response_format") else "4"
+    return Reply(
+        body={**completion(text, usage=USAGE), "system_fingerprint": "fp-1"},
+        headers={"x-request-id": "req-9"},
+    )
+
+
+@pytest.fixture
+def server():
+    with StdlibServer(_answer) as running:
+        yield running
+
+
+@pytest.fixture
+def runs(monkeypatch) -> list[str]:
+    """Model names of the calls that went through ``BaseChatModel.agenerate``."""
+    seen: list[str] = []
+    original = BaseChatModel.agenerate
+
+    async def counted(self, *args: Any, **kwargs: Any) -> Any:
+        seen.append(type(self).__name__)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseChatModel, "agenerate", counted)
+    return seen
+
+
+@pytest.fixture
+def no_global_cache():
+    set_llm_cache(None)
+    yield
+    set_llm_cache(None)
+
+
+def _model(server: StdlibServer, **options: Any) -> ChatOpenAI:
+    return ChatOpenAI(base_url=server.base_url, api_key=KEY, model=MODEL, timeout=5, **options)
+
+
+def _call(model: BaseChatModel, **params: Any) -> Any:
+    client = LangChainChatModelClient(model, retry=FAST, json_mode=params.pop("json_mode", False))
+    return asyncio.run(client.acomplete(MESSAGES, **params))
+
+
+class _Quiet(BaseCallbackHandler):
+    """A handler that records nothing: its presence alone keeps LangChain's run."""
+
+
+def _comparable(completion_: Any) -> dict[str, Any]:
+    reply = completion_.raw
+    return {
+        "text": completion_.text,
+        "model": completion_.model,
+        "tokens": (completion_.input_tokens, completion_.output_tokens),
+        "cached": completion_.cached_input_tokens,
+        "finish": completion_.finish_reason,
+        "metadata": reply.response_metadata,
+        "usage": reply.usage_metadata,
+        "type": type(reply).__name__,
+    }
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_an_unobserved_call_gives_back_what_the_run_gives(server, runs, no_global_cache, json_mode):
+    options = {"include_response_headers": True}
+    params: dict[str, Any] = {"json_mode": json_mode}
+    if json_mode:
+        params["json_schema"] = JsonSchema("answer", {"type": "object", "properties": {}})
+    quiet = _call(_model(server, **options), **dict(params))
+    assert runs == []
+    observed = {"callbacks": [_Quiet()]}
+    with_run = _call(_model(server, **options), config=observed, **dict(params))
+    assert runs == ["ChatOpenAI"]
+    assert _comparable(quiet) == _comparable(with_run)
+    assert quiet.cached_input_tokens == 32 and quiet.finish_reason == "stop"
+    assert quiet.raw.response_metadata["headers"]["x-request-id"] == "req-9"
+    assert server.requests[0].body == server.requests[1].body
+    assert quiet.raw.response_metadata["system_fingerprint"] == "fp-1"
+
+
+def test_a_callback_in_the_config_sees_the_run(server, runs, no_global_cache):
+    class Seen(BaseCallbackHandler):
+        events: list[str] = []
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            self.events.append(kwargs["metadata"]["afnio_purpose"])
+
+    _call(_model(server), config={"callbacks": [Seen()]})
+    assert runs == ["ChatOpenAI"] and Seen.events == ["forward"]
+
+
+def test_a_callback_on_the_model_keeps_the_run(server, runs, no_global_cache):
+    _call(_model(server, callbacks=[_Quiet()]))
+    assert runs == ["ChatOpenAI"]
+
+
+def test_a_run_collector_records_the_call(server, runs, no_global_cache):
+    with collect_runs() as collector:
+        _call(_model(server))
+    assert runs == ["ChatOpenAI"]
+    assert [run.run_type for run in collector.traced_runs] == ["llm"]
+
+
+def test_an_llm_cache_keeps_the_run_and_answers_the_repeat(server, runs, no_global_cache):
+    set_llm_cache(InMemoryCache())
+    model = _model(server)
+    first, second = _call(model), _call(model)
+    assert len(server.requests) == 1 and second.from_cache and not first.from_cache
+    assert runs == ["ChatOpenAI", "ChatOpenAI"]
+
+
+def test_backward_calls_skip_the_run_even_with_a_cache_set(server, runs, no_global_cache):
+    """Only forward calls are cached (``models/_cache.py``): the others ask for no cache,
+    so nothing observes their run."""
+    set_llm_cache(InMemoryCache())
+    _call(_model(server), purpose="backward")
+    assert runs == []
+
+
+def test_a_rate_limiter_still_paces_the_call(server, runs, no_global_cache):
+    limiter = InMemoryRateLimiter(requests_per_second=100, check_every_n_seconds=0.001)
+    _call(_model(server, rate_limiter=limiter))
+    assert runs == ["ChatOpenAI"]
+
+
+@pytest.mark.parametrize("options", [{"streaming": True}, {"output_version": "v1"}])
+def test_streaming_and_v1_output_keep_the_run(server, runs, no_global_cache, options):
+    server.handler = lambda request: (
+        Reply(
+            body=b'data: {"id":"c","object":"chat.completion.chunk","created":1,'
+            b'"model":"test-model","choices":[{"index":0,"delta":{"content":"4"},'
+            b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+            content_type="text/event-stream",
+        )
+        if request.streaming
+        else _answer(request)
+    )
+    reply = _call(_model(server, **options))
+    assert reply.text == "4" and runs == ["ChatOpenAI"]
+
+
+def test_a_subclass_that_overrides_the_run_keeps_it(server, runs, no_global_cache):
+    calls: list[str] = []
+
+    class Audited(ChatOpenAI):
+        async def ainvoke(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append("ainvoke")
+            return await super().ainvoke(*args, **kwargs)
+
+    reply = _call(Audited(base_url=server.base_url, api_key=KEY, model=MODEL, timeout=5))
+    assert reply.text == "4" and calls == ["ainvoke"] and runs == ["Audited"]
+
+
+def test_an_unobserved_call_keeps_the_model_s_own_errors_and_retries(server, runs, no_global_cache):
+    replies = iter([Reply(status=500, body={"error": {"message": f"boom {KEY}"}})])
+    server.handler = lambda request: next(replies, None) or _answer(request)
+    reply = _call(_model(server))
+    assert reply.text == "4" and len(server.requests) == 2 and runs == []
