@@ -144,6 +144,7 @@ def streamable_edges(consumer: Node, waiting: dict[Node, int]) -> list[tuple[int
         not isinstance(function, type)
         or not issubclass(function, LLMFunction)
         or conversation is None
+        or not conversation.batched  # then no slot holds a batched Variable
         or len(conversation.slots) != len(consumer.next_functions)
     ):
         return []

@@ -7,6 +7,7 @@ tag names inside such text are neutralised so it cannot close a tag early.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -144,6 +145,13 @@ def tag_attribute(text: object) -> str:
         >>> tag_attribute('say "hi" <TASK>')
         "say 'hi' ‹TASK>"
     """
+    if isinstance(text, str):
+        return _tag_attribute_of(text)
+    return _tag_attribute_of(str(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_attribute_of(text: str) -> str:  # roles repeat in every request of a graph
     return " ".join(neutralize(text).replace('"', "'").split())
 
 

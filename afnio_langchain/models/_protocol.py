@@ -394,7 +394,7 @@ def clean_text(text: str) -> str:
         >>> clean_text("caf\udce9\x00 ok\t") == "caf\ufffd ok\t"
         True
     """
-    if _SURROGATE.search(text):
+    if not text.isascii() and _SURROGATE.search(text):  # isascii: no scan of plain text
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if "\x00" in text:
         text = text.replace("\x00", "")
