@@ -227,6 +227,24 @@ def test_server_process_serves_and_records_calls():
         assert server.records() == []
 
 
+def test_the_client_cpu_benchmark_measures_every_client_through_the_server():
+    pytest.importorskip("langchain_openai")
+    from benchmarks import client_cpu
+    from benchmarks.server_process import ServerProcess
+
+    with ServerProcess() as server:
+        figures = asyncio.run(client_cpu.run(server.base_url, calls=3, rounds=2))
+        calls = len(server.records())
+    assert set(figures) == {
+        "openai.AsyncOpenAI",
+        "ChatOpenAI.ainvoke",
+        "afnio_langchain over openai",
+        "afnio_langchain over ChatOpenAI",
+    }
+    assert all(0 < f["min_us"] <= f["median_us"] for f in figures.values())
+    assert calls == 4 * (20 + 3 * 2)  # warm-up calls, then the timed rounds
+
+
 def test_the_simulated_prompt_cache_counts_whole_blocks_of_a_shared_prefix():
     from benchmarks.responder import PREFIX_BLOCK
 

@@ -1,0 +1,89 @@
+"""Client CPU per model call: ``python -m benchmarks.client_cpu [--calls N]``.
+
+Sequential calls against the loopback server in its own process (no latency), so the
+process's CPU time is the client's alone: the plain ``openai.AsyncOpenAI`` and
+``ChatOpenAI`` a user would call, and the same two through this package's adapters
+(``acomplete``). Each figure is the fastest of ``--rounds`` rounds of ``--calls`` calls
+(the least disturbed by other load), with the median next to it; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from benchmarks.server_process import ServerProcess
+
+MESSAGES = [
+    {"role": "system", "content": "You are a careful solver of arithmetic word problems. " * 6},
+    {"role": "user", "content": "A shop sold 17 apples in the morning and 25 after noon. " * 3},
+]
+MODEL = "fake-model"
+
+
+def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
+    import openai
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+
+    from afnio_langchain.models import as_model_client
+
+    raw = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key")
+    chat = ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
+    ours_openai = as_model_client(openai.AsyncOpenAI(base_url=base_url, api_key="bench-key"), MODEL)
+    ours_chat = as_model_client(
+        ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
+    )
+    lc_messages = [SystemMessage(MESSAGES[0]["content"]), HumanMessage(MESSAGES[1]["content"])]
+    return {
+        "openai.AsyncOpenAI": lambda: raw.chat.completions.create(
+            model=MODEL, messages=MESSAGES, temperature=0
+        ),
+        "ChatOpenAI.ainvoke": lambda: chat.ainvoke(lc_messages),
+        "afnio_langchain over openai": lambda: ours_openai.acomplete(MESSAGES),
+        "afnio_langchain over ChatOpenAI": lambda: ours_chat.acomplete(MESSAGES),
+    }
+
+
+async def _measure(call: Callable[[], Awaitable[Any]], calls: int, rounds: int) -> list[float]:
+    for _ in range(20):  # connections opened, request templates built
+        await call()
+    per_call = []
+    for _ in range(rounds):
+        gc.collect()
+        began = time.process_time()
+        for _ in range(calls):
+            await call()
+        per_call.append((time.process_time() - began) / calls * 1e6)
+    return per_call
+
+
+async def run(base_url: str, calls: int, rounds: int) -> dict[str, dict[str, float]]:
+    """µs of client CPU per call, fastest and median round, for each client."""
+    out = {}
+    for name, call in _clients(base_url).items():
+        runs = await _measure(call, calls, rounds)
+        out[name] = {"min_us": round(min(runs)), "median_us": round(statistics.median(runs))}
+        print(f"{name:34s} {out[name]['min_us']:6d} µs (median {out[name]['median_us']})",
+              file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per client")
+    args = parser.parse_args()
+    with ServerProcess(0.0, 0.0) as server:
+        print(json.dumps(asyncio.run(run(server.base_url, args.calls, args.rounds))))
+
+
+if __name__ == "__main__":
+    main()
