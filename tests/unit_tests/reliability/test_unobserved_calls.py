@@ -90,13 +90,16 @@ class _Quiet(BaseCallbackHandler):
 
 def _comparable(completion_: Any) -> dict[str, Any]:
     reply = completion_.raw
+    metadata = dict(reply.response_metadata)
+    # The server's Date header changes from one second to the next.
+    metadata["headers"] = {k: v for k, v in metadata.get("headers", {}).items() if k != "date"}
     return {
         "text": completion_.text,
         "model": completion_.model,
         "tokens": (completion_.input_tokens, completion_.output_tokens),
         "cached": completion_.cached_input_tokens,
         "finish": completion_.finish_reason,
-        "metadata": reply.response_metadata,
+        "metadata": metadata,
         "usage": reply.usage_metadata,
         "type": type(reply).__name__,
     }
@@ -198,3 +201,30 @@ def test_an_unobserved_call_keeps_the_model_s_own_errors_and_retries(server, run
     server.handler = lambda request: next(replies, None) or _answer(request)
     reply = _call(_model(server))
     assert reply.text == "4" and len(server.requests) == 2 and runs == []
+
+
+def test_a_traced_chain_of_chat_openai_steps_records_each_model_run(server, runs, no_global_cache):
+    """Tracing a composed chain (the user's callbacks reach the steps through LangChain's
+    child config) keeps each model run, nested under its step; the same chain run
+    without callbacks makes the same requests and records nothing."""
+    from afnio_langchain import Variable
+    from afnio_langchain.runnables import ChatCompletionRunnable
+
+    model = _model(server)
+    prompt = Variable("Answer briefly.", role="system prompt", requires_grad=True)
+    steps = [
+        ChatCompletionRunnable(model=model, messages=[("system", prompt), ("user", text)])
+        for text in ("{question}", "Check: {draft}")
+    ]
+    chain = steps[0] | steps[1]
+    plain = chain.invoke({"question": "What is 2 + 2?"})
+    assert runs == [] and len(server.requests) == 2
+    with collect_runs() as collector:
+        traced = chain.invoke({"question": "What is 2 + 2?"})
+    assert plain.data == traced.data == "4"
+    assert runs == ["ChatOpenAI", "ChatOpenAI"]
+    [root] = collector.traced_runs
+    steps_runs = root.child_runs
+    assert len(steps_runs) == 2
+    assert [[c.run_type for c in step.child_runs] for step in steps_runs] == [["llm"], ["llm"]]
+    assert [r.body for r in server.requests[:2]] == [r.body for r in server.requests[2:]]
