@@ -28,7 +28,7 @@ from typing import Any
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import ChatCompletion, Sum
 from afnio_langchain.models import BaseModelClient, Completion, JsonSchema, Message
-from benchmarks import task
+from benchmarks import pipeline_textgrad, task
 
 FORWARD_TEXT = "The total is 42 apples, from adding the morning and afternoon sales."
 FEEDBACK_TEXT = "Ask for the bare number first, then one line that checks the sum."
@@ -160,6 +160,7 @@ def ours_peak_memory(width: int, depth: int) -> int:
 
 
 def _textgrad_run(width: int, depth: int, timings: dict[str, float] | None) -> None:
+    pipeline_textgrad.keep_textgrad_local()  # run by hand, textgrad logs into the cwd
     import textgrad as tg
     from textgrad.autograd import FormattedLLMCall
 

@@ -53,6 +53,14 @@ def _scratch() -> str:
     return _SCRATCH
 
 
+def keep_textgrad_local() -> None:
+    """Unless already set: TextGrad's log (opened at import, ``./logs/`` by default) in
+    this process's scratch directory, and litellm's model cost map read locally (no
+    network fetch); for code that imports textgrad outside :func:`textgrad_environment`."""
+    os.environ.setdefault("TEXTGRAD_LOG_DIR", os.path.join(_scratch(), "logs"))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
 @contextlib.contextmanager
 def textgrad_environment(base_url: str) -> Iterator[str]:
     """Point TextGrad's engine at ``base_url`` and its log at a temporary directory

@@ -227,6 +227,25 @@ def test_server_process_serves_and_records_calls():
         assert server.records() == []
 
 
+def test_the_overhead_benchmark_run_by_hand_leaves_no_textgrad_log_behind(tmp_path):
+    """TextGrad opens ``./logs/<time>.jsonl`` at import unless told otherwise; run as
+    ``python -m benchmarks.overhead textgrad`` from a checkout it must not write there."""
+    pytest.importorskip("textgrad")
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TEXTGRAD_LOG_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    options = json.dumps({"width": 1, "depth": 2, "repeats": 1})
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", "textgrad", options],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1])["nodes"] == 2
+    assert not (tmp_path / "logs").exists()
+
+
 def test_the_client_cpu_benchmark_measures_every_client_through_the_server():
     pytest.importorskip("langchain_openai")
     from benchmarks import client_cpu
