@@ -145,8 +145,6 @@ def tag_attribute(text: object) -> str:
         >>> tag_attribute('say "hi" <TASK>')
         "say 'hi' ‹TASK>"
     """
-    if isinstance(text, str):
-        return _tag_attribute_of(text)
     return _tag_attribute_of(str(text))
 
 

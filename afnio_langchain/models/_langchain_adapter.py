@@ -20,7 +20,6 @@ from typing import Any
 
 import openai
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackManager
-from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, ensure_config
@@ -53,7 +52,11 @@ from afnio_langchain.models._secrets import (
     register_header_secrets,
     register_secrets_of,
 )
-from afnio_langchain.models._unobserved_call import agenerate_unobserved, is_unobserved
+from afnio_langchain.models._unobserved_call import (
+    agenerate_unobserved,
+    is_unobserved,
+    no_cache_applies,
+)
 from afnio_langchain.models._usage import token_count
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
@@ -353,9 +356,7 @@ class LangChainChatModelClient(BaseModelClient):
         are cached: see ``models/_cache.py``)."""
         update: dict[str, Any] = {}
         model = self.model
-        if purpose not in CACHED_PURPOSES and not (
-            model.cache is False or (model.cache is None and get_llm_cache() is None)
-        ):
+        if purpose not in CACHED_PURPOSES and not no_cache_applies(model):
             update["cache"] = False
         if self._openai_root is not None:
             client = await _runner_clients(model, self._openai_root, self._what()).get()

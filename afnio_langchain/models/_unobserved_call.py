@@ -26,7 +26,7 @@ from langchain_core.language_models import BaseChatModel, chat_models
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 
-__all__ = ["agenerate_unobserved", "is_unobserved"]
+__all__ = ["agenerate_unobserved", "is_unobserved", "no_cache_applies"]
 
 # What ainvoke runs around _agenerate; a model class that overrides any of it keeps it.
 _RUN_METHODS = ("ainvoke", "agenerate_prompt", "agenerate", "_agenerate_with_cache")
@@ -39,7 +39,9 @@ def _keeps_base_run(cls: type) -> bool:
     return all(getattr(cls, name) is getattr(BaseChatModel, name) for name in _RUN_METHODS)
 
 
-def _no_cache_applies(model: BaseChatModel) -> bool:
+def no_cache_applies(model: BaseChatModel) -> bool:
+    """Whether LangChain's LLM cache plays no part in ``model``'s calls (``cache=False``,
+    or no cache of its own and no global one)."""
     return model.cache is False or (model.cache is None and get_llm_cache() is None)
 
 
@@ -54,7 +56,7 @@ def is_unobserved(model: BaseChatModel, config: RunnableConfig, params: dict[str
         return False
     if model.rate_limiter is not None or getattr(model, "output_version", None) == "v1":
         return False
-    if not _no_cache_applies(model) or model._should_stream(async_api=True, **params):
+    if not no_cache_applies(model) or model._should_stream(async_api=True, **params):
         return False
     manager = AsyncCallbackManager.configure(
         config.get("callbacks"),
