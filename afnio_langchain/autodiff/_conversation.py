@@ -74,7 +74,8 @@ class Conversation:
 def _check_content(content: Any, where: str) -> list[Variable | str]:
     parts = content if isinstance(content, (list, tuple)) else [content]
     for part in parts:
-        if not isinstance(part, (Variable, str)):
+        kind = type(part)
+        if kind is not Variable and kind is not str and not isinstance(part, (Variable, str)):
             raise TypeError(
                 f"{where}: content must be a Variable, a str or a list of them, "
                 f"got {type(part).__name__}"
@@ -90,64 +91,87 @@ def _check_messages(messages: Any) -> list[tuple[str, list[Variable | str]]]:
         )
     checked = []
     for k, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+        if (type(message) is not dict and not isinstance(message, Mapping)) or (
+            "role" not in message or "content" not in message
+        ):
             raise TypeError(
                 f"message {k} must be a dict with 'role' and 'content', got {message!r:.200}"
             )
         role = message["role"]
         if role not in ROLES:
             raise ValueError(f"message {k} has role {role!r}; expected one of {ROLES}")
-        checked.append((role, _check_content(message["content"], f"message {k} ({role})")))
+        content = message["content"]
+        if type(content) is list:
+            checked.append((role, _checked_parts(content, k, role)))
+        else:
+            checked.append((role, _check_content(content, f"message {k} ({role})")))
     return checked
+
+
+def _checked_parts(parts: list[Any], k: int, role: str) -> list[Variable | str]:
+    for part in parts:  # the usual content: a list of Variables and strings
+        if type(part) is not Variable and type(part) is not str:
+            return _check_content(parts, f"message {k} ({role})")
+    return list(parts)
 
 
 def _check_inputs(inputs: Any) -> dict[str, Any]:
     if inputs is None:
         return {}
-    if not isinstance(inputs, Mapping):
+    if type(inputs) is not dict and not isinstance(inputs, Mapping):
         raise TypeError(f"inputs must be a dict of name -> value, got {type(inputs).__name__}")
     for name, value in inputs.items():
-        if not isinstance(name, str):
+        if type(name) is not str:
             raise TypeError(f"input names must be str, got {name!r}")
-        values = value if isinstance(value, list) else [value]
-        for v in values:
+        kind = type(value)
+        if kind is str or (kind is Variable and type(value._data) is not list):
+            continue  # the usual input: one text
+        is_list = isinstance(value, list)
+        for v in value if is_list else [value]:
             if not isinstance(v, (Variable, str, int, float)) or isinstance(v, bool):
                 raise TypeError(
                     f"input {name!r} must be a str, a Variable or a list of them, "
                     f"got {type(v).__name__}"
                 )
-            if isinstance(value, list) and isinstance(v, Variable) and v.is_batched:
+            if is_list and isinstance(v, Variable) and v.is_batched:
                 raise TypeError(f"input {name!r}: a list of inputs cannot hold batched Variables")
     return dict(inputs)
 
 
 def _batch_size(messages: list[tuple[str, list]], inputs: dict[str, Any]) -> int | None:
-    sizes: dict[str, int] = {}
+    sizes: list[tuple[str, int]] = []  # (where, size); "where" is formatted only on error
     for name, value in inputs.items():
         if isinstance(value, list):
-            sizes[f"input {name!r}"] = len(value)
+            sizes.append((f"input {name!r}", len(value)))
         elif isinstance(value, Variable) and value.is_batched:
-            sizes[f"input {name!r}"] = len(value.items())
+            sizes.append((f"input {name!r}", len(value.data)))
     for k, (role, parts) in enumerate(messages):
         for part in parts:
-            if isinstance(part, Variable) and part.is_batched:
-                sizes[f"message {k} ({role})"] = len(part.items())
+            if type(part) is not str and isinstance(part, Variable) and part.is_batched:
+                sizes.append((f"message {k} ({role})", len(part.data)))
     if not sizes:
         return None
-    if len(set(sizes.values())) > 1:
-        detail = ", ".join(f"{where}: {n}" for where, n in sizes.items())
+    if len({n for _, n in sizes}) > 1:
+        detail = ", ".join(f"{where}: {n}" for where, n in dict(sizes).items())
         raise ValueError(f"minibatch inputs disagree in length ({detail})")
-    size = next(iter(sizes.values()))
+    size = sizes[0][1]
     if size == 0:
         raise ValueError("minibatch inputs are empty lists")
     return size
 
 
 def _item_text(value: Any, i: int) -> str:
-    if isinstance(value, list):
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is list:
         value = value[i]
-    if isinstance(value, Variable):
-        return str(value.items()[i] if value.is_batched else value.data)
+        kind = type(value)
+        if kind is str:
+            return value
+    if kind is Variable or isinstance(value, Variable):
+        data = value.data
+        return str(data[i] if type(data) is list else data)  # not items(): no list copy
     return str(value)
 
 
@@ -163,8 +187,15 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
     values = _check_inputs(inputs)
     size = _batch_size(checked, values)
     items = [_render(checked, values, i) for i in range(size or 1)]
-    slots = [Slot(part) for _, parts in checked for part in parts if isinstance(part, Variable)]
+    slots = [
+        Slot(part)
+        for _, parts in checked
+        for part in parts
+        if type(part) is not str and isinstance(part, Variable)
+    ]
     for value in values.values():
+        if type(value) is str:
+            continue
         if isinstance(value, list):
             slots += [Slot(v, item=i) for i, v in enumerate(value) if isinstance(v, Variable)]
         elif isinstance(value, Variable):
@@ -182,14 +213,19 @@ def item_renderer(messages: Any, inputs: Any) -> Callable[[int], list[Message]]:
 
 def _render(checked: list[tuple[str, list]], values: dict[str, Any], i: int) -> list[Message]:
     item_values = {name: _item_text(value, i) for name, value in values.items()}
-    conversation = []
-    for k, (role, parts) in enumerate(checked):
-        texts = [
-            fill(_item_text(part, i), item_values, where=f"message {k} ({role})")
-            for part in parts
-        ]
-        conversation.append({"role": role, "content": CONTENT_SEPARATOR.join(texts)})
-    return conversation
+    return [
+        {"role": role, "content": _content(parts, i, item_values, k, role)}
+        for k, (role, parts) in enumerate(checked)
+    ]
+
+
+def _content(parts: list, i: int, item_values: dict[str, str], k: int, role: str) -> str:
+    """Message ``k``'s text for item ``i``: its parts' texts, fields filled, joined."""
+    texts = [_item_text(part, i) for part in parts]
+    for j, text in enumerate(texts):
+        if "{" in text:  # a template (most prompts have no field: nothing to fill)
+            texts[j] = fill(text, item_values, where=f"message {k} ({role})")
+    return texts[0] if len(texts) == 1 else CONTENT_SEPARATOR.join(texts)
 
 
 def gradients_for_slots(

@@ -14,7 +14,6 @@ Variables (several contributions, each appended to the input's ``grad``).
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,7 +195,7 @@ class AccumulateGrad(Node):
 
 
 def _edge(variable: Variable) -> tuple[Node | None, int]:
-    if not variable.requires_grad:
+    if not variable._requires_grad:
         return (None, 0)
     if variable.grad_fn is not None:
         return (variable.grad_fn, variable.output_nr)
@@ -246,14 +245,10 @@ class Function:
         if not spec.defined:
             raise TypeError(f"{cls.__name__} must define a static forward() (or aforward())")
         inputs = _variables_in(spec.ordered(cls, args, kwargs))
-        record = False
-        if _GRAD_ENABLED.get():
-            for v in inputs:
-                if v._requires_grad:
-                    record = True
-                    break
+        flags = [v._requires_grad for v in inputs]
+        record = True in flags and _GRAD_ENABLED.get()
         ctx = FunctionCtx()
-        ctx.needs_input_grad = tuple(record and v._requires_grad for v in inputs)
+        ctx.needs_input_grad = tuple(flags) if record else (False,) * len(flags)
         return ctx, inputs, record
 
     @classmethod
@@ -283,9 +278,10 @@ class Function:
         ctx, inputs, record = cls._prepare(args, kwargs)
         token = _GRAD_ENABLED.set(False)
         try:
-            if "aforward" in _spec(cls).defined:
+            spec = _spec(cls)
+            if "aforward" in spec.defined:
                 output = await cls._call_aforward(ctx, args, kwargs)
-            elif cls._uses_setup_context():
+            elif spec.setup_context:
                 output = await run_in_thread(cls.forward, *args, **kwargs)
                 cls.setup_context(ctx, (*args, *kwargs.values()), output)
             else:
@@ -307,6 +303,16 @@ class Function:
         cls, ctx: FunctionCtx, inputs: list[Variable], output: Any, record: bool
     ) -> Any:
         if not record:
+            return output
+        if type(output) is Variable:  # the usual op: one new Variable
+            node = Node(cls, ctx, tuple([_edge(v) for v in inputs]), 1)
+            for v in inputs:
+                if v is output:  # an op returning its input: give the output its own node
+                    output = output.detach()
+                    break
+            output._requires_grad = True
+            output.grad_fn = node
+            output.output_nr = 0
             return output
         outputs = list(output) if isinstance(output, tuple) else [output]
         node = Node(cls, ctx, tuple(_edge(v) for v in inputs), len(outputs))
@@ -395,13 +401,11 @@ class _OpSpec:
         return values[1:] if self.takes_ctx else values
 
 
-_SPECS: weakref.WeakKeyDictionary[type, _OpSpec] = weakref.WeakKeyDictionary()
-
-
 def _spec(cls: type) -> _OpSpec:
-    spec = _SPECS.get(cls)
+    spec = cls.__dict__.get("_afnio_op_spec")  # the class's own, not a base class's
     if spec is None:
-        spec = _SPECS[cls] = _OpSpec(cls)
+        spec = _OpSpec(cls)
+        type.__setattr__(cls, "_afnio_op_spec", spec)
     return spec
 
 

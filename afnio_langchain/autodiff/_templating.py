@@ -56,22 +56,42 @@ def fill(template: str, values: Mapping[str, object], *, where: str = "template"
     Raises:
         MissingInputError: A field has no value; the message names it and ``where``.
     """
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1):
-            return "{" + match.group(1) + "}"
-        name = match.group(2)
+    if "{" not in template:  # no field: most system prompts, every filled-in value
+        return template
+    pieces = _pieces_of(template)
+    out = [pieces[0]]
+    for j in range(1, len(pieces), 2):
+        name = pieces[j]
         if name not in values:
             available = ", ".join(sorted(values)) or "none"
             raise MissingInputError(
                 f"{where} uses {{{name}}} but no input named {name!r} was given "
                 f"(inputs: {available})"
             )
-        return str(values[name])
+        out.append(str(values[name]))
+        out.append(pieces[j + 1])
+    return "".join(out)
 
-    if "{" not in template:  # no field: most system prompts, every filled-in value
-        return template
-    return _FIELD.sub(replace, template)
+
+@functools.lru_cache(maxsize=1024)
+def _pieces_of(template: str) -> tuple[str, ...]:
+    """``template`` parsed once (it is filled for every item of every call): literal
+    text and field names alternating, literal first and last, ``{{name}}`` already
+    turned into its literal ``{name}``."""
+    pieces: list[str] = []
+    literal: list[str] = []
+    pos = 0
+    for match in _FIELD.finditer(template):
+        literal.append(template[pos : match.start()])
+        pos = match.end()
+        if match.group(1):
+            literal.append("{" + match.group(1) + "}")
+        else:
+            pieces += ["".join(literal), match.group(2)]
+            literal = []
+    literal.append(template[pos:])
+    pieces.append("".join(literal))
+    return tuple(pieces)
 
 
 def escape_fields(text: str) -> str:

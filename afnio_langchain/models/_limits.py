@@ -48,14 +48,22 @@ def concurrency_limit(max_concurrency: int) -> Iterator[None]:
         _LIMIT.reset(token)
 
 
-@contextlib.asynccontextmanager
-async def call_slot() -> AsyncIterator[None]:
-    """Hold one of the current limit's slots for the duration of a model call."""
+def call_slots() -> asyncio.Semaphore:
+    """The semaphore of the current limit on the running loop: ``async with`` it to
+    hold one slot for a model call (cheaper on the hot path than :func:`call_slot`)."""
     loop = asyncio.get_running_loop()
+    per_loop = _SEMAPHORES.get(loop)
+    if per_loop is None:
+        per_loop = _SEMAPHORES[loop] = {}
     limit = _LIMIT.get()
-    per_loop = _SEMAPHORES.setdefault(loop, {})
     semaphore = per_loop.get(limit)
     if semaphore is None:
         semaphore = per_loop[limit] = asyncio.Semaphore(limit)
-    async with semaphore:
+    return semaphore
+
+
+@contextlib.asynccontextmanager
+async def call_slot() -> AsyncIterator[None]:
+    """Hold one of the current limit's slots for the duration of a model call."""
+    async with call_slots():
         yield

@@ -99,21 +99,19 @@ class UsageTracker:
         cut_off: int = 0,
     ) -> None:
         """Add one call's figures (or retry, failure or cache-hit counts) to the totals."""
-        delta = UsageCounts(
-            calls,
-            input_tokens,
-            output_tokens,
-            retries,
-            failures,
-            cached_input_tokens,
-            cache_hits,
-            cut_off,
-        )
-        with self._lock:
+        with self._lock:  # added field by field: once per model call, on its hot path
             counts = self._counts.get((model, purpose))
             if counts is None:
                 counts = self._counts[(model, purpose)] = UsageCounts()
-            counts.add(delta)
+            counts.calls += calls
+            counts.input_tokens += input_tokens
+            counts.output_tokens += output_tokens
+            if retries or failures or cached_input_tokens or cache_hits or cut_off:
+                counts.retries += retries
+                counts.failures += failures
+                counts.cached_input_tokens += cached_input_tokens
+                counts.cache_hits += cache_hits
+                counts.cut_off += cut_off
 
     def reset(self) -> None:
         with self._lock:
