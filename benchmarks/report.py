@@ -65,8 +65,8 @@ def overhead_table(rows: Sequence[dict[str, Any]]) -> str:
     """One Markdown row per library of the engine-overhead scenario."""
     lines = [
         "| library | nodes | minibatch | forward (µs) | backward (µs) | sync forward (µs) "
-        "| sync backward (µs) | per | peak memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| sync backward (µs) | per | GC in fwd+bwd (µs) | peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         per = "item call" if "items" in r else "node"
@@ -75,7 +75,7 @@ def overhead_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['library']} | {r['nodes']} | {r.get('items', 1)} "
             f"| {_num(r.get('forward' + unit), 1)} | {_num(r.get('backward' + unit), 1)} "
             f"| {_num(r.get('forward_sync' + unit), 1)} | {_num(r.get('backward_sync' + unit), 1)} "
-            f"| {per} | {_num(r.get('peak_memory_mib'), 2)} |"
+            f"| {per} | {_num(r.get('gc_per_node_us'), 1)} | {_num(r.get('peak_memory_mib'), 2)} |"
         )
     return "\n".join(lines)
 
@@ -182,16 +182,19 @@ def plot_scaling(
     return True
 
 
-def plot_overhead(
-    path: Path, rows: Sequence[dict[str, Any]], textgrad: dict[str, Any] | None = None
-) -> bool:
+def plot_overhead(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
     """Engine CPU per node against graph size, and per item call against minibatch size
-    (one line per phase); TextGrad's figures on the 1,000-node graph as dotted lines.
+    (one line per phase); TextGrad's per node as red lines (it has no minibatch op).
     False without matplotlib."""
     plt = _pyplot()
     if plt is None:
         return False
-    graphs = sorted((r for r in rows if "items" not in r), key=lambda r: r["nodes"])
+
+    def graphs_of(library: str) -> list[dict[str, Any]]:
+        by_size = {r["nodes"]: r for r in rows if r["library"] == library and "items" not in r}
+        return [by_size[n] for n in sorted(by_size)]  # each size once: rows may repeat one
+
+    graphs, textgrad = graphs_of("afnio_langchain"), graphs_of("textgrad")
     batches = sorted((r for r in rows if "items" in r), key=lambda r: r["items"])
     fig, (by_nodes, by_items) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120, sharey=True)
     phases = ("forward", "backward", "forward_sync", "backward_sync")
@@ -208,12 +211,11 @@ def plot_overhead(
                 "o-",
                 label=label,
             )
-    if textgrad:
-        for phase, style in (("forward", "r:"), ("backward", "r--")):
-            value = textgrad.get(f"{phase}_us_per_node")
-            if value is not None:
-                by_nodes.axhline(value, color="tab:red", linestyle=style[1:],
-                                 label=f"TextGrad {phase} (1,000 nodes)")
+    for phase, style in (("forward", "s:"), ("backward", "s--")):
+        points = [r for r in textgrad if r.get(f"{phase}_us_per_node") is not None]
+        if points:
+            by_nodes.plot([r["nodes"] for r in points], [r[f"{phase}_us_per_node"] for r in points],
+                          style, color="tab:red", label=f"TextGrad {phase}")
     by_nodes.set(xscale="log", xlabel="graph nodes (width x depth 100)",
                  ylabel="engine CPU (µs)", title="per node, against graph size")
     by_items.set(xscale="log", xlabel="minibatch items (depth 10)",

@@ -29,6 +29,7 @@ from afnio_langchain.autodiff._variable import Variable
 from afnio_langchain.models import resolve_call_model
 
 TextSink = Callable[[str], None]
+_NO_FAILED_ITEMS: frozenset[int] = frozenset()
 _STREAM_SINK: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar(
     "afnio_stream_sink", default=None
 )
@@ -240,8 +241,8 @@ class ChatCompletion(LLMFunction):
             raise MinibatchError("ChatCompletion forward", received, errors)
         texts = [placeholder if text is None else text for text in received]
         ctx.conversation = conversation
-        ctx.responses = texts
-        ctx.failed_items = frozenset(errors)
+        ctx.responses = tuple(texts)  # a tuple of str: the collector stops tracking it
+        ctx.failed_items = frozenset(errors) if errors else _NO_FAILED_ITEMS
         ctx.backward_model = backward_model
         ctx.output_role = output_role
         if streamed is not None and streamed.output is not None:

@@ -182,6 +182,7 @@ class AccumulateGrad(Node):
     def __init__(self, variable: Variable) -> None:
         super().__init__(type(self), FunctionCtx(), (), 1)
         self.variable = variable
+        self.edge: tuple[Node | None, int] = (self, 0)  # shared by every op that reads it
 
     def name(self) -> str:
         return "AccumulateGrad"
@@ -194,14 +195,17 @@ class AccumulateGrad(Node):
         """Leaves outlive backward passes."""
 
 
+_NO_EDGE: tuple[Node | None, int] = (None, 0)
+
+
 def _edge(variable: Variable) -> tuple[Node | None, int]:
     if not variable._requires_grad:
-        return (None, 0)
+        return _NO_EDGE
     if variable.grad_fn is not None:
         return (variable.grad_fn, variable.output_nr)
     if variable._accumulator is None:
         variable._accumulator = AccumulateGrad(variable)
-    return (variable._accumulator, 0)
+    return variable._accumulator.edge
 
 
 class Function:

@@ -306,4 +306,29 @@ def test_the_headline_is_the_worst_path_and_names_each_one():
     }
     assert summary["overhead_us_per_node"] == 90.0
     assert summary["machine_busy"] is True
+    with_gc = overheads[0] | {"gc_per_node_us": 120.0}  # GC is a share, not a phase
+    assert run.headline(steps, [], [with_gc], machine, settings)["overhead_us_per_node"] == 90.0
     assert summary["targets_met"]["critical_path_ratio"] is False
+
+
+def test_the_overhead_report_shows_gc_and_plots_textgrad_per_graph_size(tmp_path):
+    from benchmarks import report
+
+    def row(library, nodes, forward, backward):
+        return {"library": library, "nodes": nodes, "width": nodes // 100, "depth": 100,
+                "forward_us_per_node": forward, "backward_us_per_node": backward,
+                "gc_per_node_us": 3.5, "peak_memory_mib": 1.0}
+
+    rows = [row("afnio_langchain", 1000, 40.0, 70.0), row("textgrad", 1000, 26.0, 105.0),
+            row("afnio_langchain", 100, 45.0, 75.0), row("afnio_langchain", 1000, 41.0, 71.0),
+            row("textgrad", 10000, 50.0, 177.0)]
+    for r in rows:
+        if r["library"] == "afnio_langchain":
+            r.update(forward_sync_us_per_node=48.0, backward_sync_us_per_node=72.0)
+    table = report.overhead_table(rows)
+    assert "GC in fwd+bwd (µs)" in table.splitlines()[0]
+    assert "| textgrad | 10000 | 1 | 50.0 | 177.0 | – | – | node | 3.5 | 1.00 |" in table
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "scaling_overhead.png"
+    assert report.plot_overhead(path, rows)
+    assert path.stat().st_size > 0
