@@ -15,7 +15,7 @@ ROLES = ("system", "user", "assistant")
 CONTENT_SEPARATOR = "\n"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     """One Variable input of a chat op and how it maps onto minibatch items.
 
@@ -45,7 +45,7 @@ class Slot:
         return str(data[i] if isinstance(data, list) else data)
 
 
-@dataclass
+@dataclass(slots=True)
 class Conversation:
     """The rendered conversations of a minibatch and the Variable slots behind them.
 
@@ -169,9 +169,14 @@ def _item_text(value: Any, i: int) -> str:
         kind = type(value)
         if kind is str:
             return value
-    if kind is Variable or isinstance(value, Variable):
-        data = value.data
+    if kind is Variable:
+        data = value._data
+        if type(data) is str:
+            return data
         return str(data[i] if type(data) is list else data)  # not items(): no list copy
+    if isinstance(value, Variable):
+        data = value.data
+        return str(data[i] if type(data) is list else data)
     return str(value)
 
 
@@ -221,6 +226,9 @@ def _render(checked: list[tuple[str, list]], values: dict[str, Any], i: int) -> 
 
 def _content(parts: list, i: int, item_values: dict[str, str], k: int, role: str) -> str:
     """Message ``k``'s text for item ``i``: its parts' texts, fields filled, joined."""
+    if len(parts) == 1:  # the usual message: one Variable or one template
+        text = _item_text(parts[0], i)
+        return fill(text, item_values, where=f"message {k} ({role})") if "{" in text else text
     texts = [_item_text(part, i) for part in parts]
     for j, text in enumerate(texts):
         if "{" in text:  # a template (most prompts have no field: nothing to fill)
