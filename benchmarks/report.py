@@ -184,7 +184,7 @@ def plot_scaling(
 
 def plot_overhead(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
     """Engine CPU per node against graph size, and per item call against minibatch size
-    (one line per phase); TextGrad's per node as red lines (it has no minibatch op).
+    (one line per phase); TextGrad's per node as black lines (it has no minibatch op).
     False without matplotlib."""
     plt = _pyplot()
     if plt is None:
@@ -215,7 +215,7 @@ def plot_overhead(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
         points = [r for r in textgrad if r.get(f"{phase}_us_per_node") is not None]
         if points:
             by_nodes.plot([r["nodes"] for r in points], [r[f"{phase}_us_per_node"] for r in points],
-                          style, color="tab:red", label=f"TextGrad {phase}")
+                          style, color="black", label=f"TextGrad {phase}")
     by_nodes.set(xscale="log", xlabel="graph nodes (width x depth 100)",
                  ylabel="engine CPU (µs)", title="per node, against graph size")
     by_items.set(xscale="log", xlabel="minibatch items (depth 10)",
