@@ -233,7 +233,7 @@ def _content(parts: list, i: int, item_values: dict[str, str], k: int, role: str
     for j, text in enumerate(texts):
         if "{" in text:  # a template (most prompts have no field: nothing to fill)
             texts[j] = fill(text, item_values, where=f"message {k} ({role})")
-    return texts[0] if len(texts) == 1 else CONTENT_SEPARATOR.join(texts)
+    return CONTENT_SEPARATOR.join(texts)
 
 
 def gradients_for_slots(
