@@ -10,7 +10,8 @@ no callback handler at all (no callbacks in its config or on the model, no trace
 ``LANGSMITH_TRACING`` or a tracing context, no ``verbose``/``set_debug``), no cache
 applies, there is no rate limiter, the model would not stream and does not rewrite its
 output to v1 content blocks, the run does nothing anyone sees: the call then goes to the
-model's own ``_agenerate`` (its request, its reply parsing, its errors), and the reply's
+model's own ``_agenerate`` (its request, its reply parsing, its errors; its reply
+turned into a result on the loop, see ``_chat_result_in_loop``), and the reply's
 metadata is merged as the run merges it. The one difference left is the id LangChain
 gives the reply message (``lc_run-...``), which only a handler could match to a run.
 """
@@ -25,6 +26,8 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, chat_models
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
+
+from afnio_langchain.models._chat_result_in_loop import agenerate_in_loop
 
 __all__ = ["agenerate_unobserved", "is_unobserved", "no_cache_applies"]
 
@@ -50,7 +53,9 @@ def is_unobserved(model: BaseChatModel, config: RunnableConfig, params: dict[str
     handler, cache, rate limiter, stream or v1 output rewrite (see the module doc).
 
     The handlers are counted by LangChain's own ``AsyncCallbackManager.configure``, with
-    the arguments ``agenerate`` gives it, so every source of a tracer it knows of counts.
+    the callbacks and verbosity ``agenerate`` gives it, so every source of a tracer it
+    knows of counts. Tags and metadata are left out: they add no handler, and merging
+    them is a third of ``configure``'s time.
     """
     if not _keeps_base_run(type(model)):
         return False
@@ -58,15 +63,7 @@ def is_unobserved(model: BaseChatModel, config: RunnableConfig, params: dict[str
         return False
     if not no_cache_applies(model) or model._should_stream(async_api=True, **params):
         return False
-    manager = AsyncCallbackManager.configure(
-        config.get("callbacks"),
-        model.callbacks,
-        model.verbose,
-        config.get("tags"),
-        model.tags,
-        config.get("metadata"),
-        model.metadata,
-    )
+    manager = AsyncCallbackManager.configure(config.get("callbacks"), model.callbacks, model.verbose)
     return not manager.handlers
 
 
@@ -79,7 +76,7 @@ async def agenerate_unobserved(
     Call only where :func:`is_unobserved` holds."""
     params = dict(params)
     stop = params.pop("stop", None)
-    result = await model._agenerate(messages, stop=stop, **params)
+    result = await agenerate_in_loop(model, messages, stop, params)
     generation = result.generations[0]
     message = generation.message
     info = {k: v for k, v in (generation.generation_info or {}).items() if k != _GATEWAY_KEY}
