@@ -123,6 +123,24 @@ def chat(text: str, **options: Any) -> Reply:
     return Reply(body=completion(text, **options))
 
 
+CACHED_USAGE = {
+    "prompt_tokens": 40,
+    "completion_tokens": 5,
+    "total_tokens": 45,
+    "prompt_tokens_details": {"cached_tokens": 32},
+}
+
+
+def two_plus_two(request: Request) -> Reply:
+    """"4" (as JSON when a ``response_format`` is asked for), with cached-token usage,
+    a system fingerprint and a request id header."""
+    text = '{"answer": "4"}' if (request.body or {}).get("response_format") else "4"
+    return Reply(
+        body={**completion(text, usage=CACHED_USAGE), "system_fingerprint": "fp-1"},
+        headers={"x-request-id": "req-9"},
+    )
+
+
 def sse(
     pieces: Sequence[str],
     *,

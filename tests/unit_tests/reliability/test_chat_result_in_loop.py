@@ -25,16 +25,10 @@ from langchain_openai.chat_models import base as openai_chat
 from afnio_langchain.models import LangChainChatModelClient
 from afnio_langchain.models._chat_result_in_loop import _runs_base_agenerate, agenerate_in_loop
 
-from ._stdlib_server import Reply, Request, StdlibServer, completion
+from ._stdlib_server import Reply, StdlibServer, two_plus_two
 from .conftest import FAST, KEY, MODEL
 
 MESSAGES = [SystemMessage("Answer briefly."), HumanMessage("What is 2 + 2?")]
-USAGE = {
-    "prompt_tokens": 40,
-    "completion_tokens": 5,
-    "total_tokens": 45,
-    "prompt_tokens_details": {"cached_tokens": 32},
-}
 SCHEMA_FORMAT = {
     "type": "json_schema",
     "json_schema": {
@@ -50,17 +44,10 @@ SCHEMA_FORMAT = {
 }
 
 
-def _answer(request: Request) -> Reply:
-    text = '{"answer": "4"}' if (request.body or {}).get("response_format") else "4"
-    return Reply(
-        body={**completion(text, usage=USAGE), "system_fingerprint": "fp-1"},
-        headers={"x-request-id": "req-9"},
-    )
-
 
 @pytest.fixture
 def server():
-    with StdlibServer(_answer) as running:
+    with StdlibServer(two_plus_two) as running:
         yield running
 
 
@@ -200,7 +187,7 @@ def test_the_responses_api_and_an_overriding_subclass_keep_their_own_agenerate(
         server.handler = lambda request: (
             Reply(status=404, body={"error": {"message": "no such endpoint"}})
             if request.path.endswith("/responses")
-            else _answer(request)
+            else two_plus_two(request)
         )
         responses = _model(server, use_responses_api=True)
         with pytest.raises(openai.NotFoundError):

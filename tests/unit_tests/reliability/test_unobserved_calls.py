@@ -25,32 +25,19 @@ from langchain_openai import ChatOpenAI
 
 from afnio_langchain.models import JsonSchema, LangChainChatModelClient
 
-from ._stdlib_server import Reply, Request, StdlibServer, completion
+from ._stdlib_server import Reply, StdlibServer, two_plus_two
 from .conftest import FAST, KEY, MODEL
 
 MESSAGES = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is 2 + 2?"},
 ]
-USAGE = {
-    "prompt_tokens": 40,
-    "completion_tokens": 5,
-    "total_tokens": 45,
-    "prompt_tokens_details": {"cached_tokens": 32},
-}
 
-
-def _answer(request: Request) -> Reply:
-    text = '{"answer": "4"}' if (request.body or {}).get("response_format") else "4"
-    return Reply(
-        body={**completion(text, usage=USAGE), "system_fingerprint": "fp-1"},
-        headers={"x-request-id": "req-9"},
-    )
 
 
 @pytest.fixture
 def server():
-    with StdlibServer(_answer) as running:
+    with StdlibServer(two_plus_two) as running:
         yield running
 
 
@@ -178,7 +165,7 @@ def test_streaming_and_v1_output_keep_the_run(server, runs, no_global_cache, opt
             content_type="text/event-stream",
         )
         if request.streaming
-        else _answer(request)
+        else two_plus_two(request)
     )
     reply = _call(_model(server, **options))
     assert reply.text == "4" and runs == ["ChatOpenAI"]
@@ -198,7 +185,7 @@ def test_a_subclass_that_overrides_the_run_keeps_it(server, runs, no_global_cach
 
 def test_an_unobserved_call_keeps_the_model_s_own_errors_and_retries(server, runs, no_global_cache):
     replies = iter([Reply(status=500, body={"error": {"message": f"boom {KEY}"}})])
-    server.handler = lambda request: next(replies, None) or _answer(request)
+    server.handler = lambda request: next(replies, None) or two_plus_two(request)
     reply = _call(_model(server))
     assert reply.text == "4" and len(server.requests) == 2 and runs == []
 
