@@ -132,8 +132,8 @@ CACHED_USAGE = {
 
 
 def two_plus_two(request: Request) -> Reply:
-    """"4" (as JSON when a ``response_format`` is asked for), with cached-token usage,
-    a system fingerprint and a request id header."""
+    """The reply ``4`` (``{"answer": "4"}`` when a ``response_format`` is asked for),
+    with cached-token usage, a system fingerprint and a request id header."""
     text = '{"answer": "4"}' if (request.body or {}).get("response_format") else "4"
     return Reply(
         body={**completion(text, usage=CACHED_USAGE), "system_fingerprint": "fp-1"},

@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.globals import set_llm_cache
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.outputs import ChatResult
@@ -42,7 +43,6 @@ SCHEMA_FORMAT = {
         "strict": True,
     },
 }
-
 
 
 @pytest.fixture
@@ -151,8 +151,6 @@ def test_an_unobserved_call_builds_its_result_on_the_loop_thread(server, monkeyp
     async def call(**params: Any) -> str:
         loop_threads.append(threading.get_ident())
         return (await client.acomplete(messages, **params)).text
-
-    from langchain_core.callbacks import BaseCallbackHandler
 
     assert asyncio.run(call()) == "4"
     assert asyncio.run(call(config={"callbacks": [BaseCallbackHandler()]})) == "4"

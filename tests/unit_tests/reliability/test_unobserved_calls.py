@@ -34,7 +34,6 @@ MESSAGES = [
 ]
 
 
-
 @pytest.fixture
 def server():
     with StdlibServer(two_plus_two) as running:
