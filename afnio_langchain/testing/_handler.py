@@ -95,6 +95,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def parse_request(self) -> bool:
+        # Latency counts from here, as a provider's does from the request's arrival: the
+        # handler's own work (parsing, the responder, the reply's JSON) falls inside it
+        # rather than after it, so many concurrent requests taking turns at this
+        # process's one interpreter lock are not answered later than asked.
+        self._arrived = time.monotonic()
+        return super().parse_request()
+
+    def _wait_until(self, seconds_after_arrival: float) -> bool:
+        """Sleep until ``seconds_after_arrival`` past the request's arrival; True if
+        the server is stopping."""
+        left = seconds_after_arrival - (time.monotonic() - self._arrived)
+        return left > 0 and self.server.owner._sleep(left)
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _path(self) -> str:
@@ -313,11 +327,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer_stream(body, text)
             return
         reply = self._completion(body, text)
+        data = json.dumps(reply).encode()  # before the wait: it is part of the latency
         wait = owner.latency + owner.per_token_latency * reply["usage"]["completion_tokens"]
-        if wait > 0 and owner._sleep(wait):
+        if self._wait_until(wait):
             self.close_connection = True
             return
-        self._send(200, reply)
+        self._send(200, data)
 
     # -- streaming (chunked transfer encoding, server-sent events) -----------------------
 
@@ -353,7 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer_stream(self, body: dict[str, Any], text: str) -> None:
         owner = self.server.owner
-        if owner.latency > 0 and owner._sleep(owner.latency):
+        if self._wait_until(owner.latency):
             self.close_connection = True
             return
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

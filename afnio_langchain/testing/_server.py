@@ -48,7 +48,9 @@ class OpenAICompatServer:
         responder: Takes the request body (a dict) and returns the reply text.
             Defaults to :func:`default_responder` (JSON for the package's JSON-keys
             instruction, an echo of the last user message otherwise).
-        latency: Seconds to wait before each answer.
+        latency: Seconds from a request's arrival to its answer (to the first chunk
+            of a stream). The server's own work on the request counts in them, as a
+            provider's does, so concurrent requests are not answered late.
         per_token_latency: Extra seconds per completion token (whitespace word).
         host: Interface to bind.
         port: Port to bind; 0 picks a free one.

@@ -483,6 +483,54 @@ async def test_server_serves_64_slow_requests_at_once(openai_server):
     assert openai_server.request_count == 64
 
 
+def _slow_responder(seconds: float):
+    def respond(body: dict) -> str:
+        time.sleep(seconds)  # the server's own work on a request (parsing, a model)
+        return "slow reply"
+
+    return respond
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_latency_counts_from_arrival_and_includes_the_servers_own_work(openai_server, stream):
+    # A provider's latency is from request to answer: the work done on the request is
+    # part of it, not added after it (else a busy test server answers late).
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="test-key", max_retries=0)
+    openai_server.latency = 0.6
+    openai_server.responder = _slow_responder(0.4)
+    start = time.monotonic()
+    if stream:
+        chunks = client.chat.completions.create(model="fake-model", messages=HELLO, stream=True)
+        next(iter(chunks))  # the first chunk comes after the latency
+        elapsed = time.monotonic() - start
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+            "slow reply"
+        )
+    else:
+        reply = client.chat.completions.create(model="fake-model", messages=HELLO)
+        elapsed = time.monotonic() - start
+        assert reply.choices[0].message.content == "slow reply"
+    assert 0.6 <= elapsed < 0.95  # not 0.4 + 0.6
+
+
+def test_latency_is_still_waited_for_when_the_server_has_nothing_to_do(openai_server):
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="test-key", max_retries=0)
+    openai_server.latency = 0.3
+    start = time.monotonic()
+    client.chat.completions.create(model="fake-model", messages=HELLO)
+    assert time.monotonic() - start >= 0.3
+
+
+def test_work_longer_than_the_latency_is_answered_when_done(openai_server):
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="test-key", max_retries=0)
+    openai_server.latency = 0.1
+    openai_server.responder = _slow_responder(0.3)
+    start = time.monotonic()
+    reply = client.chat.completions.create(model="fake-model", messages=HELLO)
+    assert time.monotonic() - start >= 0.3
+    assert reply.choices[0].message.content == "slow reply"
+
+
 # -- streaming ------------------------------------------------------------------------------
 
 
