@@ -25,7 +25,7 @@ from afnio_langchain.models._cache import (
 from afnio_langchain.models._limits import call_slots
 from afnio_langchain.models._retry import DEFAULT_ATTEMPT_TIMEOUT, RetryPolicy, within
 from afnio_langchain.models._secrets import redact_exception
-from afnio_langchain.models._usage import PURPOSES, record_usage
+from afnio_langchain.models._usage import PURPOSES, record_call, record_usage
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -255,13 +255,13 @@ class BaseModelClient(abc.ABC):
         if result.from_cache:  # the model's own cache answered (LangChain, DSPy)
             record_usage(self.model_name, purpose, calls=0, cache_hits=1)
             return result
-        record_usage(
+        record_call(
             self.model_name,
             purpose,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            cached_input_tokens=result.cached_input_tokens,
-            cut_off=int(result.cut_off),
+            result.input_tokens,
+            result.output_tokens,
+            result.cached_input_tokens,
+            int(result.cut_off),
         )
         if cache is not None:
             await store_completion(cache, key, result)
@@ -422,7 +422,9 @@ def check_input_length(
 def validate_messages(messages: Sequence[Message]) -> list[Message]:
     """Check the plain-message shape and return it as a list of clean messages
     (see :func:`clean_text`)."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+    if type(messages) is not list and (
+        isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)
+    ):
         raise TypeError(
             f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
         )

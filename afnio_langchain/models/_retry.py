@@ -29,6 +29,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from afnio_langchain.models._deadlines import Deadline, watchdog
+
 T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
@@ -119,25 +121,6 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     return None
 
 
-class _Deadline:
-    """One attempt's deadline: a timer that cancels the attempt's task when it fires.
-
-    ``asyncio.timeout`` does the same with a context-manager object, two coroutines
-    and a reschedulable handle, about 4 µs per call where this costs about 1 (it sits
-    on every model call, see ``benchmarks/``). Like ``asyncio.timeout``, it tells its
-    own cancellation from anyone else's by the task's cancel count."""
-
-    __slots__ = ("task", "expired")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.expired = False
-
-    def expire(self) -> None:
-        self.expired = True
-        self.task.cancel()
-
-
 async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
     """``await func()``, raising :class:`ReplyTimeoutError` (naming ``what``) once
     ``seconds`` have passed; a TimeoutError ``func`` raises itself passes through."""
@@ -147,10 +130,11 @@ async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) ->
             return await asyncio.wait_for(func(), seconds)
         except asyncio.TimeoutError as exc:
             raise _timed_out(what, seconds) from exc
-    deadline = _Deadline(task)
+    deadline = Deadline(task)
     cancelling = task.cancelling()
     loop = asyncio.get_running_loop()
-    timer = loop.call_at(loop.time() + seconds, deadline.expire)
+    deadlines = watchdog(loop)
+    deadlines.watch(deadline, loop.time() + seconds)
     try:
         return await func()
     except asyncio.CancelledError as exc:
@@ -160,7 +144,7 @@ async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) ->
                 raise _timed_out(what, seconds) from exc
         raise
     finally:
-        timer.cancel()
+        deadlines.unwatch(deadline)
         if deadline.expired:  # fired, but the attempt ended anyway: take its cancel back
             task.uncancel()
 

@@ -113,6 +113,21 @@ class UsageTracker:
                 counts.cache_hits += cache_hits
                 counts.cut_off += cut_off
 
+    def _add_call(
+        self, model: str, purpose: str, input_tokens: int, output_tokens: int,
+        cached_input_tokens: int, cut_off: int,
+    ) -> None:
+        """:meth:`record` of one answered call, its arguments positional (hot path)."""
+        with self._lock:
+            counts = self._counts.get((model, purpose))
+            if counts is None:
+                counts = self._counts[(model, purpose)] = UsageCounts()
+            counts.calls += 1
+            counts.input_tokens += input_tokens
+            counts.output_tokens += output_tokens
+            counts.cached_input_tokens += cached_input_tokens
+            counts.cut_off += cut_off
+
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
@@ -215,3 +230,18 @@ def record_usage(model: str, purpose: str, **figures: int) -> None:
     _GLOBAL.record(model, purpose, **figures)
     for tracker in _SCOPES.get():
         tracker.record(model, purpose, **figures)
+
+
+def record_call(
+    model: str,
+    purpose: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int = 0,
+    cut_off: int = 0,
+) -> None:
+    """:func:`record_usage` of one answered call (once per model call: no keywords
+    packed and unpacked on its hot path)."""
+    _GLOBAL._add_call(model, purpose, input_tokens, output_tokens, cached_input_tokens, cut_off)
+    for tracker in _SCOPES.get():
+        tracker._add_call(model, purpose, input_tokens, output_tokens, cached_input_tokens, cut_off)

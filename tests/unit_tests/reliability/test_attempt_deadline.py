@@ -91,3 +91,69 @@ async def test_an_attempt_that_ignores_the_deadline_gets_its_task_cancel_count_b
     assert await within(ignores, 0.02, "m") == "finished anyway"
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
+
+
+# -- one timer per loop for every attempt's deadline (models._deadlines) --------------
+
+
+async def _timed(seconds: float, sleep: float) -> str:
+    async def attempt() -> str:
+        await asyncio.sleep(sleep)
+        return "done"
+
+    try:
+        return await within(attempt, seconds, "m")
+    except ReplyTimeoutError:
+        return "timed out"
+
+
+async def test_attempts_with_mixed_deadlines_on_one_loop_each_get_their_own():
+    # A long deadline set first, then shorter ones: each times out at its own deadline,
+    # not at the first one's, and the attempts that end in time are untouched.
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    results = await asyncio.gather(
+        _timed(5.0, 0.15),  # ends in time
+        _timed(0.05, 5.0),  # its deadline comes first, though it was set after
+        _timed(0.1, 5.0),
+        _timed(5.0, 0.01),
+        _timed(0.2, 0.12),  # ends in time, just before its deadline
+    )
+    assert results == ["done", "timed out", "timed out", "done", "done"]
+    assert loop.time() - began < 1.0
+
+
+async def test_a_deadline_set_later_but_due_sooner_moves_the_shared_timer():
+    far = asyncio.ensure_future(_timed(30.0, 10.0))
+    await asyncio.sleep(0)  # the far deadline is set first
+    began = asyncio.get_running_loop().time()
+    assert await _timed(0.05, 10.0) == "timed out"
+    assert asyncio.get_running_loop().time() - began < 1.0
+    far.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await far
+
+
+async def test_finished_attempts_leave_nothing_watched_and_a_timer_fires_harmlessly():
+    from afnio_langchain.models._deadlines import watchdog
+
+    async def quick() -> str:
+        return "ok"
+
+    deadlines = watchdog(asyncio.get_running_loop())
+    assert [await within(quick, 0.02, "m") for _ in range(100)] == ["ok"] * 100
+    assert deadlines.due == {}
+    await asyncio.sleep(0.06)  # the timer of the first deadline fires with none due
+    assert deadlines.due == {} and deadlines.timer is None
+    assert await _timed(0.03, 5.0) == "timed out"  # and the next one still works
+
+
+def test_each_event_loop_has_its_own_watchdog():
+    from afnio_langchain.models._deadlines import watchdog
+
+    async def own() -> object:
+        assert await _timed(0.02, 5.0) == "timed out"
+        return watchdog(asyncio.get_running_loop())
+
+    first, second = asyncio.run(own()), asyncio.run(own())
+    assert first is not second and first.due == {} and second.due == {}
