@@ -190,22 +190,31 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
     """
     checked = _check_messages(messages)
     values = _check_inputs(inputs)
-    size = _batch_size(checked, values)
-    items = [_render(checked, values, i) for i in range(size or 1)]
     slots = [
         Slot(part)
         for _, parts in checked
         for part in parts
         if type(part) is not str and isinstance(part, Variable)
     ]
+    batched_parts = any(s.variable.is_batched for s in slots)
+    one_text_each = True  # the usual inputs: each one text (a str or a Variable of one)
     for value in values.values():
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             continue
+        if kind is Variable and type(value._data) is not list:
+            slots.append(Slot(value))
+            continue
+        one_text_each = False
         if isinstance(value, list):
             slots += [Slot(v, item=i) for i, v in enumerate(value) if isinstance(v, Variable)]
         elif isinstance(value, Variable):
             slots.append(Slot(value))
-    return Conversation(items=items, batched=size is not None, slots=slots)
+    size = None if one_text_each and not batched_parts else _batch_size(checked, values)
+    if size is None:  # one conversation: no minibatch to render item by item
+        return Conversation(items=[_render(checked, values, 0)], batched=False, slots=slots)
+    items = [_render(checked, values, i) for i in range(size)]
+    return Conversation(items=items, batched=True, slots=slots)
 
 
 def item_renderer(messages: Any, inputs: Any) -> Callable[[int], list[Message]]:
