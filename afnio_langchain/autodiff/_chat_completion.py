@@ -250,7 +250,10 @@ class ChatCompletion(LLMFunction):
             output.data = texts
         else:
             output = Variable(texts if conversation.batched else texts[0], role=output_role)
-        mark_cut_off_items(output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)])
+        if len(replies) > 1 or getattr(replies[0], "cut_off", False):
+            mark_cut_off_items(
+                output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)]
+            )
         if errors:
             mark_failed_items(output, errors)
             listed = "; ".join(f"item {i}: {describe_error(e)}" for i, e in sorted(errors.items()))

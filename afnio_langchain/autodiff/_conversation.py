@@ -102,17 +102,15 @@ def _check_messages(messages: Any) -> list[tuple[str, list[Variable | str]]]:
             raise ValueError(f"message {k} has role {role!r}; expected one of {ROLES}")
         content = message["content"]
         if type(content) is list:
-            checked.append((role, _checked_parts(content, k, role)))
+            for part in content:  # the usual content: a list of Variables and strings
+                if type(part) is not Variable and type(part) is not str:
+                    checked.append((role, _check_content(content, f"message {k} ({role})")))
+                    break
+            else:
+                checked.append((role, list(content)))
         else:
             checked.append((role, _check_content(content, f"message {k} ({role})")))
     return checked
-
-
-def _checked_parts(parts: list[Any], k: int, role: str) -> list[Variable | str]:
-    for part in parts:  # the usual content: a list of Variables and strings
-        if type(part) is not Variable and type(part) is not str:
-            return _check_content(parts, f"message {k} ({role})")
-    return list(parts)
 
 
 def _check_inputs(inputs: Any) -> dict[str, Any]:
@@ -196,7 +194,11 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
         for part in parts
         if type(part) is not str and isinstance(part, Variable)
     ]
-    batched_parts = any(s.variable.is_batched for s in slots)
+    batched_parts = False
+    for slot in slots:
+        if slot.variable.is_batched:
+            batched_parts = True
+            break
     one_text_each = True  # the usual inputs: each one text (a str or a Variable of one)
     for value in values.values():
         kind = type(value)

@@ -244,8 +244,10 @@ class Function:
         return _spec(cls).setup_context
 
     @classmethod
-    def _prepare(cls, args: tuple, kwargs: dict) -> tuple[FunctionCtx, list[Variable], bool]:
-        spec = _spec(cls)
+    def _prepare(
+        cls, args: tuple, kwargs: dict, spec: _OpSpec | None = None
+    ) -> tuple[FunctionCtx, list[Variable], bool]:
+        spec = spec or _spec(cls)
         if not spec.defined:
             raise TypeError(f"{cls.__name__} must define a static forward() (or aforward())")
         inputs = _variables_in(spec.ordered(cls, args, kwargs))
@@ -279,12 +281,15 @@ class Function:
     async def aapply(cls, *args: Any, **kwargs: Any) -> Any:
         """Async :meth:`apply`: awaits ``aforward`` when defined, else runs ``forward``
         in a worker thread."""
-        ctx, inputs, record = cls._prepare(args, kwargs)
+        spec = _spec(cls)
+        ctx, inputs, record = cls._prepare(args, kwargs, spec)
         token = _GRAD_ENABLED.set(False)
         try:
-            spec = _spec(cls)
             if "aforward" in spec.defined:
-                output = await cls._call_aforward(ctx, args, kwargs)
+                if spec.setup_context:
+                    output = await cls._call_aforward(ctx, args, kwargs)
+                else:  # the usual op: awaited here, one coroutine less per node
+                    output = await cls.aforward(ctx, *args, **kwargs)  # type: ignore[attr-defined]
             elif spec.setup_context:
                 output = await run_in_thread(cls.forward, *args, **kwargs)
                 cls.setup_context(ctx, (*args, *kwargs.values()), output)

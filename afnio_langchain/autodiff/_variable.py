@@ -19,6 +19,8 @@ _SCALARS = (str, int, float)
 
 def validate_data(data: Any) -> Data:
     """Check that ``data`` is a str/number or a list of them; return it (lists copied)."""
+    if type(data) is str:  # the usual data: one text
+        return data
     if isinstance(data, bool) or not isinstance(data, (*_SCALARS, list, tuple)):
         raise TypeError(
             "Variable data must be a str (or number) or a list of them, "

@@ -51,6 +51,8 @@ def resolve_cache(setting: BaseCache | bool | None) -> BaseCache | None:
     """
     if setting is False:
         return None
+    if setting is None:  # the usual setting: the global cache, if any
+        return get_llm_cache()
     if isinstance(setting, BaseCache):
         return setting
     cache = get_llm_cache()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from typing import Any
@@ -20,17 +21,30 @@ ACCEPTED = (
 )
 
 
+_CLIENT_CLASSES: set[type] = set()
+"""Classes seen to be BaseModelClients (an ABC: its isinstance check runs Python code)."""
+
+
 def _is_model_client(obj: Any) -> bool:
+    kind = type(obj)
+    if kind in _CLIENT_CLASSES:
+        return True
     if isinstance(obj, BaseModelClient):  # the common case, without the slow Protocol check
+        _CLIENT_CLASSES.add(kind)
         return True
     return isinstance(obj, ModelClient) and callable(getattr(obj, "acomplete", None))
 
 
-def is_openai_client(obj: Any) -> bool:
-    """An ``openai.OpenAI``/``AsyncOpenAI`` client (which needs a model name to be used)."""
+@functools.cache
+def _openai_client_classes() -> tuple[type, ...]:
     import openai
 
-    return isinstance(obj, (openai.OpenAI, openai.AsyncOpenAI))
+    return (openai.OpenAI, openai.AsyncOpenAI)
+
+
+def is_openai_client(obj: Any) -> bool:
+    """An ``openai.OpenAI``/``AsyncOpenAI`` client (which needs a model name to be used)."""
+    return isinstance(obj, _openai_client_classes())
 
 
 def resolve_call_model(

@@ -33,6 +33,7 @@ from afnio_langchain.models._deadlines import Deadline, watchdog
 
 T = TypeVar("T")
 
+_HAS_UNCANCEL = sys.version_info >= (3, 11)  # Task.uncancel, which within() relies on
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 DEFAULT_ATTEMPT_TIMEOUT = 600.0
 """Seconds one attempt may take when neither the policy nor the client sets a timeout
@@ -124,7 +125,7 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
     """``await func()``, raising :class:`ReplyTimeoutError` (naming ``what``) once
     ``seconds`` have passed; a TimeoutError ``func`` raises itself passes through."""
-    task = asyncio.current_task() if sys.version_info >= (3, 11) else None
+    task = asyncio.current_task() if _HAS_UNCANCEL else None
     if task is None:  # pragma: no cover - Python 3.10 (no Task.uncancel), or no task
         try:
             return await asyncio.wait_for(func(), seconds)
