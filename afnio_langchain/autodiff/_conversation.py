@@ -137,15 +137,21 @@ def _check_inputs(inputs: Any) -> dict[str, Any]:
 
 
 def _batch_size(messages: list[tuple[str, list]], inputs: dict[str, Any]) -> int | None:
-    sizes: list[tuple[str, int]] = []  # (where, size); "where" is formatted only on error
+    sizes: list[tuple[str, int]] = []  # (where, size) of each list-valued input or part
     for name, value in inputs.items():
+        kind = type(value)
+        if kind is str or (kind is Variable and type(value._data) is not list):
+            continue  # the usual input: one text
         if isinstance(value, list):
             sizes.append((f"input {name!r}", len(value)))
         elif isinstance(value, Variable) and value.is_batched:
             sizes.append((f"input {name!r}", len(value.data)))
     for k, (role, parts) in enumerate(messages):
         for part in parts:
-            if type(part) is not str and isinstance(part, Variable) and part.is_batched:
+            kind = type(part)
+            if kind is str or (kind is Variable and type(part._data) is not list):
+                continue  # the usual part: a template or one text
+            if isinstance(part, Variable) and part.is_batched:
                 sizes.append((f"message {k} ({role})", len(part.data)))
     if not sizes:
         return None
@@ -194,25 +200,14 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
         for part in parts
         if type(part) is not str and isinstance(part, Variable)
     ]
-    batched_parts = False
-    for slot in slots:
-        if slot.variable.is_batched:
-            batched_parts = True
-            break
-    one_text_each = True  # the usual inputs: each one text (a str or a Variable of one)
     for value in values.values():
-        kind = type(value)
-        if kind is str:
+        if type(value) is str:
             continue
-        if kind is Variable and type(value._data) is not list:
-            slots.append(Slot(value))
-            continue
-        one_text_each = False
         if isinstance(value, list):
             slots += [Slot(v, item=i) for i, v in enumerate(value) if isinstance(v, Variable)]
         elif isinstance(value, Variable):
             slots.append(Slot(value))
-    size = None if one_text_each and not batched_parts else _batch_size(checked, values)
+    size = _batch_size(checked, values)
     if size is None:  # one conversation: no minibatch to render item by item
         return Conversation(items=[_render(checked, values, 0)], batched=False, slots=slots)
     items = [_render(checked, values, i) for i in range(size)]

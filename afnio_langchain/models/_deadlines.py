@@ -21,7 +21,7 @@ __all__ = ["Deadline", "watchdog"]
 class Deadline:
     """One attempt's deadline: cancels the attempt's task when it passes."""
 
-    __slots__ = ("task", "expired", "__weakref__")
+    __slots__ = ("task", "expired")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task

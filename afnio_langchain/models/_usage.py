@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -82,7 +83,7 @@ class UsageTracker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], UsageCounts] = {}
+        self._counts: defaultdict[tuple[str, str], UsageCounts] = defaultdict(UsageCounts)
 
     def record(
         self,
@@ -100,9 +101,7 @@ class UsageTracker:
     ) -> None:
         """Add one call's figures (or retry, failure or cache-hit counts) to the totals."""
         with self._lock:  # added field by field: once per model call, on its hot path
-            counts = self._counts.get((model, purpose))
-            if counts is None:
-                counts = self._counts[(model, purpose)] = UsageCounts()
+            counts = self._counts[(model, purpose)]
             counts.calls += calls
             counts.input_tokens += input_tokens
             counts.output_tokens += output_tokens
@@ -119,9 +118,7 @@ class UsageTracker:
     ) -> None:
         """:meth:`record` of one answered call, its arguments positional (hot path)."""
         with self._lock:
-            counts = self._counts.get((model, purpose))
-            if counts is None:
-                counts = self._counts[(model, purpose)] = UsageCounts()
+            counts = self._counts[(model, purpose)]
             counts.calls += 1
             counts.input_tokens += input_tokens
             counts.output_tokens += output_tokens
