@@ -29,7 +29,7 @@ import openai
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 
-__all__ = ["agenerate_in_loop"]
+__all__ = ["agenerate_in_loop", "generation_info_of", "runs_base_agenerate", "send_chat_request"]
 
 _HELPERS = ("_handle_openai_bad_request", "_handle_openai_api_error", "_add_gateway_metadata")
 _METHODS = ("_get_request_payload", "_use_responses_api", "_create_chat_result")
@@ -48,7 +48,9 @@ def _langchain_openai_base() -> ModuleType | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _runs_base_agenerate(cls: type) -> bool:
+def runs_base_agenerate(cls: type) -> bool:
+    """Whether models of ``cls`` send chat completions with langchain-openai's own
+    ``_agenerate``, with every helper :func:`agenerate_in_loop` uses."""
     base = _langchain_openai_base()
     if base is None or getattr(cls, "_agenerate", None) is not base.BaseChatOpenAI._agenerate:
         return False
@@ -60,13 +62,21 @@ async def agenerate_in_loop(
 ) -> ChatResult:
     """What ``await model._agenerate(messages, stop=stop, **params)`` returns (or
     raises), with the result built on the running loop (see the module doc)."""
-    if not _runs_base_agenerate(type(model)):
+    if not runs_base_agenerate(type(model)):
         return await model._agenerate(messages, stop=stop, **params)
-    base = _langchain_openai_base()
     payload = model._get_request_payload(messages, stop=stop, **params)
-    structured = "response_format" in payload
-    if not structured and model._use_responses_api(payload):
+    if "response_format" not in payload and model._use_responses_api(payload):
         return await model._agenerate(messages, stop=stop, **params)
+    raw_response, response = await send_chat_request(model, payload)
+    return model._create_chat_result(response, generation_info_of(model, raw_response))
+
+
+async def send_chat_request(model: Any, payload: dict[str, Any]) -> tuple[Any, Any]:
+    """The raw response (``with_raw_response``'s) to a chat-completions ``payload`` of a
+    model whose class :func:`runs_base_agenerate`, and the reply read from it, sent and
+    read as its ``_agenerate`` does, with the errors mapped as it maps them."""
+    base = _langchain_openai_base()
+    structured = "response_format" in payload
     raw_response = None
     try:
         if structured:
@@ -86,8 +96,14 @@ async def agenerate_in_loop(
         if raw_response is not None and hasattr(raw_response, "http_response"):
             exc.response = raw_response.http_response  # type: ignore[attr-defined]
         raise
+    return raw_response, response
+
+
+def generation_info_of(model: Any, raw_response: Any) -> dict[str, Any]:
+    """The generation info ``_agenerate`` gives its result: the response headers when
+    the model asks for them, and a gateway's metadata."""
     generation_info: dict[str, Any] = {}
     if model.include_response_headers and hasattr(raw_response, "headers"):
         generation_info = {"headers": dict(raw_response.headers)}
-    base._add_gateway_metadata(generation_info, raw_response)
-    return model._create_chat_result(response, generation_info)
+    _langchain_openai_base()._add_gateway_metadata(generation_info, raw_response)
+    return generation_info

@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import openai
@@ -54,6 +54,7 @@ from afnio_langchain.models._secrets import (
 )
 from afnio_langchain.models._unobserved_call import (
     agenerate_unobserved,
+    complete_unobserved,
     is_unobserved,
     no_cache_applies,
 )
@@ -385,21 +386,21 @@ class LangChainChatModelClient(BaseModelClient):
         model = await self._runner(purpose)
         while True:
             try:
-                reply = await _invoke(
+                return await _invoke(
                     model,
                     messages,
                     {**params, **response_format_for(mode, json_schema)},
                     config,
+                    self._completion,
                     run_free=self._openai_root is not None,
+                    model_name=self.model_name,
                 )
-                break
             except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: cut
                 return self._cut_completion(exc)
             except Exception as exc:
                 if mode == "prompt" or not refuses_json_mode(exc):
                     raise
                 mode = self._step_down_json_mode(mode)  # this endpoint refuses that mode
-        return self._completion(reply)
 
     def _cut_completion(self, exc: openai.LengthFinishReasonError) -> Completion:
         """The reply langchain-openai refused to parse because max_tokens cut it."""
@@ -462,14 +463,22 @@ async def _invoke(
     messages: Sequence[Message],
     params: dict[str, Any],
     config: RunnableConfig,
+    to_completion: Callable[[BaseMessage], Completion],
     *,
     run_free: bool = False,
-) -> BaseMessage:
-    """The model's reply; with ``run_free`` (langchain-openai models), straight from
-    its ``_agenerate`` when no handler, cache or limiter would see LangChain's run."""
-    lc_messages = to_langchain_messages(messages)
+    model_name: str = "",
+) -> Completion:
+    """The model's reply, read by ``to_completion``; with ``run_free`` (langchain-openai
+    models), straight from its ``_agenerate`` when no handler, cache or limiter would
+    see LangChain's run, and for plain text from the reply body itself."""
     if run_free and is_unobserved(model, config, params):
-        return await agenerate_unobserved(model, lc_messages, params)
+        completion = await complete_unobserved(model, messages, params, to_completion, model_name)
+        if completion is not None:
+            return completion
+        return to_completion(
+            await agenerate_unobserved(model, to_langchain_messages(messages), params)
+        )
     # Call options as keywords: what model.bind(**params).ainvoke does, without a
     # binding built per call (a binding adds no run of its own to traces).
-    return await model.ainvoke(lc_messages, config=_with_redaction(config), **params)
+    lc_messages = to_langchain_messages(messages)
+    return to_completion(await model.ainvoke(lc_messages, config=_with_redaction(config), **params))

@@ -198,6 +198,8 @@ def aiohttp_usable(base_url: Any) -> bool:
 def seconds_of(timeout: Any) -> float | None:
     """A client timeout (a number, an ``httpx.Timeout``, openai's NOT_GIVEN, None) in
     seconds: the longest of its phases, None when there is none."""
+    if timeout is None:
+        return None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         return float(timeout) if timeout > 0 else None
     if isinstance(timeout, (tuple, list)):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from afnio_langchain._aio import run_sync
@@ -101,6 +101,65 @@ class Completion:
         """Whether the model ended the reply itself (or the provider does not say):
         not cut by ``max_tokens``, a content filter or anything else."""
         return self.finish_reason is None or self.finish_reason.lower() in COMPLETE_REASONS
+
+
+_UNBUILT: Any = object()
+
+
+class DeferredRawCompletion(Completion):
+    """A :class:`Completion` whose ``raw`` is built the first time it is read.
+
+    For adapters whose ``raw`` is an object that costs more to build than the reply's
+    text and counts (a LangChain message), and that most callers never read. Made
+    with :meth:`of`; equal to the plain :class:`Completion` with the same fields, and
+    pickled and copied as one.
+
+    Example:
+        >>> from afnio_langchain.models._protocol import Completion, DeferredRawCompletion
+        >>> reply = DeferredRawCompletion.of(Completion("hi", "m"), lambda: {"built": True})
+        >>> reply.text, reply.raw, reply == Completion("hi", "m", raw={"built": True})
+        ('hi', {'built': True}, True)
+    """
+
+    @classmethod
+    def of(cls, completion: Completion, build_raw: Callable[[], Any]) -> DeferredRawCompletion:
+        """``completion`` (its ``raw`` left out) with ``raw`` from ``build_raw()``,
+        called once, when ``raw`` is first read."""
+        reply = cls.__new__(cls)
+        values = dict(completion.__dict__)
+        values.pop("raw", None)
+        reply.__dict__.update(values)
+        reply._raw = _UNBUILT
+        reply._build_raw = build_raw
+        return reply
+
+    @property  # type: ignore[override]
+    def raw(self) -> Any:
+        raw = self._raw
+        if raw is _UNBUILT:  # two threads reading at once may both build: either wins
+            build = self._build_raw
+            raw = build() if build is not None else self._raw
+            self._raw = raw
+            self._build_raw = None
+        return raw
+
+    @raw.setter
+    def raw(self, value: Any) -> None:  # also the dataclass __init__'s (replace())
+        self._raw = value
+        self._build_raw: Callable[[], Any] | None = None
+
+    def _plain(self) -> Completion:
+        return Completion(*(getattr(self, f.name) for f in fields(Completion)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Completion):
+            return self._plain() == (other._plain() if isinstance(other, DeferredRawCompletion) else other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as Completion's
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Completion, tuple(getattr(self, f.name) for f in fields(Completion))
 
 
 @dataclass(frozen=True)

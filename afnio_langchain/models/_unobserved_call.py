@@ -14,22 +14,38 @@ model's own ``_agenerate`` (its request, its reply parsing, its errors; its repl
 turned into a result on the loop, see ``_chat_result_in_loop``), and the reply's
 metadata is merged as the run merges it. The one difference left is the id LangChain
 gives the reply message (``lc_run-...``), which only a handler could match to a run.
+
+:func:`complete_unobserved` goes one step further for a conversation of plain text
+messages: its payload is langchain-openai's without the messages' round trip through
+LangChain objects (``_plain_chat_payload``), and the reply's text, counts and finish
+reason are read from the reply body; the message the run would give back (the
+completion's ``raw``) is built from the same body the first time it is read.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, chat_models
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
-from afnio_langchain.models._chat_result_in_loop import agenerate_in_loop
+from afnio_langchain.models._chat_body import completion_from
+from afnio_langchain.models._chat_result_in_loop import (
+    agenerate_in_loop,
+    generation_info_of,
+    runs_base_agenerate,
+    send_chat_request,
+)
+from afnio_langchain.models._plain_chat_payload import plain_payload
+from afnio_langchain.models._protocol import Completion, DeferredRawCompletion, Message
 
-__all__ = ["agenerate_unobserved", "is_unobserved", "no_cache_applies"]
+__all__ = ["agenerate_unobserved", "complete_unobserved", "is_unobserved", "no_cache_applies"]
 
 # What ainvoke runs around _agenerate; a model class that overrides any of it keeps it.
 _RUN_METHODS = ("ainvoke", "agenerate_prompt", "agenerate", "_agenerate_with_cache")
@@ -76,7 +92,51 @@ async def agenerate_unobserved(
     Call only where :func:`is_unobserved` holds."""
     params = dict(params)
     stop = params.pop("stop", None)
-    result = await agenerate_in_loop(model, messages, stop, params)
+    return _reply_message(await agenerate_in_loop(model, messages, stop, params))
+
+
+async def complete_unobserved(
+    model: BaseChatModel,
+    messages: Sequence[Message],
+    params: dict[str, Any],
+    to_completion: Callable[[BaseMessage], Completion],
+    default_model: str,
+) -> Completion | None:
+    """The reply to plain text ``messages`` (``model.ainvoke``'s, read as
+    ``to_completion`` reads a reply message), read from the reply body; its ``raw``, the
+    message, built when first read. None, before anything is sent, where the
+    conversation or the model is not one :func:`agenerate_unobserved` would send as
+    plain chat completions (the caller then does).
+
+    Call only where :func:`is_unobserved` holds."""
+    if not runs_base_agenerate(type(model)):
+        return None
+    params = dict(params)
+    stop = params.pop("stop", None)
+    payload = plain_payload(model, messages, stop, params)  # None for the Responses API
+    if payload is None:
+        return None
+    raw_response, body = await send_chat_request(model, payload)
+    generation_info = generation_info_of(model, raw_response)
+
+    def reply() -> BaseMessage:
+        return _reply_message(model._create_chat_result(body, generation_info))
+
+    if not _reads_as_plain(body):  # where langchain-openai raises, or reads it otherwise
+        return to_completion(reply())
+    return DeferredRawCompletion.of(completion_from(body, default_model), reply)
+
+
+def _reads_as_plain(body: Any) -> bool:
+    """Whether langchain-openai reads ``body`` (checked by ``_chat_body``) as an
+    assistant message whose text, usage and finish reason are the body's own."""
+    if type(body) is not dict or body.get("error"):
+        return False
+    message = body["choices"][0]["message"]
+    return message.get("role") == "assistant"
+
+
+def _reply_message(result: ChatResult) -> BaseMessage:
     generation = result.generations[0]
     message = generation.message
     info = {k: v for k, v in (generation.generation_info or {}).items() if k != _GATEWAY_KEY}

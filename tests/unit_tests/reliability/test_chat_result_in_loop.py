@@ -24,7 +24,7 @@ from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models import base as openai_chat
 
 from afnio_langchain.models import LangChainChatModelClient
-from afnio_langchain.models._chat_result_in_loop import _runs_base_agenerate, agenerate_in_loop
+from afnio_langchain.models._chat_result_in_loop import agenerate_in_loop, runs_base_agenerate
 
 from ._stdlib_server import Reply, StdlibServer, two_plus_two
 from .conftest import FAST, KEY, MODEL
@@ -133,8 +133,10 @@ def test_errors_are_mapped_as_langchain_openai_maps_them(server, status, message
 
 
 def test_an_unobserved_call_builds_its_result_on_the_loop_thread(server, monkeypatch):
-    """The package's unobserved path runs ``_create_chat_result`` on the loop's thread;
-    a call LangChain's run observes keeps langchain-openai's worker thread."""
+    """The package's unobserved path builds no ``ChatResult`` for plain text until the
+    completion's ``raw`` is read, then once, on the reading thread; ``agenerate_in_loop``
+    (the path of any other conversation) builds it on the loop's thread; a call LangChain's run observes keeps
+    langchain-openai's worker thread."""
     threads: list[int] = []
     original = ChatOpenAI._create_chat_result
 
@@ -148,14 +150,24 @@ def test_an_unobserved_call_builds_its_result_on_the_loop_thread(server, monkeyp
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     loop_threads: list[int] = []
 
-    async def call(**params: Any) -> str:
+    async def call(**params: Any) -> Any:
         loop_threads.append(threading.get_ident())
-        return (await client.acomplete(messages, **params)).text
+        return await client.acomplete(messages, **params)
 
-    assert asyncio.run(call()) == "4"
-    assert asyncio.run(call(config={"callbacks": [BaseCallbackHandler()]})) == "4"
-    assert threads[0] == loop_threads[0]
+    plain = asyncio.run(call())
+    assert plain.text == "4" and threads == []
+    assert plain.raw.content == "4" and plain.raw is plain.raw
+    assert threads == [threading.get_ident()]
+    assert asyncio.run(call(config={"callbacks": [BaseCallbackHandler()]})).text == "4"
     assert threads[1] != loop_threads[1]
+
+    async def in_loop() -> Any:  # a path that builds the result as the call returns
+        loop_threads.append(threading.get_ident())
+        model = await client._runner("forward")
+        return await agenerate_in_loop(model, MESSAGES, None, {})
+
+    asyncio.run(in_loop())
+    assert threads[2] == loop_threads[2]
 
 
 def test_the_responses_api_and_an_overriding_subclass_keep_their_own_agenerate(
@@ -169,7 +181,7 @@ def test_the_responses_api_and_an_overriding_subclass_keep_their_own_agenerate(
         return await original(self, messages, stop=stop, **kwargs)
 
     monkeypatch.setattr(openai_chat.BaseChatOpenAI, "_agenerate", spied)
-    _runs_base_agenerate.cache_clear()
+    runs_base_agenerate.cache_clear()
 
     class Overriding(ChatOpenAI):
         async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
@@ -196,4 +208,4 @@ def test_the_responses_api_and_an_overriding_subclass_keep_their_own_agenerate(
     try:
         asyncio.run(calls())
     finally:
-        _runs_base_agenerate.cache_clear()
+        runs_base_agenerate.cache_clear()
