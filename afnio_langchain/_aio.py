@@ -212,6 +212,17 @@ async def run_in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(func, *args, **kwargs)
 
 
+_STARTED_TOGETHER: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar(
+    "afnio_started_together", default=None
+)
+
+
+def started_together() -> dict[Any, Any] | None:
+    """A dict the tasks one :func:`start_each` started share (None in any other task):
+    for what the items of one minibatch work out once, as a batch call would."""
+    return _STARTED_TOGETHER.get()
+
+
 async def start_each(awaitables: Iterable[Awaitable[T]]) -> list[asyncio.Future[T]]:
     """Start one task per awaitable, letting each run to its first wait before the next.
 
@@ -221,9 +232,11 @@ async def start_each(awaitables: Iterable[Awaitable[T]]) -> list[asyncio.Future[
     leaves as soon as it is built and each reply is handled as it arrives: at N = 32
     this saves about N reply-handling times per minibatch op (see ``benchmarks/``).
     If the caller is cancelled meanwhile, the tasks already started are cancelled too.
+    The tasks share one :func:`started_together` dict.
     """
     pending = list(awaitables)
     tasks: list[asyncio.Future[T]] = []
+    shared = _STARTED_TOGETHER.set({})  # each task copies the context as it is created
     try:
         for i, awaitable in enumerate(pending):
             tasks.append(asyncio.ensure_future(awaitable))
@@ -237,6 +250,8 @@ async def start_each(awaitables: Iterable[Awaitable[T]]) -> list[asyncio.Future[
                 awaitable.close()  # never started: no "was never awaited" warning
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    finally:
+        _STARTED_TOGETHER.reset(shared)
     return tasks
 
 

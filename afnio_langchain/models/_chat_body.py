@@ -95,19 +95,22 @@ def clean_usage(body: dict[str, Any]) -> dict[str, Any]:
 
 def completion_from(body: dict[str, Any], default_model: str) -> Completion:
     """A :class:`Completion` from a body :func:`parse_chat_body` accepted."""
-    choice = body["choices"][0]
-    usage = _field(body, "usage")
+    choice = body["choices"][0]  # a dict with a message dict: parse_chat_body checked
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        usage = _NO_USAGE
     return Completion(
         text=choice["message"].get("content") or "",
-        model=str(_field(body, "model") or default_model),
-        input_tokens=token_count(_field(usage, "prompt_tokens")),
-        output_tokens=token_count(_field(usage, "completion_tokens")),
-        finish_reason=_finish_reason(_field(choice, "finish_reason")),
+        model=str(body.get("model") or default_model),
+        input_tokens=token_count(usage.get("prompt_tokens")),
+        output_tokens=token_count(usage.get("completion_tokens")),
+        finish_reason=_finish_reason(choice.get("finish_reason")),
         raw=body,
-        cached_input_tokens=token_count(
-            _field(_field(usage, "prompt_tokens_details"), "cached_tokens")
-        ),
+        cached_input_tokens=token_count(_field(usage.get("prompt_tokens_details"), "cached_tokens")),
     )
+
+
+_NO_USAGE: dict[str, Any] = {}
 
 
 def _finish_reason(value: Any) -> str | None:

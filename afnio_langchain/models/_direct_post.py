@@ -177,15 +177,18 @@ class DirectPost:
     def _template(self, path: str, options: Mapping[str, Any]) -> _Template | None:
         if self.client._platform is None:  # read by openai's first request
             return None
-        if not _OPTIONS.issuperset(options) or any(
+        if not options:  # the usual request: no per-call headers, query or timeout
+            key: tuple[Any, ...] = (path,)
+        elif not _OPTIONS.issuperset(options) or any(
             isinstance(v, openai.Omit) for v in (options.get("extra_json") or {}).values()
         ):
             return None
-        try:
-            key = (path, *((k, _frozen(v)) for k, v in sorted(options.items()) if k != "extra_json"))
-            hash(key)
-        except TypeError:
-            return None
+        else:
+            try:
+                key = (path, *((k, _frozen(v)) for k, v in sorted(options.items()) if k != "extra_json"))
+                hash(key)
+            except TypeError:
+                return None
         if key not in self._templates:
             self._templates[key] = self._build(path, options)
         template = self._templates[key]

@@ -55,7 +55,7 @@ from afnio_langchain.models._secrets import (
 from afnio_langchain.models._unobserved_call import (
     agenerate_unobserved,
     complete_unobserved,
-    is_unobserved,
+    is_unobserved_in_batch,
     no_cache_applies,
 )
 from afnio_langchain.models._usage import token_count
@@ -385,14 +385,18 @@ class LangChainChatModelClient(BaseModelClient):
         mode = self._json_mode if json_schema is not None else "prompt"
         model = await self._runner(purpose)
         while True:
+            call_params = {**params, **response_format_for(mode, json_schema)}
+            unobserved = self._openai_root is not None and is_unobserved_in_batch(
+                self.model, model, config, call_params, purpose
+            )
             try:
                 return await _invoke(
                     model,
                     messages,
-                    {**params, **response_format_for(mode, json_schema)},
+                    call_params,
                     config,
                     self._completion,
-                    run_free=self._openai_root is not None,
+                    unobserved=unobserved,
                     model_name=self.model_name,
                 )
             except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: cut
@@ -465,13 +469,13 @@ async def _invoke(
     config: RunnableConfig,
     to_completion: Callable[[BaseMessage], Completion],
     *,
-    run_free: bool = False,
+    unobserved: bool = False,
     model_name: str = "",
 ) -> Completion:
-    """The model's reply, read by ``to_completion``; with ``run_free`` (langchain-openai
-    models), straight from its ``_agenerate`` when no handler, cache or limiter would
-    see LangChain's run, and for plain text from the reply body itself."""
-    if run_free and is_unobserved(model, config, params):
+    """The model's reply, read by ``to_completion``; ``unobserved`` (a langchain-openai
+    model whose run no handler, cache or limiter would see): straight from its
+    ``_agenerate``, and for plain text from the reply body itself."""
+    if unobserved:
         completion = await complete_unobserved(model, messages, params, to_completion, model_name)
         if completion is not None:
             return completion

@@ -200,6 +200,20 @@ def seconds_of(timeout: Any) -> float | None:
     seconds: the longest of its phases, None when there is none."""
     if timeout is None:
         return None
+    global _last_timeout
+    last = _last_timeout
+    if timeout is last[0]:  # a client's one timeout object, asked on every call
+        return last[1]
+    seconds = _seconds_of(timeout)
+    if not isinstance(timeout, (int, float, list)):
+        _last_timeout = (timeout, seconds)
+    return seconds
+
+
+_last_timeout: tuple[Any, float | None] = (object(), None)
+
+
+def _seconds_of(timeout: Any) -> float | None:
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         return float(timeout) if timeout > 0 else None
     if isinstance(timeout, (tuple, list)):

@@ -35,6 +35,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
+from afnio_langchain._aio import started_together
 from afnio_langchain.models._chat_body import completion_from
 from afnio_langchain.models._chat_result_in_loop import (
     agenerate_in_loop,
@@ -45,7 +46,13 @@ from afnio_langchain.models._chat_result_in_loop import (
 from afnio_langchain.models._plain_chat_payload import plain_payload
 from afnio_langchain.models._protocol import Completion, DeferredRawCompletion, Message
 
-__all__ = ["agenerate_unobserved", "complete_unobserved", "is_unobserved", "no_cache_applies"]
+__all__ = [
+    "agenerate_unobserved",
+    "complete_unobserved",
+    "is_unobserved",
+    "is_unobserved_in_batch",
+    "no_cache_applies",
+]
 
 # What ainvoke runs around _agenerate; a model class that overrides any of it keeps it.
 _RUN_METHODS = ("ainvoke", "agenerate_prompt", "agenerate", "_agenerate_with_cache")
@@ -81,6 +88,29 @@ def is_unobserved(model: BaseChatModel, config: RunnableConfig, params: dict[str
         return False
     manager = AsyncCallbackManager.configure(config.get("callbacks"), model.callbacks, model.verbose)
     return not manager.handlers
+
+
+def is_unobserved_in_batch(
+    model: BaseChatModel,
+    runner: BaseChatModel,
+    config: RunnableConfig,
+    params: dict[str, Any],
+    purpose: str,
+) -> bool:
+    """:func:`is_unobserved` for ``runner`` (the copy of ``model`` a call runs on),
+    worked out once for the calls of one minibatch (the tasks of one
+    :func:`~afnio_langchain._aio.start_each`) with the same model, config callbacks,
+    purpose and parameter names: LangChain's own batch call (``agenerate`` of several
+    prompts) configures its callbacks once for all of them too."""
+    batch = started_together()
+    if batch is None:
+        return is_unobserved(runner, config, params)
+    callbacks = config.get("callbacks")
+    key = ("is_unobserved", id(model), id(callbacks), purpose, tuple(params))
+    seen = batch.get(key)
+    if seen is None:  # the objects are kept so that their ids stay theirs
+        seen = batch[key] = (model, callbacks, is_unobserved(runner, config, params))
+    return seen[2]
 
 
 async def agenerate_unobserved(

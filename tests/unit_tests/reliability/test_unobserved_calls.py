@@ -214,3 +214,76 @@ def test_a_traced_chain_of_chat_openai_steps_records_each_model_run(server, runs
     assert len(steps_runs) == 2
     assert [[c.run_type for c in step.child_runs] for step in steps_runs] == [["llm"], ["llm"]]
     assert [r.body for r in server.requests[:2]] == [r.body for r in server.requests[2:]]
+
+
+@pytest.fixture
+def handler_checks(monkeypatch) -> list[int]:
+    """One entry per callback configuration LangChain's handler check makes."""
+    from langchain_core.callbacks import AsyncCallbackManager
+
+    made: list[int] = []
+    original = AsyncCallbackManager.configure.__func__
+
+    def counted(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCallbackManager, "configure", classmethod(counted))
+    return made
+
+
+def _minibatch(model: BaseChatModel, items: int, **options: Any) -> Any:
+    from afnio_langchain import Variable
+    from afnio_langchain.autodiff import ChatCompletion
+
+    client = LangChainChatModelClient(model, retry=FAST, json_mode=False)
+    system = Variable("Answer briefly.", role="system prompt", requires_grad=True)
+    messages = [{"role": "system", "content": [system]}, {"role": "user", "content": ["{q}"]}]
+    questions = [f"What is 2 + {i}?" for i in range(items)]
+    return ChatCompletion.apply(client, messages, inputs={"q": questions}, **options)
+
+
+def test_the_items_of_a_minibatch_share_one_handler_check(
+    server, runs, no_global_cache, handler_checks
+):
+    """As LangChain's batch ``agenerate`` configures its callbacks once for all its
+    prompts; separate calls each check."""
+    reply = _minibatch(_model(server), 6)
+    assert reply.data == ["4"] * 6 and len(server.requests) == 6
+    assert handler_checks == [1] and runs == []
+    for _ in range(3):
+        _call(_model(server))
+    assert handler_checks == [1] * 4 and runs == []
+
+
+def test_a_minibatch_whose_calls_are_observed_keeps_every_item_s_run(
+    server, runs, no_global_cache
+):
+    with collect_runs() as collector:
+        reply = _minibatch(_model(server), 4)
+    assert reply.data == ["4"] * 4 and runs == ["ChatOpenAI"] * 4
+    assert [run.run_type for run in collector.traced_runs] == ["llm"] * 4
+    _minibatch(_model(server, callbacks=[_Quiet()]), 3)
+    assert runs == ["ChatOpenAI"] * 7
+
+
+def test_tasks_started_together_share_one_dict_that_ends_with_them():
+    from afnio_langchain._aio import start_each, started_together
+
+    async def read() -> Any:
+        return started_together()
+
+    async def item() -> Any:
+        inner = await start_each([read(), read()])
+        return started_together(), list(await asyncio.gather(*inner))
+
+    async def main() -> Any:
+        outer = await start_each([item(), item()])
+        await asyncio.gather(*outer)
+        return started_together(), [t.result() for t in outer]
+
+    after, results = asyncio.run(main())
+    (first, first_inner), (second, second_inner) = results
+    assert after is None and first is second and isinstance(first, dict)
+    assert first_inner[0] is first_inner[1] and first_inner[0] is not first
+    assert second_inner[0] is not first_inner[0]
