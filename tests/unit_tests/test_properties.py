@@ -90,11 +90,19 @@ def test_format_syntax_is_never_a_field(field):
 
 # -- Variable data shapes -----------------------------------------------------------------------
 
+# A list mixing ints and floats holds floats, as afnio's does (test_afnio_api): the data
+# round-trips exactly when each int is one a float holds exactly (|n| <= 2**53).
 scalars = st.one_of(
     st.text(max_size=20),
-    st.integers(),
+    st.integers(min_value=-(2**53), max_value=2**53),
     st.floats(allow_nan=False, allow_infinity=False),
 )
+
+
+def test_a_mixed_list_holds_floats_even_where_an_int_does_not_fit_one():
+    v = Variable([2**53 + 1, 0.0], role="r")
+    assert v.data == [float(2**53 + 1), 0.0] and all(type(x) is float for x in v.data)
+    assert Variable([2**60], role="r").data == [2**60]  # ints alone stay ints
 
 
 @PROPS
