@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from afnio_langchain._aio import run_in_thread
+from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.cognitive._parameter import Parameter
 
@@ -439,13 +440,16 @@ class Module(Runnable[Any, Any]):
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Run ``forward`` on ``input`` as a traced LangChain run."""
-        return self._call_with_config(self._forward_input, input, config, run_type="chain")
+        return self._call_with_config(
+            run_method, input, config, run_type="chain", method=self._forward_input
+        )
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Async :meth:`invoke` (``forward`` runs in a worker thread)."""
+        return await self._acall_with_config(
+            arun_method, input, config, run_type="chain", method=self._forward_in_thread
+        )
 
-        async def call(value: Any) -> Any:
-            return await run_in_thread(self._forward_input, value)
-
-        return await self._acall_with_config(call, input, config, run_type="chain")
+    async def _forward_in_thread(self, input: Any) -> Any:
+        return await run_in_thread(self._forward_input, input)
 

@@ -4,12 +4,12 @@ return a ``Variable`` (an LLM step, an agent run)."""
 from __future__ import annotations
 
 import abc
-import inspect
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from afnio_langchain._aio import run_sync
+from afnio_langchain._signed_calls import arun_method_with_config, run_method_with_config
 from afnio_langchain.autodiff import Variable
 
 
@@ -42,16 +42,18 @@ class VariableRunnable(RunnableSerializable[Any, Variable], abc.ABC):
         """Run once on ``input``; ``config`` carries the run's callbacks (child run)."""
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        def call(value: Any, config: RunnableConfig) -> Variable:
-            return run_sync(lambda: self._ainvoke(value, config))
+        return self._call_with_config(
+            run_method_with_config, input, config, run_type="chain", method=self._invoke_sync
+        )
 
-        return self._call_with_config(call, input, config, run_type="chain")
+    def _invoke_sync(self, input: Any, config: RunnableConfig) -> Variable:
+        return run_sync(lambda: self._ainvoke(input, config))
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Variable:
         return await self._acall_with_config(
-            _ainvoke_of, input, config, run_type="chain", runnable=self
+            arun_method_with_config, input, config, run_type="chain", method=self._ainvoke
         )
 
     def batch(
@@ -70,14 +72,5 @@ class VariableRunnable(RunnableSerializable[Any, Variable], abc.ABC):
             lambda: self.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         )
 
-
-async def _ainvoke_of(input: Any, config: RunnableConfig, *, runnable: VariableRunnable) -> Variable:
-    return await runnable._ainvoke(input, config)
-
-
-# LangChain's _acall_with_config inspects the signature of the function it runs twice per
-# call (does it take config, run_manager?): for a bound method that is about 35 µs, for
-# a function that carries its signature about 3 (on every item of a minibatch run).
-_ainvoke_of.__signature__ = inspect.signature(_ainvoke_of)  # type: ignore[attr-defined]
 
 __all__ = ["VariableRunnable"]

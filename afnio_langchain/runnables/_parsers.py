@@ -7,6 +7,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
+from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import ParseJson, Variable
 from afnio_langchain.runnables._coerce import as_variable
 
@@ -63,15 +64,14 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
         return as_variable(value, "text", self.get_name())
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        return self._call_with_config(self._parse, input, config, run_type="parser")
+        return self._call_with_config(run_method, input, config, run_type="parser", method=self._parse)
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Variable:
-        async def parse(value: Any) -> Variable:
-            return self._parse(value)
-
-        return await self._acall_with_config(parse, input, config, run_type="parser")
+        return await self._acall_with_config(
+            arun_method, input, config, run_type="parser", method=self._parse
+        )
 
     def _pass(self, chunks: Iterator[Any]) -> Iterator[Any]:
         stream = _TextStream(self._parse)
@@ -143,12 +143,11 @@ class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Variable]:
-        return self._call_with_config(self._parse, input, config, run_type="parser")
+        return self._call_with_config(run_method, input, config, run_type="parser", method=self._parse)
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Variable]:
-        async def parse(value: Any) -> dict[str, Variable]:
-            return self._parse(value)
-
-        return await self._acall_with_config(parse, input, config, run_type="parser")
+        return await self._acall_with_config(
+            arun_method, input, config, run_type="parser", method=self._parse
+        )

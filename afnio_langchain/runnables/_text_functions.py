@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
 from pydantic import ConfigDict
 
+from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import TextTransform, Variable
 from afnio_langchain.runnables._coerce import as_variable
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
@@ -77,12 +78,12 @@ class TextFunction(RunnableSerializable[Any, Variable]):
         )
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        return self._call_with_config(self._apply, input, config)
+        return self._call_with_config(run_method, input, config, method=self._apply)
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Variable:
-        return await self._acall_with_config(self._aapply, input, config)
+        return await self._acall_with_config(arun_method, input, config, method=self._aapply)
 
 
 def as_differentiable(step: Any, description: str = "") -> RunnableSerializable:
