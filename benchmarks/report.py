@@ -64,9 +64,10 @@ def step_table(steps: Sequence[dict[str, Any]]) -> str:
 def overhead_table(rows: Sequence[dict[str, Any]]) -> str:
     """One Markdown row per library of the engine-overhead scenario."""
     lines = [
-        "| library | nodes | minibatch | forward (µs) | backward (µs) | sync forward (µs) "
+        "| library | nodes | minibatch | forward (µs) | backward (µs) "
+        "| forward, one node after another (µs) | sync forward (µs) "
         "| sync backward (µs) | per | GC in fwd+bwd (µs) | peak memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         per = "item call" if "items" in r else "node"
@@ -74,6 +75,7 @@ def overhead_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['library']} | {r['nodes']} | {r.get('items', 1)} "
             f"| {_num(r.get('forward' + unit), 1)} | {_num(r.get('backward' + unit), 1)} "
+            f"| {_num(r.get('forward_sequential' + unit), 1)} "
             f"| {_num(r.get('forward_sync' + unit), 1)} | {_num(r.get('backward_sync' + unit), 1)} "
             f"| {per} | {_num(r.get('gc_per_node_us'), 1)} | {_num(r.get('peak_memory_mib'), 2)} |"
         )

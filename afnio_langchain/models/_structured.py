@@ -98,9 +98,13 @@ def parse_json_object(text: str) -> dict[str, Any]:
     raise ValueError("the reply contains no JSON object")
 
 
+_LENIENT_DECODER = json.JSONDecoder(strict=False)
+"""``json.loads(text, strict=False)`` builds this decoder on every call; it holds no state."""
+
+
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, strict=False)
+        return _LENIENT_DECODER.decode(text)
     except json.JSONDecodeError:
         return None
 

@@ -173,8 +173,8 @@ class ChatCompletionRunnable(VariableRunnable):
 
     # -- running ----------------------------------------------------------------------
     def _prepare_inputs(self, input: Any) -> dict[str, Any]:
+        keys = self.input_keys  # once per call: it scans every message for {fields}
         if not isinstance(input, Mapping):
-            keys = self.input_keys
             if len(keys) != 1 or not (self.coerce_inputs or isinstance(input, (str, Variable))):
                 raise TypeError(
                     f"{self.get_name()} takes a dict with keys {keys} holding Variables or "
@@ -183,8 +183,8 @@ class ChatCompletionRunnable(VariableRunnable):
                 )
             input = {keys[0]: input}
         merged = {**self.inputs, **input}
-        wanted = set(self.input_keys) | set(self.inputs)
-        missing = [k for k in self.input_keys if k not in merged]
+        wanted = set(keys) | set(self.inputs)
+        missing = [k for k in keys if k not in merged]
         if missing:
             raise KeyError(
                 f"{self.get_name()} is missing input(s) {missing}; got keys {sorted(input)}"

@@ -311,6 +311,41 @@ def test_the_headline_is_the_worst_path_and_names_each_one():
     assert summary["targets_met"]["critical_path_ratio"] is False
 
 
+def test_the_overhead_target_holds_only_when_each_phase_is_at_or_below_textgrads():
+    from benchmarks import run
+
+    usage = {p: {"calls": 1, "input_tokens": 10, "output_tokens": 1}
+             for p in ("forward", "backward", "optimizer", "total")}
+    step = {"library": "afnio_langchain", "client": "openai", "mode": "pipelined",
+            "minibatch": 32, "limit": 64, "depth": 3, "ratio": 1.02, "wall_s": 1.0,
+            "bound_s": 0.98, "usage": usage, "calls_per_step": 3}
+    textgrad_step = {"minibatch": 32, "mode": "sequential", "usage": usage,
+                     "calls_per_step": 5, "wall_s": 30.0}
+    machine = {"cpu_model": "cpu", "nproc": 2, "python": "3", "load_average": [0.1, 0.1, 0.1]}
+    settings = {"latency": 0.1, "per_token_latency": 0.001}
+    textgrad = {"library": "textgrad", "forward_us_per_node": 40.0,
+                "backward_us_per_node": 250.0, "peak_memory_mib": 4.0}
+
+    def met(**ours):
+        row = {"library": "afnio_langchain", "peak_memory_mib": 2.0} | ours
+        summary = run.headline([step], [textgrad_step], [row, textgrad], machine, settings)
+        return summary["targets_met"]
+
+    # The worst phase (backward 150) is below TextGrad's worst (250), but the forward
+    # is twice TextGrad's: not met.
+    slow_forward = met(forward_us_per_node=80.0, backward_us_per_node=150.0)
+    assert slow_forward["overhead_forward_us_per_node"] is False
+    assert slow_forward["overhead_backward_us_per_node"] is True
+    assert slow_forward["overhead_us_per_node"] is False
+    # The sync API counts too: its forward is a forward.
+    slow_sync = met(forward_us_per_node=30.0, forward_sync_us_per_node=45.0,
+                    backward_us_per_node=150.0)
+    assert slow_sync["overhead_forward_us_per_node"] is False
+    both = met(forward_us_per_node=30.0, forward_sync_us_per_node=40.0,
+               backward_us_per_node=150.0, backward_sync_us_per_node=160.0)
+    assert both["overhead_us_per_node"] is True
+
+
 def test_the_overhead_report_shows_gc_and_plots_textgrad_per_graph_size(tmp_path):
     from benchmarks import report
 
@@ -324,11 +359,32 @@ def test_the_overhead_report_shows_gc_and_plots_textgrad_per_graph_size(tmp_path
             row("textgrad", 10000, 50.0, 177.0)]
     for r in rows:
         if r["library"] == "afnio_langchain":
-            r.update(forward_sync_us_per_node=48.0, backward_sync_us_per_node=72.0)
+            r.update(forward_sync_us_per_node=48.0, backward_sync_us_per_node=72.0,
+                     forward_sequential_us_per_node=33.0)
     table = report.overhead_table(rows)
     assert "GC in fwd+bwd (µs)" in table.splitlines()[0]
-    assert "| textgrad | 10000 | 1 | 50.0 | 177.0 | – | – | node | 3.5 | 1.00 |" in table
+    assert "| afnio_langchain | 100 | 1 | 45.0 | 75.0 | 33.0 | 48.0 | 72.0 | node |" in table
+    assert "| textgrad | 10000 | 1 | 50.0 | 177.0 | – | – | – | node | 3.5 | 1.00 |" in table
     pytest.importorskip("matplotlib")
     path = tmp_path / "scaling_overhead.png"
     assert report.plot_overhead(path, rows)
     assert path.stat().st_size > 0
+
+
+def test_the_gc_benchmark_times_each_step_and_leaves_the_collector_unfrozen():
+    pytest.importorskip("openai")
+    import asyncio
+    import gc
+
+    from benchmarks import gc_pauses
+    from benchmarks.server_process import ServerProcess
+
+    with ServerProcess(0.0, 0.0) as server:
+        result = asyncio.run(gc_pauses.measure(server.base_url, steps=2))
+    assert gc.get_freeze_count() == 0  # the frozen heap is handed back
+    for variant in ("as_is", "frozen"):
+        row = result[variant]
+        assert len(row["cpu_ms_per_step"]) == len(row["gc_ms_per_step"]) == 2
+        assert row["worst_gc_ms_in_a_step"] == max(row["gc_ms_per_step"])
+        assert all(ms > 0 for ms in row["cpu_ms_per_step"])
+    assert result["objects_tracked"] > 10_000  # langchain, openai and aiohttp are loaded
