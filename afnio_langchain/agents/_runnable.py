@@ -33,7 +33,13 @@ from afnio_langchain.agents._trajectory import (
     trajectory_of,
 )
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.models import RetryPolicy, as_model_client, call_slot, record_usage
+from afnio_langchain.models import (
+    RetryPolicy,
+    as_model_client,
+    call_slot,
+    record_usage,
+    reply_token_counts,
+)
 
 DEFAULT_PROMPT_ROLE = "system prompt of the agent"
 
@@ -264,13 +270,9 @@ class AgentRunnable(AgentRunnableBase):
             raise TypeError(
                 f"the agent's model must return an AIMessage, got {type(reply).__name__}"
             )
-        usage = reply.usage_metadata or {}
-        record_usage(
-            name,
-            "forward",
-            input_tokens=int(usage.get("input_tokens", 0) or 0),
-            output_tokens=int(usage.get("output_tokens", 0) or 0),
-        )
+        input_tokens, output_tokens, cached = reply_token_counts(reply)
+        record_usage(name, "forward", input_tokens=input_tokens, output_tokens=output_tokens,
+                     cached_input_tokens=cached)
         return reply
 
     def _error_text(self, exc: Exception) -> str:

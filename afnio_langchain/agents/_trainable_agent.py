@@ -28,7 +28,7 @@ from afnio_langchain.agents._recording import (
 )
 from afnio_langchain.agents._trajectory import Trajectory, trajectory_from_messages
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.models import message_text, record_usage
+from afnio_langchain.models import message_text, record_usage, reply_token_counts
 
 
 def messages_of(state: Any, holder: str) -> list[BaseMessage]:
@@ -61,19 +61,15 @@ def _record_usage(messages: list[BaseMessage], calls: Sequence[ModelCallRecord])
     from the recorded call)."""
     replies = [m for m in messages if isinstance(m, AIMessage)]
     for k, message in enumerate(replies):
-        usage = message.usage_metadata or {}
         call = calls[min(k, len(calls) - 1)] if calls else None
         model = (
             (message.response_metadata or {}).get("model_name")
             or (call.model_name if call is not None else None)
             or UNKNOWN_MODEL
         )
-        record_usage(
-            str(model),
-            "forward",
-            input_tokens=int(usage.get("input_tokens", 0) or 0),
-            output_tokens=int(usage.get("output_tokens", 0) or 0),
-        )
+        input_tokens, output_tokens, cached = reply_token_counts(message)
+        record_usage(str(model), "forward", input_tokens=input_tokens, output_tokens=output_tokens,
+                     cached_input_tokens=cached)
 
 
 def conversation_of(messages: Any) -> tuple[list[BaseMessage], HumanMessage]:

@@ -155,7 +155,9 @@ def completion_to_response(completion: Completion, model: str) -> lm15.Response:
         message=lm15.Message.assistant(lm15.TextPart(completion.text)),
         finish_reason="stop",
         usage=lm15.Usage(
-            input_tokens=completion.input_tokens, output_tokens=completion.output_tokens
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cache_read_tokens=completion.cached_input_tokens,
         ),
     )
 

@@ -10,6 +10,7 @@ from afnio_langchain.models._langchain_adapter import (
     PURPOSE_METADATA_KEY,
     LangChainChatModelClient,
     message_text,
+    reply_token_counts,
 )
 from afnio_langchain.models._limits import call_slot, concurrency_limit, get_concurrency_limit
 from afnio_langchain.models._local import INSTALL_HINT as LOCAL_INSTALL_HINT
@@ -89,6 +90,7 @@ __all__ = [
     "record_usage",
     "redact",
     "redact_value",
+    "reply_token_counts",
     "request_fields",
     "required_keys_in",
     "resolve_call_model",

@@ -85,6 +85,29 @@ def message_text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
+def reply_token_counts(message: BaseMessage) -> tuple[int, int, int]:
+    """A chat model reply's ``(input, output, cached input)`` tokens, from LangChain's
+    ``usage_metadata`` (the cached ones: ``input_token_details.cache_read``, the prompt
+    tokens a provider served from its prompt cache); zeros where it reports none.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> from afnio_langchain.models import reply_token_counts
+        >>> reply = AIMessage("4", usage_metadata={
+        ...     "input_tokens": 40, "output_tokens": 1, "total_tokens": 41,
+        ...     "input_token_details": {"cache_read": 32}})
+        >>> reply_token_counts(reply), reply_token_counts(AIMessage("4"))
+        ((40, 1, 32), (0, 0, 0))
+    """
+    usage = getattr(message, "usage_metadata", None) or {}
+    details = usage.get("input_token_details") or {}
+    return (
+        token_count(usage.get("input_tokens")),
+        token_count(usage.get("output_tokens")),
+        token_count(details.get("cache_read")),
+    )
+
+
 class _RedactErrors(AsyncCallbackHandler):
     """Masks secrets in a chat model run before any tracer records it.
 
@@ -449,14 +472,14 @@ class LangChainChatModelClient(BaseModelClient):
                 f"the reply of {self._what()} ended before its finish (the stream stopped "
                 f"after {len(text)} characters)"
             )
-        details = usage.get("input_token_details") or {}
+        input_tokens, output_tokens, cached_input_tokens = reply_token_counts(reply)
         return Completion(
             text=text,
             model=str(metadata.get("model_name") or self.model_name),
-            input_tokens=token_count(usage.get("input_tokens")),
-            output_tokens=token_count(usage.get("output_tokens")),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             raw=reply,
-            cached_input_tokens=token_count(details.get("cache_read")),
+            cached_input_tokens=cached_input_tokens,
             from_cache=from_cache,
             finish_reason=finish_reason_of(reply),
         )

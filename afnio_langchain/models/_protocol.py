@@ -413,6 +413,7 @@ class BaseModelClient(abc.ABC):
                             purpose,
                             input_tokens=total.input_tokens,
                             output_tokens=total.output_tokens,
+                            cached_input_tokens=total.cached_input_tokens,
                             cut_off=int(total.cut_off),
                         )
                     elif chunk:

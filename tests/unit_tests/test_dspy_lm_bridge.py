@@ -111,6 +111,20 @@ def test_dspy_sees_the_token_usage_of_the_reply():
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (7, 3)
 
 
+def test_dspy_sees_the_prompt_tokens_the_provider_served_from_its_cache():
+    class CachedPrefixClient(RecordingClient):
+        async def _agenerate(self, messages, json_schema, params) -> Completion:
+            return Completion(self.reply, self.model_name, input_tokens=7, output_tokens=3,
+                              cached_input_tokens=5)
+
+    lm = as_dspy_lm(CachedPrefixClient())
+    with dspy.context(lm=lm, track_usage=True), track_usage() as ours:
+        prediction = dspy.Predict("question -> answer")(question="q")
+    usage = prediction.get_lm_usage()["afnio/recording"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 5}
+    assert ours.by_purpose()["forward"].cached_input_tokens == 5
+
+
 def test_calls_are_not_served_from_dspys_cache_by_default():
     chat = ScriptedChatModel(forward=["one", "two"])
     lm = as_dspy_lm(chat)

@@ -128,6 +128,7 @@ EXPECTED_ALL = {
         "record_usage",
         "redact",
         "redact_value",
+        "reply_token_counts",
         "request_fields",
         "required_keys_in",
         "resolve_call_model",

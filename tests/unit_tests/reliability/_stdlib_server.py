@@ -148,25 +148,34 @@ def sse(
     done: bool = True,
     delay: float = 0.0,
     finish_reason: str = "stop",
+    usage: dict[str, Any] | None = None,
 ) -> Reply:
     """A streamed reply: one chunk per piece; with ``finish``, a last chunk carrying the
-    finish reason; with ``done``, the closing ``[DONE]``. Without both, the stream
-    just ends (cleanly, as a dropped upstream looks to the client)."""
+    finish reason; with ``usage``, then a chunk with no choices carrying it (what OpenAI
+    sends for ``stream_options={"include_usage": true}``); with ``done``, the closing
+    ``[DONE]``. Without both, the stream just ends (cleanly, as a dropped upstream looks
+    to the client)."""
 
-    def event(delta: dict[str, Any], reason: str | None) -> bytes:
+    def chunk_event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
             "id": "chatcmpl-test",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": "test-model",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            "choices": choices,
+            **extra,
         }
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def event(delta: dict[str, Any], reason: str | None) -> bytes:
+        return chunk_event([{"index": 0, "delta": delta, "finish_reason": reason}])
 
     events = [event({"role": "assistant", "content": ""}, None)]
     events += [event({"content": piece}, None) for piece in pieces]
     if finish:
         events.append(event({}, finish_reason))
+    if usage is not None:
+        events.append(chunk_event([], usage=usage))
     if done:
         events.append(b"data: [DONE]\n\n")
     return Reply(pieces=events, delay=delay, content_type="text/event-stream")
