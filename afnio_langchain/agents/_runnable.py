@@ -37,8 +37,8 @@ from afnio_langchain.models import (
     RetryPolicy,
     as_model_client,
     call_slot,
+    record_reply_usage,
     record_usage,
-    reply_token_counts,
 )
 
 DEFAULT_PROMPT_ROLE = "system prompt of the agent"
@@ -270,9 +270,7 @@ class AgentRunnable(AgentRunnableBase):
             raise TypeError(
                 f"the agent's model must return an AIMessage, got {type(reply).__name__}"
             )
-        input_tokens, output_tokens, cached = reply_token_counts(reply)
-        record_usage(name, "forward", input_tokens=input_tokens, output_tokens=output_tokens,
-                     cached_input_tokens=cached)
+        record_reply_usage(name, "forward", reply)
         return reply
 
     def _error_text(self, exc: Exception) -> str:

@@ -28,7 +28,7 @@ from afnio_langchain.agents._recording import (
 )
 from afnio_langchain.agents._trajectory import Trajectory, trajectory_from_messages
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.models import message_text, record_usage, reply_token_counts
+from afnio_langchain.models import message_text, record_reply_usage
 
 
 def messages_of(state: Any, holder: str) -> list[BaseMessage]:
@@ -67,9 +67,7 @@ def _record_usage(messages: list[BaseMessage], calls: Sequence[ModelCallRecord])
             or (call.model_name if call is not None else None)
             or UNKNOWN_MODEL
         )
-        input_tokens, output_tokens, cached = reply_token_counts(message)
-        record_usage(str(model), "forward", input_tokens=input_tokens, output_tokens=output_tokens,
-                     cached_input_tokens=cached)
+        record_reply_usage(str(model), "forward", message)
 
 
 def conversation_of(messages: Any) -> tuple[list[BaseMessage], HumanMessage]:

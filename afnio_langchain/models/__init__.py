@@ -10,7 +10,7 @@ from afnio_langchain.models._langchain_adapter import (
     PURPOSE_METADATA_KEY,
     LangChainChatModelClient,
     message_text,
-    reply_token_counts,
+    record_reply_usage,
 )
 from afnio_langchain.models._limits import call_slot, concurrency_limit, get_concurrency_limit
 from afnio_langchain.models._local import INSTALL_HINT as LOCAL_INSTALL_HINT
@@ -87,10 +87,10 @@ __all__ = [
     "message_text",
     "parse_json_object",
     "parse_score",
+    "record_reply_usage",
     "record_usage",
     "redact",
     "redact_value",
-    "reply_token_counts",
     "request_fields",
     "required_keys_in",
     "resolve_call_model",

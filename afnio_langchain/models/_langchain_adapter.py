@@ -58,7 +58,7 @@ from afnio_langchain.models._unobserved_call import (
     is_unobserved_in_batch,
     no_cache_applies,
 )
-from afnio_langchain.models._usage import token_count
+from afnio_langchain.models._usage import record_usage, token_count
 
 _MESSAGE_TYPES = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 PURPOSE_METADATA_KEY = "afnio_purpose"
@@ -92,7 +92,7 @@ def reply_token_counts(message: BaseMessage) -> tuple[int, int, int]:
 
     Example:
         >>> from langchain_core.messages import AIMessage
-        >>> from afnio_langchain.models import reply_token_counts
+        >>> from afnio_langchain.models._langchain_adapter import reply_token_counts
         >>> reply = AIMessage("4", usage_metadata={
         ...     "input_tokens": 40, "output_tokens": 1, "total_tokens": 41,
         ...     "input_token_details": {"cache_read": 32}})
@@ -106,6 +106,39 @@ def reply_token_counts(message: BaseMessage) -> tuple[int, int, int]:
         token_count(usage.get("output_tokens")),
         token_count(details.get("cache_read")),
     )
+
+
+def from_llm_cache(message: BaseMessage) -> bool:
+    """Whether LangChain's LLM cache answered: it marks a cached reply by zeroing its
+    cost (``BaseChatModel._convert_cached_generations``)."""
+    usage = getattr(message, "usage_metadata", None) or {}
+    return usage.get("total_cost") == 0
+
+
+def record_reply_usage(model: str, purpose: str, reply: BaseMessage) -> None:
+    """Count a LangChain chat model's reply: a call with its tokens (those the provider
+    served from its prompt cache included), or a cache hit (no call, no tokens) when
+    LangChain's LLM cache answered it.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> from afnio_langchain.models import record_reply_usage, track_usage
+        >>> usage = {"input_tokens": 40, "output_tokens": 1, "total_tokens": 41,
+        ...          "input_token_details": {"cache_read": 32}}
+        >>> with track_usage() as tracker:
+        ...     record_reply_usage("m", "forward", AIMessage("4", usage_metadata=usage))
+        ...     cached = {**usage, "total_cost": 0}  # what LangChain's LLM cache hands back
+        ...     record_reply_usage("m", "forward", AIMessage("4", usage_metadata=cached))
+        >>> counts = tracker.by_purpose()["forward"]
+        >>> counts.calls, counts.input_tokens, counts.cached_input_tokens, counts.cache_hits
+        (1, 40, 32, 1)
+    """
+    if from_llm_cache(reply):
+        record_usage(model, purpose, calls=0, cache_hits=1)
+        return
+    input_tokens, output_tokens, cached = reply_token_counts(reply)
+    record_usage(model, purpose, input_tokens=input_tokens, output_tokens=output_tokens,
+                 cached_input_tokens=cached)
 
 
 class _RedactErrors(AsyncCallbackHandler):
@@ -463,10 +496,7 @@ class LangChainChatModelClient(BaseModelClient):
         finish reason is a stream that ended early (transient)."""
         metadata = getattr(reply, "response_metadata", None) or {}
         text = message_text(reply)
-        usage = getattr(reply, "usage_metadata", None) or {}
-        # LangChain marks a reply from its LLM cache by zeroing its cost
-        # (BaseChatModel._convert_cached_generations).
-        from_cache = usage.get("total_cost") == 0
+        from_cache = from_llm_cache(reply)
         if self._openai_root is not None and "finish_reason" not in metadata and not from_cache:
             raise MalformedReplyError(
                 f"the reply of {self._what()} ended before its finish (the stream stopped "
