@@ -125,35 +125,22 @@ def _ours_graph(width: int) -> tuple[list[Variable], Any, list[dict[str, Any]]]:
     return prompts, ZeroLatencyClient(), messages
 
 
-async def _ours_forward_async(width: int, depth: int) -> tuple[Variable, list[Variable]]:
+async def _ours_forward_async(
+    width: int, depth: int, *, concurrent: bool = True
+) -> tuple[Variable, list[Variable]]:
+    """The graph built through the async API. ``concurrent``: the chains at once, a task
+    per node (``asyncio.gather``); else one node after another, as TextGrad's harness
+    drives TextGrad (what the engine costs without asyncio's scheduling)."""
     prompts, client, messages = _ours_graph(width)
     replies: list[Any] = [Variable(f"question {w}", role="question") for w in range(width)]
     for _ in range(depth):
-        replies = list(
-            await asyncio.gather(
-                *[
-                    ChatCompletion.aapply(
-                        client, messages[w], inputs={"draft": replies[w]}, backward_model=client
-                    )
-                    for w in range(width)
-                ]
-            )
-        )
-    return Sum.apply(replies), prompts
-
-
-async def _ours_forward_sequential(width: int, depth: int) -> tuple[Variable, list[Variable]]:
-    """The async API driven as TextGrad's harness drives TextGrad: one node after
-    another, no task per node (what the engine costs without asyncio's scheduling)."""
-    prompts, client, messages = _ours_graph(width)
-    replies: list[Any] = [Variable(f"question {w}", role="question") for w in range(width)]
-    for _ in range(depth):
-        replies = [
-            await ChatCompletion.aapply(
+        nodes = [
+            ChatCompletion.aapply(
                 client, messages[w], inputs={"draft": replies[w]}, backward_model=client
             )
             for w in range(width)
         ]
+        replies = list(await asyncio.gather(*nodes)) if concurrent else [await n for n in nodes]
     return Sum.apply(replies), prompts
 
 
@@ -188,7 +175,7 @@ def ours(width: int, depth: int) -> dict[str, float]:
 
     async def run_sequential() -> float:
         began = _clock()
-        await _ours_forward_sequential(width, depth)
+        await _ours_forward_async(width, depth, concurrent=False)
         return _clock() - began
 
     gc.collect()
