@@ -225,7 +225,8 @@ def plot_overhead(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
     for ax in (by_nodes, by_items):
         ax.set_ylim(bottom=0)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run without minibatch rows has none
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,10 @@ class _HTTPServer(ThreadingHTTPServer):
             return sum(t.is_alive() for t in self._handler_threads)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "afnio-openai-compat/1.0"
@@ -101,6 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         # rather than after it, so many concurrent requests taking turns at this
         # process's one interpreter lock are not answered later than asked.
         self._arrived = time.monotonic()
+        self._answering: Callable[[], None] = _nothing  # the server's count, on a POST
         return super().parse_request()
 
     def _wait_until(self, seconds_after_arrival: float) -> bool:
@@ -193,7 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError as exc:
                 self._error(400, f"request body is not a JSON object: {exc}")
                 return
-            self._chat_completions(body)
+            with self.server.owner._serving() as self._answering:
+                self._chat_completions(body)
         except _Disconnect:
             pass
 
@@ -332,6 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._wait_until(wait):
             self.close_connection = True
             return
+        self._answering()
         self._send(200, data)
 
     # -- streaming (chunked transfer encoding, server-sent events) -----------------------
@@ -371,6 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._wait_until(owner.latency):
             self.close_connection = True
             return
+        self._answering()
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         pieces = re.findall(r"\s*\S+\s*", text) or [text]
         self._begin_stream()

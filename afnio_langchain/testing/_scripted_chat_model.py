@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal, Union
@@ -353,7 +354,8 @@ class ScriptedChatModel(BaseChatModel):
     ``response_format``. A forward reply may also be a tool call
     (``{"name": ..., "args": {...}}``), a list of them, or an ``AIMessage``. The kind of
     a call is read from the run metadata the package sets (``afnio_purpose``); calls
-    from elsewhere are ``forward``. ``calls`` records every request in order.
+    from elsewhere are ``forward``. ``calls`` records every request in order, and
+    ``max_concurrent_calls`` the most that were in progress at once.
 
     It behaves as a standard LangChain chat model (it passes ``langchain_tests``'
     ``ChatModelUnitTests`` and ``ChatModelIntegrationTests``):
@@ -386,6 +388,10 @@ class ScriptedChatModel(BaseChatModel):
         ('first', 'second', 'first')
         >>> [call.kind for call in model.calls]
         ['forward', 'forward', 'forward']
+        >>> slow = ScriptedChatModel(forward="ok", latency=0.1)
+        >>> _ = slow.batch(["a", "b", "c"])
+        >>> slow.max_concurrent_calls  # the three calls overlapped
+        3
         >>> reply = model.invoke("hi", stop=[" "])
         >>> reply.usage_metadata["output_tokens"], reply.response_metadata["model_name"]
         (1, 'scripted')
@@ -411,6 +417,8 @@ class ScriptedChatModel(BaseChatModel):
     _calls: list[ScriptedCall] = PrivateAttr(default_factory=list)
     _lock: Any = PrivateAttr(default_factory=_Lock)
     _next_id: int = PrivateAttr(default=1)
+    _in_flight: int = PrivateAttr(default=0)
+    _peak_in_flight: int = PrivateAttr(default=0)
 
     def model_post_init(self, __context: Any) -> None:
         for argument in SCRIPT_FOR_KIND.values():
@@ -453,10 +461,30 @@ class ScriptedChatModel(BaseChatModel):
         """The requests of one kind (``"forward"``, ``"backward"``...), in order."""
         return [c for c in self.calls if c.kind == kind]
 
+    @property
+    def max_concurrent_calls(self) -> int:
+        """The most calls that were in progress at once (waiting out ``latency`` and
+        being answered), since the model was made or last :meth:`reset`. With a
+        ``latency``, it tells a test whether calls overlapped without timing them."""
+        with self._lock:
+            return self._peak_in_flight
+
     def reset(self) -> None:
-        """Forget the recorded calls."""
+        """Forget the recorded calls and the peak of concurrent calls."""
         with self._lock:
             self._calls.clear()
+            self._peak_in_flight = self._in_flight
+
+    @contextmanager
+    def _call_in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     # -- binding ------------------------------------------------------------------------
     def bind_tools(
@@ -681,9 +709,10 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.latency:
-            time.sleep(self.latency)
-        reply = self._reply(messages, stop, run_manager, kwargs)
+        with self._call_in_flight():
+            if self.latency:
+                time.sleep(self.latency)
+            reply = self._reply(messages, stop, run_manager, kwargs)
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
     async def _agenerate(
@@ -693,9 +722,10 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        reply = self._reply(messages, stop, run_manager, kwargs)
+        with self._call_in_flight():
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            reply = self._reply(messages, stop, run_manager, kwargs)
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
     @staticmethod
@@ -733,9 +763,11 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if self.latency:
-            time.sleep(self.latency)
-        for chunk in self._chunks(self._reply(messages, stop, run_manager, kwargs)):
+        with self._call_in_flight():
+            if self.latency:
+                time.sleep(self.latency)
+            reply = self._reply(messages, stop, run_manager, kwargs)
+        for chunk in self._chunks(reply):
             if run_manager:
                 run_manager.on_llm_new_token(message_text(chunk.message), chunk=chunk)
             yield chunk
@@ -747,9 +779,11 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        for chunk in self._chunks(self._reply(messages, stop, run_manager, kwargs)):
+        with self._call_in_flight():
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            reply = self._reply(messages, stop, run_manager, kwargs)
+        for chunk in self._chunks(reply):
             if run_manager:
                 await run_manager.on_llm_new_token(message_text(chunk.message), chunk=chunk)
             yield chunk

@@ -12,9 +12,10 @@ and ``langchain-openai`` clients, offline.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from afnio_langchain.testing._faults import FAULT_KINDS, Fault, FaultLike, _as_fault
@@ -112,6 +113,8 @@ class OpenAICompatServer:
         self._requested_port = port
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._faults: collections.deque[Fault] = collections.deque()
         self._served_faults: list[Fault] = []
         self._errors: list[BaseException] = []
@@ -200,6 +203,16 @@ class OpenAICompatServer:
             return len(self._requests)
 
     @property
+    def max_concurrent_requests(self) -> int:
+        """The most chat-completion requests that were in the server at once (from
+        arrival until the answer, or its first chunk, starts going out), since the
+        start or the last :meth:`reset`.
+        With a ``latency``, it tells a test whether a client overlapped its requests
+        without timing them."""
+        with self._lock:
+            return self._peak_in_flight
+
+    @property
     def served_faults(self) -> list[Fault]:
         """The faults used so far (queued or random), in the order they were used."""
         with self._lock:
@@ -218,9 +231,11 @@ class OpenAICompatServer:
             return len(self._faults)
 
     def reset(self) -> None:
-        """Forget received requests, queued faults, served faults and the random fault rate."""
+        """Forget received requests (and their concurrency peak), queued faults, served
+        faults and the random fault rate."""
         with self._lock:
             self._requests.clear()
+            self._peak_in_flight = self._in_flight
             self._faults.clear()
             self._served_faults.clear()
             self._errors.clear()
@@ -282,6 +297,29 @@ class OpenAICompatServer:
     def _record(self, body: dict[str, Any]) -> None:
         with self._lock:
             self._requests.append(body)
+
+    @contextlib.contextmanager
+    def _serving(self) -> Iterator[Callable[[], None]]:
+        """Counts a request as in flight from its arrival until the callable it yields
+        is called (when the answer starts going out) or the block ends. Not later: a
+        client that waits for one reply before it sends the next request could send it
+        before this thread had left the block, and be counted twice."""
+        done = False
+
+        def answered() -> None:
+            nonlocal done
+            with self._lock:
+                if not done:
+                    done = True
+                    self._in_flight -= 1
+
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            yield answered
+        finally:
+            answered()
 
     def _record_error(self, exc: BaseException) -> None:
         with self._lock:

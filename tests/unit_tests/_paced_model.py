@@ -2,7 +2,9 @@
 says "You are stage k.") answers item ``i`` (its question is ``q<i>``, or the stage
 before's answer) with ``s<k>-i<i>`` and writes the feedback ``fb s<k> i<i>``; the calls
 of one kind take the time ``delay(stage, item)`` gives, fail where ``fail`` lists their
-``(stage, item)``, and have their spans logged in ``spans``."""
+``(stage, item)``, and have their spans logged in ``spans``. A call ``hold`` names waits
+until its predicate is true of ``spans`` (or ``HOLD_LIMIT`` seconds pass), so a test
+of what runs while that call is slow need not guess how slow it must be."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 from afnio_langchain.testing import ScriptedChatModel
 
+HOLD_LIMIT = 10.0
 _ITEM = re.compile(r"\b(?:q|s\d-i)(\d+)\b")
 _STAGE = re.compile(r"You are stage (\d)")
 
@@ -30,7 +33,12 @@ class Paced(ScriptedChatModel):
     """See the module doc; ``paced`` is ``"forward"`` or ``"backward"``."""
 
     def __init__(
-        self, paced: str, delay: Any = None, fail: frozenset = frozenset(), **kwargs: Any
+        self,
+        paced: str,
+        delay: Any = None,
+        fail: frozenset = frozenset(),
+        hold: dict | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             forward=lambda r: "s{}-i{}".format(*stage_and_item(r)),
@@ -40,6 +48,7 @@ class Paced(ScriptedChatModel):
         object.__setattr__(self, "_paced", paced)
         object.__setattr__(self, "_delay", delay or (lambda stage, item: 0.0))
         object.__setattr__(self, "_fail", set(fail))
+        object.__setattr__(self, "_hold", dict(hold or {}))
         object.__setattr__(self, "spans", {})
 
     async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
@@ -53,7 +62,14 @@ class Paced(ScriptedChatModel):
             if key in self._fail:
                 raise ValueError(f"the model refuses stage {key[0]} item {key[1]}")
             await asyncio.sleep(self._delay(*key))
+            if key in self._hold:
+                await self._wait_for(self._hold[key])
         result = await super()._agenerate(messages, stop, run_manager, **kwargs)
         if key is not None:
             self.spans[key] = (began, time.perf_counter())
         return result
+
+    async def _wait_for(self, ready: Any) -> None:
+        deadline = time.monotonic() + HOLD_LIMIT
+        while not ready(self.spans) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -105,9 +104,8 @@ def per_task(request: AgentTurnRequest) -> Any:
 def test_concurrent_runs_keep_their_own_recordings():
     trainable, model, prompt = build(per_task, latency=0.2)
     tasks = [f"Where is A{k}" for k in range(6)]
-    started = time.perf_counter()
     outputs = trainable.batch(tasks)
-    assert time.perf_counter() - started < len(tasks) * 2 * 0.2 * 0.6
+    assert model.max_concurrent_calls == len(tasks), "the runs did not overlap"
     for task, output in zip(tasks, outputs):
         run = trajectory_of(output)
         assert run.task == task

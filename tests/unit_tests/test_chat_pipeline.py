@@ -87,7 +87,9 @@ def test_values_graph_and_gradients_are_those_of_the_stage_by_stage_sequence():
 
 
 def test_a_stage_asks_for_an_item_as_soon_as_the_stage_before_has_it():
-    model = Paced(delay=lambda stage, item: 0.5 if (stage, item) == (1, 0) else 0.01)
+    # item 0 of stage 1 is held until every other item is through stage 3 (or for
+    # HOLD_LIMIT seconds, if the stages wait for each other and it never is)
+    model = Paced(hold={(1, 0): lambda spans: all((3, i) in spans for i in range(1, SIZE))})
     _, steps = _steps(model)
     _run(_pipeline(steps), QUESTIONS)
     slow_end = model.spans[(1, 0)][1]

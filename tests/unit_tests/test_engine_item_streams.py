@@ -79,7 +79,9 @@ def test_each_stage_gets_each_items_own_feedback():
 
 def test_an_earlier_stage_starts_an_item_before_the_later_stage_has_finished():
     """Item 0 of stage 3 is slow; the other items go on through stages 2 and 1."""
-    model = Paced(delay=lambda stage, item: 0.6 if (stage, item) == (3, 0) else 0.02)
+    # item 0 of stage 3 is held until every other item has reached stage 1 (or for
+    # HOLD_LIMIT seconds, if the stages wait for each other and it never does)
+    model = Paced(hold={(3, 0): lambda spans: all((1, i) in spans for i in range(1, SIZE))})
     prompts, outputs = _pipeline(model)
     outputs[-1].backward("too vague")
     slow_end = model.spans[(3, 0)][1]

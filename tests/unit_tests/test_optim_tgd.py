@@ -5,7 +5,6 @@ fake ModelClients."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -59,11 +58,9 @@ def test_one_call_per_parameter_with_gradients_concurrently():
         feedback(p, f"fix prompt {p.role}")
     optimizer = TGD(params, model=model)
 
-    start = time.perf_counter()
     optimizer.step()
-    elapsed = time.perf_counter() - start
 
-    assert elapsed < 0.8, f"3 calls of 0.3 s should run concurrently, took {elapsed:.2f}s"
+    assert model.max_concurrent_calls == 3, "the 3 parameters' calls did not overlap"
     assert [c.kind for c in model.calls] == ["optimizer"] * 3
     assert [r.status for r in optimizer.last_step] == [UPDATED, UPDATED, UPDATED, SKIPPED]
     assert optimizer.last_step[3].reason == "no gradients"
@@ -376,11 +373,12 @@ def test_condensation_runs_concurrently_across_parameters():
     params = [param(f"old {i}", role=f"p{i}") for i in range(3)]
     for p in params:
         feedback(p, *[f"g{i}" for i in range(10)])
-    start = time.perf_counter()
     TGD(params, model=model).step()
-    elapsed = time.perf_counter() - start
-    assert len(model.calls) == 6
-    assert elapsed < 0.9, f"condense+update for 3 params should take ~0.5s, took {elapsed:.2f}s"
+    calls = model.calls
+    assert len(calls) == 6
+    assert sum(is_condense(c.text) for c in calls) == 3
+    assert model.max_concurrent_calls == 3, "the parameters' calls did not overlap"
+    assert [p.data for p in params] == ["New value."] * 3
 
 
 # ---------------------------------------------------------------------- hostile text

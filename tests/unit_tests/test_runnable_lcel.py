@@ -4,7 +4,6 @@ itemgetter, lambdas) and the differentiable glue (TextFunction, parsers on Varia
 from __future__ import annotations
 
 import asyncio
-import time
 from operator import itemgetter
 
 import pytest
@@ -135,10 +134,9 @@ def test_pipeline_batch_is_concurrent_and_every_output_is_differentiable():
     model = ScriptedChatModel(forward="text", feedback="fb", latency=0.2)
     set_backward_model(model)
     chain, prompts = three_step_pipeline(model)
-    start = time.perf_counter()
     outs = chain.batch([f"q{i}" for i in range(8)], config={"max_concurrency": 8})
-    elapsed = time.perf_counter() - start
-    assert elapsed < 8 * 3 * 0.2 * 0.6
+    assert len(model.calls) == 8 * 3
+    assert model.max_concurrent_calls == 8, "the 8 inputs did not run side by side"
     assert all(o.grad_fn is not None for o in outs)
     outs[3].backward("bad")
     assert all(len(p.grad) >= 1 for p in prompts)
@@ -147,10 +145,9 @@ def test_pipeline_batch_is_concurrent_and_every_output_is_differentiable():
 async def test_pipeline_abatch_is_concurrent():
     model = ScriptedChatModel(forward="text", latency=0.2)
     chain, _ = three_step_pipeline(model)
-    start = time.perf_counter()
     outs = await chain.abatch([f"q{i}" for i in range(8)])
-    assert time.perf_counter() - start < 8 * 3 * 0.2 * 0.6
-    assert len(outs) == 8
+    assert len(outs) == 8 and len(model.calls) == 8 * 3
+    assert model.max_concurrent_calls == 8, "the 8 inputs did not run side by side"
 
 
 # --------------------------------------------------------------------------- glue

@@ -181,7 +181,11 @@ SLOW_RUN = textwrap.dedent(
     from afnio_langchain.cli import main
 
     oracle = Oracle()
+    first = []
     def slow(request):
+        if not first:
+            first.append(True)
+            print("training", flush=True)  # past the run lock: the model is being called
         time.sleep(0.05)
         return oracle(request)
 
@@ -207,7 +211,8 @@ def test_a_second_resume_on_one_folder_refuses_at_once(project, server, tmp_path
     )
     try:
         assert first.stdout.readline().strip() == "started"
-        time.sleep(1.0)  # the first run is training (a step takes about a second)
+        lines = iter(first.stdout.readline, "")  # the CLI's own lines may come first
+        assert "training" in (line.strip() for line in lines)
         assert first.poll() is None
         began = time.monotonic()
         code = main(cli_args(project, server, "--epochs", "4", "--resume"))
