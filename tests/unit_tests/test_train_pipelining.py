@@ -4,6 +4,7 @@ example's later steps do not wait for a slow example's earlier ones."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from langchain_core.runnables import RunnableLambda
 
@@ -13,14 +14,20 @@ from afnio_langchain.train._evaluation import arun_chain
 
 
 class LoggingModel(ScriptedChatModel):
-    """Answers the user text back after a delay; logs when each call starts and ends."""
+    """Answers the user text back after a delay; logs when each call starts and ends.
+    The call for "slow" is held until "fast" is through the chain (or for 10 s, if the
+    chain's steps wait for each other and it never is), so no delay is guessed."""
 
     log: list[str] = []
 
     async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
         text = str(messages[-1].content)
         self.log.append(f"start {text}")
-        await asyncio.sleep(0.3 if text == "slow" else 0.01)
+        await asyncio.sleep(0.01)
+        if text == "slow":
+            deadline = time.monotonic() + 10.0
+            while "end fast again" not in self.log and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         self.log.append(f"end {text}")
         return await super()._agenerate(messages, stop, run_manager, **kwargs)
 
