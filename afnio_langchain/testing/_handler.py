@@ -199,7 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError as exc:
                 self._error(400, f"request body is not a JSON object: {exc}")
                 return
-            with self.server.owner._serving() as self._answering:
+            # counted from arrival until the answer starts going out (_answering), not
+            # until this block ends: a client waiting for the answer may send its next
+            # request first, and be counted twice
+            with self.server.owner._in_flight.counting() as self._answering:
                 self._chat_completions(body)
         except _Disconnect:
             pass

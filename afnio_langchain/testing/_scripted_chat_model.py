@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal, Union
@@ -39,6 +38,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from afnio_langchain.models import PURPOSE_METADATA_KEY, message_text, required_keys_in
+from afnio_langchain.testing._in_flight import InFlightCount
 
 Script = Union[str, list[Any], Callable[[str], Any], None]
 KINDS = ("forward", "backward", "optimizer", "judge")
@@ -417,8 +417,7 @@ class ScriptedChatModel(BaseChatModel):
     _calls: list[ScriptedCall] = PrivateAttr(default_factory=list)
     _lock: Any = PrivateAttr(default_factory=_Lock)
     _next_id: int = PrivateAttr(default=1)
-    _in_flight: int = PrivateAttr(default=0)
-    _peak_in_flight: int = PrivateAttr(default=0)
+    _in_flight: InFlightCount = PrivateAttr(default_factory=InFlightCount)
 
     def model_post_init(self, __context: Any) -> None:
         for argument in SCRIPT_FOR_KIND.values():
@@ -466,25 +465,13 @@ class ScriptedChatModel(BaseChatModel):
         """The most calls that were in progress at once (waiting out ``latency`` and
         being answered), since the model was made or last :meth:`reset`. With a
         ``latency``, it tells a test whether calls overlapped without timing them."""
-        with self._lock:
-            return self._peak_in_flight
+        return self._in_flight.peak
 
     def reset(self) -> None:
         """Forget the recorded calls and the peak of concurrent calls."""
         with self._lock:
             self._calls.clear()
-            self._peak_in_flight = self._in_flight
-
-    @contextmanager
-    def _call_in_flight(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+        self._in_flight.reset_peak()
 
     # -- binding ------------------------------------------------------------------------
     def bind_tools(
@@ -709,7 +696,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        with self._call_in_flight():
+        with self._in_flight.counting():
             if self.latency:
                 time.sleep(self.latency)
             reply = self._reply(messages, stop, run_manager, kwargs)
@@ -722,7 +709,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        with self._call_in_flight():
+        with self._in_flight.counting():
             if self.latency:
                 await asyncio.sleep(self.latency)
             reply = self._reply(messages, stop, run_manager, kwargs)
@@ -763,7 +750,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        with self._call_in_flight():
+        with self._in_flight.counting():
             if self.latency:
                 time.sleep(self.latency)
             reply = self._reply(messages, stop, run_manager, kwargs)
@@ -779,7 +766,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        with self._call_in_flight():
+        with self._in_flight.counting():
             if self.latency:
                 await asyncio.sleep(self.latency)
             reply = self._reply(messages, stop, run_manager, kwargs)

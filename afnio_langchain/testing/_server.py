@@ -12,14 +12,14 @@ and ``langchain-openai`` clients, offline.
 from __future__ import annotations
 
 import collections
-import contextlib
 import random
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from afnio_langchain.testing._faults import FAULT_KINDS, Fault, FaultLike, _as_fault
 from afnio_langchain.testing._handler import _HTTPServer
+from afnio_langchain.testing._in_flight import InFlightCount
 from afnio_langchain.testing._responders import (
     Responder,
     count_tokens,
@@ -113,8 +113,7 @@ class OpenAICompatServer:
         self._requested_port = port
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
-        self._in_flight = 0
-        self._peak_in_flight = 0
+        self._in_flight = InFlightCount()
         self._faults: collections.deque[Fault] = collections.deque()
         self._served_faults: list[Fault] = []
         self._errors: list[BaseException] = []
@@ -209,8 +208,7 @@ class OpenAICompatServer:
         start or the last :meth:`reset`.
         With a ``latency``, it tells a test whether a client overlapped its requests
         without timing them."""
-        with self._lock:
-            return self._peak_in_flight
+        return self._in_flight.peak
 
     @property
     def served_faults(self) -> list[Fault]:
@@ -235,7 +233,7 @@ class OpenAICompatServer:
         faults and the random fault rate."""
         with self._lock:
             self._requests.clear()
-            self._peak_in_flight = self._in_flight
+            self._in_flight.reset_peak()
             self._faults.clear()
             self._served_faults.clear()
             self._errors.clear()
@@ -297,29 +295,6 @@ class OpenAICompatServer:
     def _record(self, body: dict[str, Any]) -> None:
         with self._lock:
             self._requests.append(body)
-
-    @contextlib.contextmanager
-    def _serving(self) -> Iterator[Callable[[], None]]:
-        """Counts a request as in flight from its arrival until the callable it yields
-        is called (when the answer starts going out) or the block ends. Not later: a
-        client that waits for one reply before it sends the next request could send it
-        before this thread had left the block, and be counted twice."""
-        done = False
-
-        def answered() -> None:
-            nonlocal done
-            with self._lock:
-                if not done:
-                    done = True
-                    self._in_flight -= 1
-
-        with self._lock:
-            self._in_flight += 1
-            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
-        try:
-            yield answered
-        finally:
-            answered()
 
     def _record_error(self, exc: BaseException) -> None:
         with self._lock:

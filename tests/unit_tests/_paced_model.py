@@ -20,6 +20,14 @@ _ITEM = re.compile(r"\b(?:q|s\d-i)(\d+)\b")
 _STAGE = re.compile(r"You are stage (\d)")
 
 
+async def hold_until(ready: Any, limit: float = HOLD_LIMIT) -> None:
+    """Wait until ``ready()`` is true, or for ``limit`` seconds: a slow call held while
+    the test's other calls go past it, with no delay guessed."""
+    deadline = time.monotonic() + limit
+    while not ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
 def stage_and_item(text: str) -> tuple[int, int]:
     """The (stage, item) a request is about, from its text."""
     return int(_STAGE.findall(text)[0]), int(_ITEM.findall(text)[-1])
@@ -63,13 +71,9 @@ class Paced(ScriptedChatModel):
                 raise ValueError(f"the model refuses stage {key[0]} item {key[1]}")
             await asyncio.sleep(self._delay(*key))
             if key in self._hold:
-                await self._wait_for(self._hold[key])
+                ready = self._hold[key]
+                await hold_until(lambda: ready(self.spans))
         result = await super()._agenerate(messages, stop, run_manager, **kwargs)
         if key is not None:
             self.spans[key] = (began, time.perf_counter())
         return result
-
-    async def _wait_for(self, ready: Any) -> None:
-        deadline = time.monotonic() + HOLD_LIMIT
-        while not ready(self.spans) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)

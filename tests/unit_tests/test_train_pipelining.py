@@ -4,8 +4,8 @@ example's later steps do not wait for a slow example's earlier ones."""
 from __future__ import annotations
 
 import asyncio
-import time
 
+from _paced_model import hold_until
 from langchain_core.runnables import RunnableLambda
 
 from afnio_langchain import ChatCompletionRunnable, Variable
@@ -25,9 +25,7 @@ class LoggingModel(ScriptedChatModel):
         self.log.append(f"start {text}")
         await asyncio.sleep(0.01)
         if text == "slow":
-            deadline = time.monotonic() + 10.0
-            while "end fast again" not in self.log and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
+            await hold_until(lambda: "end fast again" in self.log, limit=10.0)
         self.log.append(f"end {text}")
         return await super()._agenerate(messages, stop, run_manager, **kwargs)
 
