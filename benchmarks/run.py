@@ -21,8 +21,13 @@ as its last line, one JSON object with the headline figures:
   ``overhead_us_per_node`` is met only when both are;
 - ``cache_calls_saved``: model calls an LLM cache saves over a whole ``fit`` run
   with rollbacks;
-- ``load_average``: the machine's load average at the start (``machine_busy`` and a
-  warning on stderr when it was busy).
+- ``load_average``: the machine's load average at the start; ``cpu_steal_percent``:
+  the share of CPU time the hypervisor gave to other guests during the timed steps
+  (``steps``) and the loaded steps (``loaded``), null off Linux; ``machine_busy`` (and
+  a warning on stderr) when either says the machine was not idle.
+
+The four paths' steps are taken in turns, one step of each per round, so that a
+slower stretch of the machine falls on all of them alike.
 
 TextGrad figures are null when TextGrad is not installed (see requirements.txt).
 """
@@ -46,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import cache_fit, overhead, pipeline_textgrad, report  # noqa: E402
 from benchmarks.background import busy_core  # noqa: E402
+from benchmarks.cpu_steal import StealMeter  # noqa: E402
 from benchmarks.scenarios import OursRunner, StepConfig, TextGradRunner, log  # noqa: E402
 from benchmarks.server_process import ServerProcess  # noqa: E402
 
@@ -64,6 +70,9 @@ TARGETS = {
 }
 BUSY_LOAD_PER_CPU = 0.25
 """A 1-minute load average above this per CPU at the start: the figures are suspect."""
+BUSY_STEAL_PERCENT = 10.0
+"""A stolen share of CPU time above this over the timed steps: other guests of the same
+host held the cores (see :mod:`benchmarks.cpu_steal`), and the figures are suspect."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -130,7 +139,9 @@ def plan(quick: bool) -> dict[str, list]:
 
 
 async def run_ours(runner: OursRunner, todo: dict[str, list], repeats: int) -> dict[str, list]:
-    """Every configuration of this package's scenarios, on one event loop."""
+    """Every configuration of this package's scenarios, on one event loop. The steps
+    (and the loaded steps) are measured in turns, one of each per round; the stolen
+    share of CPU time over each set is kept in ``steal_percent``."""
     done: dict[StepConfig, dict[str, Any]] = {}
 
     async def measure(config: StepConfig) -> dict[str, Any]:
@@ -138,15 +149,23 @@ async def run_ours(runner: OursRunner, todo: dict[str, list], repeats: int) -> d
             done[config] = await runner.run(config, repeats)
         return done[config]
 
-    out: dict[str, list] = {}
-    for scenario in ("steps", "scaling_minibatch", "scaling_depth"):
+    out: dict[str, Any] = {"steal_percent": {}}
+    if todo["steps"]:
+        log("steps (in turns, one of each per round):")
+        with StealMeter() as steal:
+            rows = await runner.run_together(list(todo["steps"]), repeats)
+        out["steal_percent"]["steps"] = steal.percent
+        done.update(zip(todo["steps"], rows))
+    out["steps"] = [done[config] for config in todo["steps"]]
+    for scenario in ("scaling_minibatch", "scaling_depth"):
         if todo[scenario]:
             log(f"{scenario}:")
         out[scenario] = [await measure(config) for config in todo[scenario]]
     if todo["loaded"]:
         log("loaded (a CPU-bound process beside the step):")
-        with busy_core():
-            loaded = [await runner.run(config, repeats) for config in todo["loaded"]]
+        with busy_core(), StealMeter() as steal:
+            loaded = await runner.run_together(list(todo["loaded"]), repeats)
+        out["steal_percent"]["loaded"] = steal.percent
         out["loaded"] = [{**row, "loaded": True} for row in loaded]
     else:
         out["loaded"] = []
@@ -187,14 +206,20 @@ def _headline_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def is_busy(load_average: list[float], nproc: int | None) -> bool:
-    """Whether the machine was busy: a 1-minute load above :data:`BUSY_LOAD_PER_CPU` per CPU.
+def is_busy(
+    load_average: list[float], nproc: int | None, steal_percent: float | None = None
+) -> bool:
+    """Whether the machine was busy: a 1-minute load above :data:`BUSY_LOAD_PER_CPU` per
+    CPU, or more than :data:`BUSY_STEAL_PERCENT` of CPU time stolen by the hypervisor.
 
     Example:
         >>> is_busy([0.3, 0.2, 0.1], 2), is_busy([1.5, 1.0, 0.8], 2)
         (False, True)
+        >>> is_busy([0.3, 0.2, 0.1], 2, steal_percent=30.0)
+        True
     """
-    return load_average[0] > BUSY_LOAD_PER_CPU * (nproc or 1)
+    stolen = steal_percent is not None and steal_percent > BUSY_STEAL_PERCENT
+    return load_average[0] > BUSY_LOAD_PER_CPU * (nproc or 1) or stolen
 
 
 def headline(
@@ -225,6 +250,7 @@ def headline(
     per_node = worst_per_node(ours_overhead)
     tg_per_node = worst_per_node(tg_overhead) if tg_overhead else None
     tokens = ours["usage"]["total"]
+    steal = machine.get("steal_percent") or {}
     summary: dict[str, Any] = {
         "critical_path_ratio": worst["ratio"],
         "critical_path_ratios": ratios,
@@ -271,7 +297,8 @@ def headline(
         "per_token_latency_s": settings["per_token_latency"],
         "load_average": machine["load_average"],
         "load_average_end": machine.get("load_average_end"),
-        "machine_busy": is_busy(machine["load_average"], machine["nproc"]),
+        "cpu_steal_percent": steal or None,
+        "machine_busy": is_busy(machine["load_average"], machine["nproc"], steal.get("steps")),
         "machine": f"{machine['cpu_model']}, {machine['nproc']} CPUs, Python {machine['python']}",
     }
     met = {"critical_path_ratio": summary["critical_path_ratio"] <= TARGETS["critical_path_ratio"]}
@@ -378,6 +405,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     overhead_scaling.append(row)
 
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["steal_percent"] = ours["steal_percent"]
+    stolen = ours["steal_percent"].get("steps")
+    if stolen is not None and stolen > BUSY_STEAL_PERCENT:
+        log(
+            f"WARNING: the hypervisor gave {stolen}% of this machine's CPU time to other "
+            "guests during the timed steps: wall-time figures will be high; rerun when it is idle"
+        )
     steps = ours["steps"] + ours["loaded"] + textgrad_steps
     summary = headline(
         ours["steps"], textgrad_steps, overheads, machine, settings, ours["loaded"], cache

@@ -47,6 +47,20 @@ def _row(records: list[Any], wall_s: float, bound: dict[str, Any] | None) -> dic
     return row
 
 
+def _bounded_row(
+    server: ServerProcess, records: list[Any], wall_s: float, depth: int, limit: int
+) -> dict[str, Any]:
+    """A step's row against the bound of its calls at the server's latency."""
+    bound = critical_path_bound(
+        records,
+        depth=depth,
+        limit=limit,
+        latency=server.latency,
+        per_token_latency=server.per_token_latency,
+    )
+    return _row(records, wall_s, bound)
+
+
 def summarize(config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A configuration's result: its runs and their medians (and best ratio)."""
     out = dict(config)
@@ -97,42 +111,51 @@ class OursRunner:
     async def run(self, config: StepConfig, repeats: int) -> dict[str, Any]:
         """``repeats`` timed steps (after one untimed step per client and minibatch size,
         which opens the connections)."""
-        if (config.client, config.minibatch) not in self._warm:
-            await self._one(config, seed=10_000)
-            self._warm.add((config.client, config.minibatch))
-        runs = []
+        return (await self.run_together([config], repeats))[0]
+
+    async def run_together(
+        self, configs: list[StepConfig], repeats: int
+    ) -> list[dict[str, Any]]:
+        """``repeats`` timed steps of each configuration, taken in turns (one step of
+        each, then the next round): a stretch of minutes when the machine runs slower
+        falls on every configuration alike, not on all the repeats of one of them."""
+        for config in configs:
+            if (config.client, config.minibatch) not in self._warm:
+                await self._one(config, seed=10_000)
+                self._warm.add((config.client, config.minibatch))
+        runs: dict[StepConfig, list[dict[str, Any]]] = {config: [] for config in configs}
         for seed in range(repeats):
-            result, records = await self._one(config, seed)
-            bound = critical_path_bound(
-                records,
-                depth=config.depth,
-                limit=config.limit,
-                latency=self.server.latency,
-                per_token_latency=self.server.per_token_latency,
+            for config in configs:
+                runs[config].append(await self._measured(config, seed))
+        out = []
+        for config in configs:
+            summary = summarize({"library": "afnio_langchain", **vars(config)}, runs[config])
+            log(
+                f"  ours {config.label()}: wall {summary['wall_s']:.3f} s, ratio "
+                f"{summary['ratio']:.3f} (best {summary['best_ratio']:.3f}), "
+                f"{summary['calls_per_step']} calls"
             )
-            row = _row(records, result.wall_s, bound)
-            row.update(
-                forward_backward_s=round(result.forward_backward_s, 4),
-                optimizer_s=round(result.optimizer_s, 4),
-                package_calls=result.usage["total"]["calls"],
-                client_cpu_s=round(result.cpu_s, 4),
-            )
-            if result.forward_s is not None:
-                row.update(
-                    forward_s=round(result.forward_s, 4), backward_s=round(result.backward_s, 4)
-                )
-            if row["package_calls"] != row["usage"]["total"]["calls"]:
-                raise RuntimeError(
-                    f"{config.label()}: the package counted {row['package_calls']} calls, "
-                    f"the server answered {row['usage']['total']['calls']}"
-                )
-            runs.append(row)
-        out = summarize({"library": "afnio_langchain", **vars(config)}, runs)
-        log(
-            f"  ours {config.label()}: wall {out['wall_s']:.3f} s, ratio {out['ratio']:.3f}, "
-            f"{out['calls_per_step']} calls"
-        )
+            out.append(summary)
         return out
+
+    async def _measured(self, config: StepConfig, seed: int) -> dict[str, Any]:
+        """One timed step: its report row."""
+        result, records = await self._one(config, seed)
+        row = _bounded_row(self.server, records, result.wall_s, config.depth, config.limit)
+        row.update(
+            forward_backward_s=round(result.forward_backward_s, 4),
+            optimizer_s=round(result.optimizer_s, 4),
+            package_calls=result.usage["total"]["calls"],
+            client_cpu_s=round(result.cpu_s, 4),
+        )
+        if result.forward_s is not None:
+            row.update(forward_s=round(result.forward_s, 4), backward_s=round(result.backward_s, 4))
+        if row["package_calls"] != row["usage"]["total"]["calls"]:
+            raise RuntimeError(
+                f"{config.label()}: the package counted {row['package_calls']} calls, "
+                f"the server answered {row['usage']['total']['calls']}"
+            )
+        return row
 
 
 class TextGradRunner:
@@ -173,14 +196,7 @@ class TextGradRunner:
         runs = []
         for seed in range(repeats):
             result, records = self._one(minibatch, seed, depth, forward_threads)
-            bound = critical_path_bound(
-                records,
-                depth=depth,
-                limit=bound_limit,
-                latency=self.server.latency,
-                per_token_latency=self.server.per_token_latency,
-            )
-            row = _row(records, result.wall_s, bound)
+            row = _bounded_row(self.server, records, result.wall_s, depth, bound_limit)
             row.update(
                 forward_s=round(result.forward_s, 4),
                 backward_s=round(result.backward_s, 4),
