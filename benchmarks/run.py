@@ -218,8 +218,17 @@ def is_busy(
         >>> is_busy([0.3, 0.2, 0.1], 2, steal_percent=30.0)
         True
     """
-    stolen = steal_percent is not None and steal_percent > BUSY_STEAL_PERCENT
-    return load_average[0] > BUSY_LOAD_PER_CPU * (nproc or 1) or stolen
+    return load_average[0] > BUSY_LOAD_PER_CPU * (nproc or 1) or too_much_stolen(steal_percent)
+
+
+def too_much_stolen(steal_percent: float | None) -> bool:
+    """Whether more than :data:`BUSY_STEAL_PERCENT` of CPU time was stolen (None: unknown).
+
+    Example:
+        >>> too_much_stolen(30.0), too_much_stolen(2.0), too_much_stolen(None)
+        (True, False, False)
+    """
+    return steal_percent is not None and steal_percent > BUSY_STEAL_PERCENT
 
 
 def headline(
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     machine["steal_percent"] = ours["steal_percent"]
     stolen = ours["steal_percent"].get("steps")
-    if stolen is not None and stolen > BUSY_STEAL_PERCENT:
+    if too_much_stolen(stolen):
         log(
             f"WARNING: the hypervisor gave {stolen}% of this machine's CPU time to other "
             "guests during the timed steps: wall-time figures will be high; rerun when it is idle"
