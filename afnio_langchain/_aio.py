@@ -101,6 +101,13 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> 
     as ``asyncio.run`` does, so none keeps running into the next sync call."""
     task = loop.create_task(coro, context=contextvars.copy_context())
     try:
+        # One pass over the ready callbacks first: the task's first step, then the stop.
+        # A coroutine that never waits (a cache hit, an instant model) is then done in
+        # one loop iteration, where run_until_complete takes two and a done callback.
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        if task.done():
+            return task.result()
         return loop.run_until_complete(task)
     except (KeyboardInterrupt, SystemExit):
         if task.done() and not task.cancelled():

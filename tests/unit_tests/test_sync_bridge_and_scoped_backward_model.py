@@ -33,6 +33,48 @@ def test_an_interrupt_inside_a_sync_call_reaches_the_caller_and_the_loop_survive
     assert run_sync(answer) == 42
 
 
+def test_a_sync_call_that_never_waits_and_one_that_waits_both_finish_on_the_callers_loop():
+    # The main thread's sync call first gives the loop one pass (a coroutine that never
+    # waits is done there); one that waits goes on until it is done.
+    async def at_once() -> str:
+        return "instant"
+
+    async def broken() -> None:
+        raise ValueError("bad prompt")
+
+    async def interrupted_at_once() -> None:
+        raise KeyboardInterrupt
+
+    async def waits() -> int:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        return 3
+
+    assert run_sync(at_once) == "instant"
+    with pytest.raises(ValueError, match="bad prompt"):
+        run_sync(broken)
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(interrupted_at_once)
+    assert run_sync(waits) == 3
+    assert run_sync(at_once) == "instant"
+
+
+def test_work_a_sync_call_leaves_scheduled_runs_on_the_next_sync_call():
+    ran: list[str] = []
+
+    async def leaves_work() -> str:
+        asyncio.get_running_loop().call_soon(ran.append, "callback")
+        return "done"
+
+    async def later() -> None:
+        await asyncio.sleep(0)
+
+    assert run_sync(leaves_work) == "done"
+    run_sync(later)
+    assert ran == ["callback"]
+
+
 def test_use_backward_model_is_scoped_and_leaves_the_default_alone():
     default = ScriptedChatModel(feedback="from the default")
     scoped = ScriptedChatModel(feedback="from the scope")
