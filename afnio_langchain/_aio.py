@@ -102,8 +102,9 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> 
     task = loop.create_task(coro, context=contextvars.copy_context())
     try:
         # One pass over the ready callbacks first: the task's first step, then the stop.
-        # A coroutine that never waits (a cache hit, an instant model) is then done in
-        # one loop iteration, where run_until_complete takes two and a done callback.
+        # A coroutine that never waits (a model client answering from memory) is then
+        # done in one loop iteration, where run_until_complete takes two and a done
+        # callback. HTTP calls, LangChain chat models and LangChain's cache all wait.
         loop.call_soon(loop.stop)
         loop.run_forever()
         if task.done():
