@@ -2,9 +2,11 @@
 
 Sequential calls against the loopback server in its own process (no latency), so the
 process's CPU time is the client's alone: the plain ``openai.AsyncOpenAI`` and
-``ChatOpenAI`` a user would call, and the same two through this package's adapters
-(``acomplete``). Each figure is the fastest of ``--rounds`` rounds of ``--calls`` calls
-(the least disturbed by other load), with the median next to it; the last line is JSON.
+``ChatOpenAI`` a user would call, the same two through this package's adapters
+(``acomplete``), and the same two behind a ``ChatCompletion`` op that is given the
+model object itself on every call, as a chain's stage gives it. Each figure is the
+fastest of ``--rounds`` rounds of ``--calls`` calls (the least disturbed by other
+load), with the median next to it; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
         ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
     )
     lc_messages = [SystemMessage(MESSAGES[0]["content"]), HumanMessage(MESSAGES[1]["content"])]
+    from afnio_langchain.autodiff import ChatCompletion
+
+    # As a chain's stage or a user's op call passes it: the model itself, every call.
+    op_chat = ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
     return {
         "openai.AsyncOpenAI": lambda: raw.chat.completions.create(
             model=MODEL, messages=MESSAGES, temperature=0
@@ -49,6 +55,8 @@ def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
         "ChatOpenAI.ainvoke": lambda: chat.ainvoke(lc_messages),
         "afnio_langchain over openai": lambda: ours_openai.acomplete(MESSAGES),
         "afnio_langchain over ChatOpenAI": lambda: ours_chat.acomplete(MESSAGES),
+        "ChatCompletion op over openai": lambda: ChatCompletion.aapply(ours_openai, MESSAGES),
+        "ChatCompletion op over ChatOpenAI": lambda: ChatCompletion.aapply(op_chat, MESSAGES),
     }
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from benchmarks.responder import CallRecord
 
-__all__ = ["ServerProcess"]
+__all__ = ["SERVERS", "ServerProcess"]
+
+SERVERS = ("loop", "threaded")
 
 _CHILD = "import json, sys; from benchmarks.server_process import _serve; _serve(json.loads(sys.argv[1]))"
 _ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +29,12 @@ _ROOT = Path(__file__).resolve().parent.parent
 def _serve(settings: dict[str, Any]) -> None:
     """The child: serve, then answer one JSON command per stdin line on stdout."""
     from afnio_langchain.testing import OpenAICompatServer
+    from benchmarks.loop_server import LoopServer
     from benchmarks.responder import BenchmarkResponder
 
     responder = BenchmarkResponder(settings["forward_words"], settings["feedback_words"])
-    server = OpenAICompatServer(
+    kind = {"loop": LoopServer, "threaded": OpenAICompatServer}[settings["server"]]
+    server: Any = kind(
         responder, latency=settings["latency"], per_token_latency=settings["per_token_latency"]
     ).start()
 
@@ -46,7 +50,8 @@ def _serve(settings: dict[str, Any]) -> None:
                 send([list(vars(r).values()) for r in responder.records])
             elif command == "reset":
                 responder.reset()
-                server.reset()
+                if hasattr(server, "reset"):  # the threaded server's faults and counts
+                    server.reset()
                 send(True)
             elif command == "configure":
                 server.latency, server.per_token_latency = args
@@ -69,6 +74,12 @@ class ServerProcess:
         per_token_latency: Extra seconds per output token.
         forward_words: Words per forward reply.
         feedback_words: Words per gradient.
+        server: ``"loop"``, the benchmarks' one-loop server
+            (:class:`~benchmarks.loop_server.LoopServer`: replies a fixed latency after
+            each arrival, however many arrive together), or ``"threaded"``, the test
+            server (:class:`~afnio_langchain.testing.OpenAICompatServer`), whose
+            threads take turns at one interpreter lock (the figures before round
+            thirteen of ``docs/performance.md``).
 
     Example:
         >>> import openai
@@ -88,7 +99,10 @@ class ServerProcess:
         *,
         forward_words: int = 24,
         feedback_words: int = 16,
+        server: str = "loop",
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {SERVERS}, got {server!r}")
         self.latency = latency
         self.per_token_latency = per_token_latency
         self._settings = {
@@ -96,7 +110,9 @@ class ServerProcess:
             "per_token_latency": per_token_latency,
             "forward_words": forward_words,
             "feedback_words": feedback_words,
+            "server": server,
         }
+        self.server = server
         self._process: subprocess.Popen[str] | None = None
         self.base_url = ""
 

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -113,6 +114,10 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_HEADER_FIELDS = ("default_headers", "_custom_headers", "headers", "extra_headers")
+_URL_FIELDS = ("base_url", "_base_url", "openai_api_base", "api_base")
+
+
 def secrets_in(obj: Any) -> list[str]:
     """The API keys an ``openai`` client, a LangChain chat model or a ``dspy.LM`` holds.
 
@@ -124,9 +129,9 @@ def secrets_in(obj: Any) -> list[str]:
     fields = getattr(obj, "__dict__", None)
     if isinstance(fields, dict):
         found += [v for v in fields.values() if hasattr(v, "get_secret_value")]
-        for name in ("default_headers", "_custom_headers", "headers", "extra_headers"):
+        for name in _HEADER_FIELDS:
             found += header_secrets(fields.get(name))
-        for name in ("base_url", "_base_url", "openai_api_base", "api_base"):
+        for name in _URL_FIELDS:
             found += url_secrets(fields.get(name))
     kwargs = getattr(obj, "kwargs", None)
     if isinstance(kwargs, dict):
@@ -142,10 +147,80 @@ def secrets_in(obj: Any) -> list[str]:
     return out
 
 
+_WATCHED_DICTS = (*_HEADER_FIELDS, "kwargs")
+_REGISTERED: dict[int, tuple[weakref.ref[Any], tuple[Any, ...], tuple[Any, ...]]] = {}
+"""id(obj) -> (reference to obj, :func:`_fields_state` of obj when its keys were last
+registered, the values of that state kept alive); dropped when obj is collected."""
+
+
 def register_secrets_of(obj: Any) -> None:
-    """Register every key :func:`secrets_in` finds on ``obj``."""
+    """Register every key :func:`secrets_in` finds on ``obj``.
+
+    An object seen before is looked at again only when one of its fields changed since
+    (:func:`_fields_state`): LangChain chat models get a fresh adapter per call, and
+    reading their fields for keys costs about 25 µs a time (``benchmarks/``).
+
+    Example:
+        >>> from afnio_langchain.models._secrets import known_secrets, register_secrets_of
+        >>> class Client:
+        ...     def __init__(self, key): self.api_key = key
+        >>> client = Client("sk-first-0123456789")
+        >>> register_secrets_of(client)
+        >>> client.api_key = "sk-second-0123456789"  # rotated: seen on the next call
+        >>> register_secrets_of(client)
+        >>> {"sk-first-0123456789", "sk-second-0123456789"} <= set(known_secrets())
+        True
+    """
+    fields = getattr(obj, "__dict__", None)
+    state = _fields_state(fields) if type(fields) is dict else None
+    key = id(obj)
+    if state is not None:
+        seen = _REGISTERED.get(key)
+        if seen is not None and seen[0]() is obj and seen[1] == state:
+            return
     for value in secrets_in(obj):
         register_secret(value)
+    if state is None:
+        return
+    try:
+        ref = weakref.ref(obj, lambda _r, key=key: _REGISTERED.pop(key, None))
+    except TypeError:  # not weak-referenceable: looked at every time
+        return
+    _REGISTERED[key] = (ref, state, _kept(fields))
+
+
+def _fields_state(fields: dict[str, Any]) -> tuple[Any, ...]:
+    """Whether what :func:`secrets_in` reads from an object's ``__dict__`` changed: the
+    fields' names and the identity of their values, and the items of the header and
+    keyword dicts (changed in place). Identities are exact because the values that can
+    hold a key are kept alive with the state (:func:`_kept`): no new value can take
+    the id of one that was replaced."""
+    return (
+        tuple(fields),
+        tuple(map(id, fields.values())),
+        tuple(_items(fields.get(name)) for name in _WATCHED_DICTS),
+    )
+
+
+def _items(value: Any) -> Any:
+    return tuple(value.items()) if type(value) is dict else value
+
+
+def _kept(fields: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of ``fields`` that can hold a key (texts, secrets, the watched dicts);
+    other objects (clients, callbacks) are not kept alive by the registry."""
+    return tuple(
+        value
+        for name, value in fields.items()
+        if _holds_value(type(value)) or (type(value) is dict and name in _WATCHED_DICTS)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _holds_value(kind: type) -> bool:
+    """Whether a field of type ``kind`` can itself be a key: a text or a secret such as
+    pydantic's ``SecretStr``."""
+    return issubclass(kind, (str, bytes)) or hasattr(kind, "get_secret_value")
 
 
 def known_secrets() -> list[str]:

@@ -201,6 +201,7 @@ def test_bound_counts_dependent_levels_and_waves_of_the_limit():
         "benchmarks.report",
         "benchmarks.overhead",
         "benchmarks.server_process",
+        "benchmarks.loop_server",
         "benchmarks.background",
         "benchmarks.cpu_steal",
         "benchmarks.run",
@@ -260,9 +261,11 @@ def test_the_client_cpu_benchmark_measures_every_client_through_the_server():
         "ChatOpenAI.ainvoke",
         "afnio_langchain over openai",
         "afnio_langchain over ChatOpenAI",
+        "ChatCompletion op over openai",
+        "ChatCompletion op over ChatOpenAI",
     }
     assert all(0 < f["min_us"] <= f["median_us"] for f in figures.values())
-    assert calls == 4 * (20 + 3 * 2)  # warm-up calls, then the timed rounds
+    assert calls == 6 * (20 + 3 * 2)  # warm-up calls, then the timed rounds
 
 
 def test_the_simulated_prompt_cache_counts_whole_blocks_of_a_shared_prefix():
@@ -447,3 +450,138 @@ def test_the_gc_benchmark_times_each_step_and_leaves_the_collector_unfrozen():
         assert row["worst_gc_ms_in_a_step"] == max(row["gc_ms_per_step"])
         assert all(ms > 0 for ms in row["cpu_ms_per_step"])
     assert result["objects_tracked"] > 10_000  # langchain, openai and aiohttp are loaded
+
+
+# -- the benchmarks' one-loop server (benchmarks/loop_server.py) -------------------------
+
+
+def _raw_exchange(base_url: str, payloads: list[bytes]) -> list[tuple[int, dict, dict]]:
+    """Send ``payloads`` back to back on one connection (pipelined), then read as many
+    replies: ``(status, headers, JSON body)`` in the order they came."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    try:
+        sock.sendall(b"".join(payloads))
+        stream = sock.makefile("rb")
+        replies = []
+        for _ in payloads:
+            status = int(stream.readline().split()[1])
+            headers = {}
+            while (line := stream.readline().decode("latin-1").strip()):
+                name, _, value = line.partition(":")
+                headers[name.strip()] = value.strip()
+            body = stream.read(int(headers["Content-Length"]))
+            replies.append((status, headers, json.loads(body)))
+        return replies
+    finally:
+        sock.close()
+
+
+def _post(path: str, body: bytes, *extra_headers: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}", *extra_headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_the_loop_server_replies_as_the_test_server_does_to_openai_and_chat_openai():
+    openai = pytest.importorskip("openai")
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from benchmarks.loop_server import LoopServer
+
+    def reply_of(server_class):
+        responder = BenchmarkResponder(forward_words=4)
+        with server_class(responder) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+            raw = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "What is 2 + 2?"}], n=2
+            )
+            chat = langchain_openai.ChatOpenAI(
+                model="m", base_url=server.base_url, api_key="k", max_retries=0
+            )
+            message = chat.invoke("What is 3 + 3?")
+            client.close()
+        return raw, message
+
+    (ours, our_message), (theirs, their_message) = reply_of(LoopServer), reply_of(
+        OpenAICompatServer
+    )
+    assert [c.message.content for c in ours.choices] == [c.message.content for c in theirs.choices]
+    assert [c.finish_reason for c in ours.choices] == ["stop", "stop"]
+    assert ours.usage == theirs.usage and ours.model == theirs.model == "m"
+    assert our_message.content == their_message.content
+    assert our_message.usage_metadata == their_message.usage_metadata
+
+
+def test_the_loop_server_answers_pipelined_requests_in_order_and_closes_when_asked():
+    from benchmarks.loop_server import LoopServer
+
+    with LoopServer(lambda body: body["messages"][0]["content"], latency=0.02) as server:
+        slow_first = [
+            _post("/v1/chat/completions", json.dumps(
+                {"messages": [{"role": "user", "content": text}]}).encode())
+            for text in ("one two three four five six", "seven")
+        ]
+        replies = _raw_exchange(server.base_url, slow_first)
+        assert [r[2]["choices"][0]["message"]["content"] for r in replies] == [
+            "one two three four five six", "seven"]
+        assert all(r[1]["Connection"] == "keep-alive" for r in replies)
+        closing = _post(
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "bye"}]}',
+            "Connection: close",
+        )
+        [(status, headers, _)] = _raw_exchange(server.base_url, [closing])
+        assert status == 200 and headers["Connection"] == "close"
+
+
+def test_the_loop_server_refuses_what_it_does_not_serve_with_json_errors():
+    from benchmarks.loop_server import LoopServer
+
+    def broken(body):
+        raise KeyError("no reply")
+
+    with LoopServer(broken) as server:
+        requests = [
+            _post("/v1/nowhere", b"{}"),
+            _post("/v1/chat/completions", b"{not json"),
+            _post("/v1/chat/completions", b'{"stream": true, "messages": []}'),
+            _post("/v1/chat/completions", b'{"messages": []}'),
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        replies = _raw_exchange(server.base_url, requests)
+    assert [status for status, _, _ in replies] == [404, 400, 400, 500, 200]
+    assert "no route" in replies[0][2]["error"]["message"]
+    assert "not a JSON object" in replies[1][2]["error"]["message"]
+    assert "does not stream" in replies[2][2]["error"]["message"]
+    assert "responder failed: KeyError" in replies[3][2]["error"]["message"]
+    assert replies[4][2]["data"][0]["id"] == "fake-model"
+
+
+def test_the_loop_server_never_answers_before_the_latency_and_the_tokens_have_passed():
+    import time
+
+    openai = pytest.importorskip("openai")
+    from benchmarks.loop_server import LoopServer
+
+    with LoopServer(lambda body: "a b c d e", latency=0.15, per_token_latency=0.01) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+        began = time.monotonic()
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert time.monotonic() - began >= 0.15 + 5 * 0.01
+        client.close()
+
+
+def test_the_server_process_runs_either_server_and_refuses_others():
+    openai = pytest.importorskip("openai")
+    from benchmarks.server_process import ServerProcess
+
+    for kind in ("loop", "threaded"):
+        with ServerProcess(server=kind) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            assert [r.kind for r in server.records()] == ["forward"]
+            client.close()
+    with pytest.raises(ValueError, match="server must be one of"):
+        ServerProcess(server="uvicorn")

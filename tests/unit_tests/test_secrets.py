@@ -313,3 +313,90 @@ def test_a_secret_inside_a_list_of_call_options_is_masked_in_traces(openai_serve
         asyncio.run(model.acomplete([{"role": "user", "content": "hi"}]))
     traces = [run.model_dump_json() for run in collector.traced_runs]
     assert traces and not any(plugin_key in trace for trace in traces)
+
+
+# -- a chat model's keys are registered again only when its fields change ---------------
+# LangChain chat models get a fresh adapter per call; their keys are read again only when
+# a field changed (models/_secrets.py). These tests hold that memo to what users do.
+
+ROTATED_KEYS = [f"sk-proj-ROTATED{k}-{'0123456789abcdef' * 2}" for k in range(3)]
+
+
+def test_a_key_rotated_twice_between_calls_is_masked_in_the_next_error(openai_server):
+    from pydantic import SecretStr
+
+    chat = ChatOpenAI(
+        base_url=openai_server.base_url, api_key=ROTATED_KEYS[0], model="fake-model",
+        max_retries=0,
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    ChatCompletion.apply(chat, messages)  # the first key is registered by this call
+    chat.openai_api_key = SecretStr(ROTATED_KEYS[1])
+    chat.openai_api_key = SecretStr(ROTATED_KEYS[2])
+    openai_server.inject(echoing_401(ROTATED_KEYS[2]), times=5)
+    with pytest.raises(openai.AuthenticationError) as error:
+        ChatCompletion.apply(chat, messages)
+    text = "".join(traceback.format_exception(error.value))
+    assert ROTATED_KEYS[2] not in text
+    assert REDACTED in str(error.value)
+
+
+def test_a_key_object_replaced_twice_between_calls_is_never_taken_for_the_first():
+    """A key replaced twice with no call between: the third object is often allocated
+    where the first lived (same size), so it has the first one's id. The registry keeps
+    the objects it saw alive, so that never happens there."""
+    from pydantic import SecretStr
+
+    from afnio_langchain.models._secrets import register_secrets_of
+
+    class Client:
+        api_key: Any = None
+
+    client = Client()
+    missed = []
+    for k in range(50):
+        client.api_key = SecretStr(f"sk-first-{k:04d}-{'x' * 30}")
+        register_secrets_of(client)
+        client.api_key = SecretStr(f"sk-second-{k:04d}-{'y' * 30}")
+        client.api_key = SecretStr(f"sk-third-{k:04d}-{'z' * 30}")
+        register_secrets_of(client)
+        if redact(client.api_key.get_secret_value()) != REDACTED:
+            missed.append(k)
+    assert missed == []
+
+
+def test_a_secret_header_added_in_place_is_masked(openai_server):
+    header_key = "sk-header-INPLACE-0123456789abcdef"
+    chat = ChatOpenAI(
+        base_url=openai_server.base_url, api_key="sk-unused-0123456789", model="fake-model",
+        default_headers={"x-team": "research"},
+    )
+    as_model_client(chat)
+    assert redact(f"Bearer {header_key}") == f"Bearer {header_key}"  # not a key yet
+    chat.default_headers["Authorization"] = f"Bearer {header_key}"  # the same dict
+    as_model_client(chat)
+    assert redact(f"echo: {header_key}") == f"echo: {REDACTED}"
+
+
+def test_the_key_registry_keeps_no_chat_model_alive():
+    import gc
+    import weakref
+
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from afnio_langchain.models import _secrets
+
+    class Holder(BaseCallbackHandler):  # a handler that refers back to its model
+        model: Any = None
+
+    handler = Holder()
+    chat = ChatOpenAI(api_key="sk-alive-0123456789abcdef", model="fake-model",
+                      callbacks=[handler])
+    handler.model = chat
+    as_model_client(chat)
+    key, ref = id(chat), weakref.ref(chat)
+    assert key in _secrets._REGISTERED
+    del chat, handler
+    gc.collect()
+    assert ref() is None
+    assert key not in _secrets._REGISTERED
