@@ -28,12 +28,10 @@ import asyncio
 import json
 import selectors
 import threading
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from afnio_langchain.testing import count_tokens, request_text
+from afnio_langchain.testing import completion_reply
 
 __all__ = ["LoopServer"]
 
@@ -147,7 +145,7 @@ class LoopServer:
             text = self.responder(request)
         except Exception as exc:  # a broken responder is a benchmark bug: say so
             return 500, _error(500, f"responder failed: {type(exc).__name__}: {exc}"), 0
-        reply = _completion(request, text, self.model)
+        reply = completion_reply(request, text, self.model)
         return 200, _json(reply), reply["usage"]["completion_tokens"]
 
 
@@ -219,33 +217,6 @@ class _Connection(asyncio.Protocol):
         if close:
             self.closing = True
             self.transport.close()
-
-
-def _completion(request: dict[str, Any], text: str, default_model: str) -> dict[str, Any]:
-    n = request.get("n") or 1
-    prompt_tokens = count_tokens(request_text(request))
-    completion_tokens = count_tokens(text) * n
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request.get("model") or default_model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-            for i in range(n)
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
 
 
 def _json(value: Any) -> bytes:

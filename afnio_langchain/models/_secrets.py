@@ -115,7 +115,15 @@ def mask_url(url: str) -> str:
 
 
 _HEADER_FIELDS = ("default_headers", "_custom_headers", "headers", "extra_headers")
-_URL_FIELDS = ("base_url", "_base_url", "openai_api_base", "api_base")
+_URL_FIELD = re.compile(r"(^|_)(base_url|api_base|endpoint)$", re.I)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_url_field(name: str) -> bool:
+    """Whether a field's name says it holds a base URL: ``base_url``, ``openai_api_base``,
+    and the private names clients give theirs (``_base_url``, openai's
+    ``_configured_base_url`` since 3.x)."""
+    return bool(_URL_FIELD.search(name))
 
 
 def secrets_in(obj: Any) -> list[str]:
@@ -131,8 +139,9 @@ def secrets_in(obj: Any) -> list[str]:
         found += [v for v in fields.values() if hasattr(v, "get_secret_value")]
         for name in _HEADER_FIELDS:
             found += header_secrets(fields.get(name))
-        for name in _URL_FIELDS:
-            found += url_secrets(fields.get(name))
+        for name, value in fields.items():
+            if value is not None and isinstance(name, str) and _is_url_field(name):
+                found += url_secrets(value)
     kwargs = getattr(obj, "kwargs", None)
     if isinstance(kwargs, dict):
         found.append(kwargs.get("api_key"))
@@ -207,12 +216,14 @@ def _items(value: Any) -> Any:
 
 
 def _kept(fields: dict[str, Any]) -> tuple[Any, ...]:
-    """The values of ``fields`` that can hold a key (texts, secrets, the watched dicts);
-    other objects (clients, callbacks) are not kept alive by the registry."""
+    """The values of ``fields`` that can hold a key (texts, secrets, URLs, the watched
+    dicts); other objects (clients, callbacks) are not kept alive by the registry."""
     return tuple(
         value
         for name, value in fields.items()
-        if _holds_value(type(value)) or (type(value) is dict and name in _WATCHED_DICTS)
+        if _holds_value(type(value))
+        or (type(value) is dict and name in _WATCHED_DICTS)
+        or (isinstance(name, str) and _is_url_field(name))
     )
 
 

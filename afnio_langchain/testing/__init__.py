@@ -20,6 +20,7 @@ from afnio_langchain.testing._scripted_chat_model import (
 from afnio_langchain.testing._server import (
     Fault,
     OpenAICompatServer,
+    completion_reply,
     count_tokens,
     default_responder,
     request_text,
@@ -34,6 +35,7 @@ __all__ = [
     "ScriptedChatModel",
     "ScriptedRequest",
     "ToolCallingChatModel",
+    "completion_reply",
     "count_tokens",
     "default_responder",
     "request_text",

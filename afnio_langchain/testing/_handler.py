@@ -18,6 +18,7 @@ from afnio_langchain.testing._faults import _LLAMA_CPP_REFUSAL, _STATUS_TYPES, F
 from afnio_langchain.testing._responders import (
     _long_text,
     _wants_json_schema,
+    completion_reply,
     count_tokens,
     request_text,
 )
@@ -292,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream_event("data: [DONE]\n\n")
                 self._end_stream()
             else:
-                reply = self._completion(body, "")
+                reply = completion_reply(body, "", self.server.owner.models[0])
                 reply["choices"] = []
                 self._send(200, reply)
             return True
@@ -304,39 +305,12 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         raise AssertionError(f"unhandled fault kind {kind!r}")
 
-    def _completion(self, body: dict[str, Any], text: str) -> dict[str, Any]:
-        owner = self.server.owner
-        n = body.get("n") or 1
-        prompt_tokens = count_tokens(request_text(body))
-        completion_tokens = count_tokens(text) * n
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or owner.models[0],
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-                for i in range(n)
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-
     def _answer(self, body: dict[str, Any], text: str) -> None:
         owner = self.server.owner
         if body.get("stream"):
             self._answer_stream(body, text)
             return
-        reply = self._completion(body, text)
+        reply = completion_reply(body, text, self.server.owner.models[0])
         data = json.dumps(reply).encode()  # before the wait: it is part of the latency
         wait = owner.latency + owner.per_token_latency * reply["usage"]["completion_tokens"]
         if self._wait_until(wait):

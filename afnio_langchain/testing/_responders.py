@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,44 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+def completion_reply(body: dict[str, Any], text: str, default_model: str) -> dict[str, Any]:
+    """The ``chat.completion`` object the loopback servers send for ``text``.
+
+    One choice per ``n`` in the request, and usage counted with :func:`count_tokens`
+    (the prompt is :func:`request_text` of the request).
+
+    Example:
+        >>> reply = completion_reply({"messages": [{"role": "user", "content": "hi there"}]},
+        ...                          "hello", "fake-model")
+        >>> reply["model"], reply["choices"][0]["message"]["content"], reply["usage"]
+        ('fake-model', 'hello', {'prompt_tokens': 2, 'completion_tokens': 1, 'total_tokens': 3})
+    """
+    n = body.get("n") or 1
+    prompt_tokens = count_tokens(request_text(body))
+    completion_tokens = count_tokens(text) * n
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or default_model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+            for i in range(n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 def default_responder(body: dict[str, Any]) -> str:
     """The default reply: a JSON object when the package's JSON-keys instruction is in the
     request (``{"<key>": "feedback for <key>"}``), else ``"echo: <last user message>"``."""
@@ -56,4 +96,4 @@ def _long_text(size: int) -> str:
     return (word * (size // len(word) + 1))[: max(size, 1)]
 
 
-__all__ = ["Responder", "count_tokens", "default_responder", "request_text"]
+__all__ = ["Responder", "completion_reply", "count_tokens", "default_responder", "request_text"]

@@ -22,6 +22,7 @@ from afnio_langchain.testing._handler import _HTTPServer
 from afnio_langchain.testing._in_flight import InFlightCount
 from afnio_langchain.testing._responders import (
     Responder,
+    completion_reply,
     count_tokens,
     default_responder,
     request_text,
@@ -32,6 +33,7 @@ __all__ = [
     "Fault",
     "OpenAICompatServer",
     "Responder",
+    "completion_reply",
     "count_tokens",
     "default_responder",
     "request_text",

@@ -348,6 +348,7 @@ EXPECTED_ALL = {
         "ScriptedChatModel",
         "ScriptedRequest",
         "ToolCallingChatModel",
+        "completion_reply",
         "count_tokens",
         "default_responder",
         "request_text",

@@ -365,6 +365,29 @@ def test_a_key_object_replaced_twice_between_calls_is_never_taken_for_the_first(
     assert missed == []
 
 
+def test_a_base_url_password_is_found_whatever_private_name_the_client_stores_it_under():
+    """openai 3.x keeps the base URL as ``_configured_base_url`` (an ``httpx.URL``), 1.x
+    and 2.x as ``_base_url``: the password in its userinfo is a key either way, and a
+    URL replaced on the same object is read again."""
+    import httpx
+
+    from afnio_langchain.models._secrets import register_secrets_of, secrets_in
+
+    client = openai.AsyncOpenAI(
+        base_url="http://user:sk-inurl-0123456789abcdef@127.0.0.1:9/v1", api_key="sk-key-0123456789"
+    )
+    assert "sk-inurl-0123456789abcdef" in secrets_in(client)
+
+    class Client:
+        pass
+
+    other = Client()
+    for name in ("_base_url", "_configured_base_url", "openai_api_base"):
+        setattr(other, name, httpx.URL(f"http://u:sk-{name}-0123456789@127.0.0.1/v1"))
+        register_secrets_of(other)
+        assert redact(f"echo sk-{name}-0123456789") == f"echo {REDACTED}"
+
+
 def test_a_secret_header_added_in_place_is_masked(openai_server):
     header_key = "sk-header-INPLACE-0123456789abcdef"
     chat = ChatOpenAI(
