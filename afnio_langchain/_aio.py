@@ -83,7 +83,7 @@ def _main_thread_loop() -> asyncio.AbstractEventLoop | None:
     call, so connection pools opened on it are reused, and it is not made the thread's
     current loop (``asyncio.get_event_loop()`` is left as it was)."""
     global _MAIN_LOOP
-    if threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != threading.main_thread().ident:
         return None
     try:
         asyncio.get_running_loop()

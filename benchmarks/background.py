@@ -6,21 +6,25 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 _SPIN = "while True: pass"
 
 
 @contextlib.contextmanager
-def busy_core() -> Iterator[subprocess.Popen]:
-    """Keep one core busy (one pure-Python busy loop in its own process) inside the block.
+def busy_core(cpus: Sequence[int] | None = None) -> Iterator[subprocess.Popen]:
+    """Keep one core busy (one pure-Python busy loop in its own process) inside the block;
+    with ``cpus``, one of those (the measured process's, see :mod:`benchmarks.placement`).
 
     Example:
         >>> with busy_core() as spinner:
         ...     spinner.poll() is None
         True
     """
-    process = subprocess.Popen([sys.executable, "-c", _SPIN])
+    code = _SPIN
+    if cpus:
+        code = f"import os; os.sched_setaffinity(0, {sorted(cpus)!r})\n{_SPIN}"
+    process = subprocess.Popen([sys.executable, "-c", code])
     try:
         time.sleep(0.2)  # let it start spinning before anything is timed
         yield process

@@ -6,7 +6,8 @@ process's CPU time is the client's alone: the plain ``openai.AsyncOpenAI`` and
 (``acomplete``), and the same two behind a ``ChatCompletion`` op that is given the
 model object itself on every call, as a chain's stage gives it. Each figure is the
 fastest of ``--rounds`` rounds of ``--calls`` calls (the least disturbed by other
-load), with the median next to it; the last line is JSON.
+load), with the median next to it; the last line is JSON. The server runs on a CPU of
+its own, as in ``run.py`` (``--no-pin``: wherever the scheduler puts it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks.placement import plan_placement
 from benchmarks.server_process import ServerProcess
 
 MESSAGES = [
@@ -88,8 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=400, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per client")
+    parser.add_argument("--no-pin", action="store_true", help="no CPU of its own for the server")
     args = parser.parse_args()
-    with ServerProcess(0.0, 0.0) as server:
+    placement = plan_placement(pin=not args.no_pin)  # as run.py places them
+    placement.pin_this_process()
+    with ServerProcess(0.0, 0.0, cpus=placement.server) as server:
         print(json.dumps(asyncio.run(run(server.base_url, args.calls, args.rounds))))
 
 

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import cache_fit, overhead, pipeline_textgrad, report  # noqa: E402
 from benchmarks.background import busy_core  # noqa: E402
 from benchmarks.cpu_steal import StealMeter  # noqa: E402
+from benchmarks.placement import Placement, plan_placement  # noqa: E402
 from benchmarks.scenarios import OursRunner, StepConfig, TextGradRunner, log  # noqa: E402
 from benchmarks.server_process import ServerProcess  # noqa: E402
 
@@ -138,10 +139,16 @@ def plan(quick: bool) -> dict[str, list]:
     }
 
 
-async def run_ours(runner: OursRunner, todo: dict[str, list], repeats: int) -> dict[str, list]:
+async def run_ours(
+    runner: OursRunner,
+    todo: dict[str, list],
+    repeats: int,
+    placement: Placement | None = None,
+) -> dict[str, list]:
     """Every configuration of this package's scenarios, on one event loop. The steps
     (and the loaded steps) are measured in turns, one of each per round; the stolen
-    share of CPU time over each set is kept in ``steal_percent``."""
+    share of CPU time over each set is kept in ``steal_percent``. The loaded steps' busy
+    process runs on the measured process's CPUs (``placement.client``)."""
     done: dict[StepConfig, dict[str, Any]] = {}
 
     async def measure(config: StepConfig) -> dict[str, Any]:
@@ -163,7 +170,7 @@ async def run_ours(runner: OursRunner, todo: dict[str, list], repeats: int) -> d
         out[scenario] = [await measure(config) for config in todo[scenario]]
     if todo["loaded"]:
         log("loaded (a CPU-bound process beside the step):")
-        with busy_core(), StealMeter() as steal:
+        with busy_core(placement.client if placement else None), StealMeter() as steal:
             loaded = await runner.run_together(list(todo["loaded"]), repeats)
         out["steal_percent"]["loaded"] = steal.percent
         out["loaded"] = [{**row, "loaded": True} for row in loaded]
@@ -304,6 +311,7 @@ def headline(
         "step": {"minibatch": HEADLINE.minibatch, "limit": HEADLINE.limit, "depth": HEADLINE.depth},
         "latency_s": settings["latency"],
         "per_token_latency_s": settings["per_token_latency"],
+        "placement": settings.get("placement"),
         "load_average": machine["load_average"],
         "load_average_end": machine.get("load_average_end"),
         "cpu_steal_percent": steal or None,
@@ -348,6 +356,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--repeats", type=int, default=None, help="timed steps per configuration (quick: 5, else 3)"
     )
     parser.add_argument("--no-textgrad", action="store_true", help="skip TextGrad")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave every process where the scheduler puts it (default: the server on a "
+        "CPU of its own, see benchmarks/placement.py)",
+    )
     args = parser.parse_args(argv)
     began = time.perf_counter()
     args.repeats = args.repeats or (5 if args.quick else 3)
@@ -366,6 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "condense_threshold": overhead_settings()["condense_threshold"],
     }
+    placement = plan_placement(pin=not args.no_pin)
+    placement.pin_this_process()
+    settings["placement"] = placement.describe()
     todo = plan(args.quick)
     use_textgrad = not args.no_textgrad and pipeline_textgrad.available()
     if not args.no_textgrad and not use_textgrad:
@@ -379,11 +396,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.per_token_latency,
         forward_words=settings["forward_words"],
         feedback_words=settings["feedback_words"],
+        cpus=placement.server,
     ) as server:
         log(f"server at {server.base_url}: {args.latency} s + {args.per_token_latency} s/token")
         # This package first, before TextGrad (and litellm) are imported: a bigger heap
         # makes every garbage collection slower, and the two must not tax each other.
-        ours = asyncio.run(run_ours(OursRunner(server), todo, args.repeats))
+        ours = asyncio.run(run_ours(OursRunner(server), todo, args.repeats, placement))
         log("LLM cache over a fit run with rollbacks:")
         cache = cache_fit.measure(server)
         log(f"  {cache}")

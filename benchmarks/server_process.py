@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def _serve(settings: dict[str, Any]) -> None:
     """The child: serve, then answer one JSON command per stdin line on stdout."""
+    if settings.get("cpus"):  # before the server's thread starts: it inherits them
+        os.sched_setaffinity(0, settings["cpus"])
     from afnio_langchain.testing import OpenAICompatServer
     from benchmarks.loop_server import LoopServer
     from benchmarks.responder import BenchmarkResponder
@@ -80,6 +83,8 @@ class ServerProcess:
             server (:class:`~afnio_langchain.testing.OpenAICompatServer`), whose
             threads take turns at one interpreter lock (the figures before round
             thirteen of ``docs/performance.md``).
+        cpus: The CPUs the server process may run on (see
+            :mod:`benchmarks.placement`); None leaves it to the scheduler.
 
     Example:
         >>> import openai
@@ -100,6 +105,7 @@ class ServerProcess:
         forward_words: int = 24,
         feedback_words: int = 16,
         server: str = "loop",
+        cpus: Sequence[int] | None = None,
     ) -> None:
         if server not in SERVERS:
             raise ValueError(f"server must be one of {SERVERS}, got {server!r}")
@@ -111,6 +117,7 @@ class ServerProcess:
             "forward_words": forward_words,
             "feedback_words": feedback_words,
             "server": server,
+            "cpus": list(cpus) if cpus else None,
         }
         self.server = server
         self._process: subprocess.Popen[str] | None = None

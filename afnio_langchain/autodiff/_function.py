@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-from afnio_langchain._aio import run_in_thread
+from afnio_langchain._aio import run_in_thread, run_sync
 from afnio_langchain.autodiff._grad_mode import _GRAD_ENABLED
 from afnio_langchain.autodiff._variable import Variable
 
@@ -261,14 +261,16 @@ class Function:
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
         """Run ``forward`` and, when grad mode is on and an input requires grad, record
         the op in the graph so its outputs can be differentiated."""
-        ctx, inputs, record = cls._prepare(args, kwargs)
+        spec = _spec(cls)
+        ctx, inputs, record = cls._prepare(args, kwargs, spec)
         token = _GRAD_ENABLED.set(False)
         try:
-            if "forward" not in _spec(cls).defined:
-                from afnio_langchain._aio import run_sync
-
-                output = run_sync(lambda: cls._call_aforward(ctx, args, kwargs))
-            elif cls._uses_setup_context():
+            if "forward" not in spec.defined:
+                if spec.setup_context:
+                    output = run_sync(lambda: cls._call_aforward(ctx, args, kwargs))
+                else:  # the usual op: its own coroutine, one layer less per node
+                    output = run_sync(lambda: cls.aforward(ctx, *args, **kwargs))  # type: ignore[attr-defined]
+            elif spec.setup_context:
                 output = cls.forward(*args, **kwargs)
                 cls.setup_context(ctx, (*args, *kwargs.values()), output)
             else:

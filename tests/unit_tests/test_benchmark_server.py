@@ -203,6 +203,7 @@ def test_bound_counts_dependent_levels_and_waves_of_the_limit():
         "benchmarks.server_process",
         "benchmarks.loop_server",
         "benchmarks.background",
+        "benchmarks.placement",
         "benchmarks.cpu_steal",
         "benchmarks.run",
     ],
