@@ -240,10 +240,6 @@ class Function:
         """Override together with a ctx-less ``forward`` to fill ``ctx`` separately."""
 
     @classmethod
-    def _uses_setup_context(cls) -> bool:
-        return _spec(cls).setup_context
-
-    @classmethod
     def _prepare(
         cls, args: tuple, kwargs: dict, spec: _OpSpec | None = None
     ) -> tuple[FunctionCtx, list[Variable], bool]:
@@ -267,7 +263,7 @@ class Function:
         try:
             if "forward" not in spec.defined:
                 if spec.setup_context:
-                    output = run_sync(lambda: cls._call_aforward(ctx, args, kwargs))
+                    output = run_sync(lambda: cls._aforward_then_setup_context(ctx, args, kwargs))
                 else:  # the usual op: its own coroutine, one layer less per node
                     output = run_sync(lambda: cls.aforward(ctx, *args, **kwargs))  # type: ignore[attr-defined]
             elif spec.setup_context:
@@ -289,7 +285,7 @@ class Function:
         try:
             if "aforward" in spec.defined:
                 if spec.setup_context:
-                    output = await cls._call_aforward(ctx, args, kwargs)
+                    output = await cls._aforward_then_setup_context(ctx, args, kwargs)
                 else:  # the usual op: awaited here, one coroutine less per node
                     output = await cls.aforward(ctx, *args, **kwargs)  # type: ignore[attr-defined]
             elif spec.setup_context:
@@ -302,12 +298,13 @@ class Function:
         return cls._record(ctx, inputs, output, record)
 
     @classmethod
-    async def _call_aforward(cls, ctx: FunctionCtx, args: tuple, kwargs: dict) -> Any:
-        if cls._uses_setup_context():
-            output = await cls.aforward(*args, **kwargs)  # type: ignore[attr-defined]
-            cls.setup_context(ctx, (*args, *kwargs.values()), output)
-            return output
-        return await cls.aforward(ctx, *args, **kwargs)  # type: ignore[attr-defined]
+    async def _aforward_then_setup_context(
+        cls, ctx: FunctionCtx, args: tuple, kwargs: dict
+    ) -> Any:
+        """A ctx-less ``aforward``, then ``setup_context`` (ops that define both)."""
+        output = await cls.aforward(*args, **kwargs)  # type: ignore[attr-defined]
+        cls.setup_context(ctx, (*args, *kwargs.values()), output)
+        return output
 
     @classmethod
     def _record(

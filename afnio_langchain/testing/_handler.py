@@ -310,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._answer_stream(body, text)
             return
-        reply = completion_reply(body, text, self.server.owner.models[0])
+        reply = completion_reply(body, text, owner.models[0])
         data = json.dumps(reply).encode()  # before the wait: it is part of the latency
         wait = owner.latency + owner.per_token_latency * reply["usage"]["completion_tokens"]
         if self._wait_until(wait):
