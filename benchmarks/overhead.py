@@ -205,15 +205,12 @@ def ours_peak_memory(width: int, depth: int) -> int:
 # -- TextGrad -------------------------------------------------------------------------
 
 
-def _textgrad_run(width: int, depth: int, timings: dict[str, float] | None) -> None:
+def textgrad_forward(width: int, depth: int, engine: Any) -> tuple[list[Any], list[Any]]:
+    """TextGrad's forward of the graph: its system prompts and its last replies."""
     pipeline_textgrad.keep_textgrad_local()  # run by hand, textgrad logs into the cwd
     import textgrad as tg
     from textgrad.autograd import FormattedLLMCall
 
-    engine = _textgrad_engine()
-    gc.collect()
-    collector = GarbageCollectionTimer().__enter__()
-    began = _clock()
     prompts = [
         tg.Variable(
             task.stage_prompt(w % 3), requires_grad=True, role_description=task.stage_role(w)
@@ -227,6 +224,18 @@ def _textgrad_run(width: int, depth: int, timings: dict[str, float] | None) -> N
     ]
     for _ in range(depth):
         replies = [calls[w]({"draft": replies[w]}) for w in range(width)]
+    return prompts, replies
+
+
+def _textgrad_run(width: int, depth: int, timings: dict[str, float] | None) -> None:
+    pipeline_textgrad.keep_textgrad_local()
+    import textgrad as tg
+
+    engine = _textgrad_engine()
+    gc.collect()
+    collector = GarbageCollectionTimer().__enter__()
+    began = _clock()
+    prompts, replies = textgrad_forward(width, depth, engine)
     root = tg.sum(replies)
     forwarded = _clock()
     root.backward(engine)

@@ -249,7 +249,7 @@ class ChatCompletion(LLMFunction):
             output = streamed.output[0]
             output.data = texts
         else:
-            output = Variable(texts if conversation.batched else texts[0], role=output_role)
+            output = Variable(texts if conversation.batched else texts[0], output_role)
         if len(replies) > 1 or getattr(replies[0], "cut_off", False):
             mark_cut_off_items(
                 output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)]

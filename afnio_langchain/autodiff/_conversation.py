@@ -15,7 +15,7 @@ ROLES = ("system", "user", "assistant")
 CONTENT_SEPARATOR = "\n"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: a frozen __init__ costs twice as much
 class Slot:
     """One Variable input of a chat op and how it maps onto minibatch items.
 
@@ -209,9 +209,9 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
             slots.append(Slot(value))
     size = _batch_size(checked, values)
     if size is None:  # one conversation: no minibatch to render item by item
-        return Conversation(items=[_render(checked, values, 0)], batched=False, slots=slots)
+        return Conversation([_render(checked, values, 0)], False, slots)  # positional: cheaper
     items = [_render(checked, values, i) for i in range(size)]
-    return Conversation(items=items, batched=True, slots=slots)
+    return Conversation(items, True, slots)
 
 
 def item_renderer(messages: Any, inputs: Any) -> Callable[[int], list[Message]]:

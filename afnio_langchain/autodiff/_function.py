@@ -196,6 +196,8 @@ class AccumulateGrad(Node):
 
 
 _NO_EDGE: tuple[Node | None, int] = (None, 0)
+_MAX_PLANS = 64
+"""Argument plans kept per op (:meth:`_OpSpec.ordered`): the ways one op is called."""
 
 
 def _edge(variable: Variable) -> tuple[Node | None, int]:
@@ -342,7 +344,7 @@ class _OpSpec:
     parameters of its forward (to order the arguments as forward declares them)."""
 
     __slots__ = ("defined", "setup_context", "signature", "takes_ctx", "names", "index",
-                 "required", "var_keyword", "max_positional")
+                 "required", "var_keyword", "max_positional", "_plans")
 
     def __init__(self, cls: type[Function]) -> None:
         classes = [k for k in cls.__mro__ if k is not Function and k is not object]
@@ -351,6 +353,7 @@ class _OpSpec:
         )
         self.setup_context = any("setup_context" in k.__dict__ for k in classes)
         self.signature: inspect.Signature | None = None
+        self._plans: dict[tuple, tuple[str, ...] | None] = {}
         if not self.defined:
             return
         forward = cls.forward if "forward" in self.defined else cls.aforward  # type: ignore[attr-defined]
@@ -377,23 +380,35 @@ class _OpSpec:
         n = len(args)
         if self.max_positional is not None and not 0 <= n <= self.max_positional:
             return self._bound(cls, args, kwargs)
-        covered = self.names[:n]
         if kwargs:
-            index = self.index
-            for key in kwargs:
-                position = index.get(key)
-                if (position is None and not self.var_keyword) or (
-                    position is not None and position < n
-                ):
-                    return self._bound(cls, args, kwargs)
-            if not self.required.issubset((*covered, *kwargs)):
+            key = (n, *kwargs)  # an op is called the same way each time: plan it once
+            plan = self._plans.get(key, False)
+            if plan is False:
+                plan = self._plan(n, kwargs)
+                if len(self._plans) < _MAX_PLANS:
+                    self._plans[key] = plan
+            if plan is None:
                 return self._bound(cls, args, kwargs)
-            named = [kwargs[name] for name in self.names if name in kwargs]
-            extra = [value for key, value in kwargs.items() if key not in index]
-            return [*args, *named, *extra]
-        if len(self.required) > n and not self.required.issubset(covered):
+            return [*args, *map(kwargs.__getitem__, plan)]
+        if len(self.required) > n and not self.required.issubset(self.names[:n]):
             return self._bound(cls, args, kwargs)
         return args
+
+    def _plan(self, n: int, kwargs: dict) -> tuple[str, ...] | None:
+        """The keyword arguments' names in forward's order, after the ``n`` positional
+        ones (named parameters first, then the ``**kwargs`` extras as passed); None
+        when only ``Signature.bind`` can order them (or say what is wrong)."""
+        index = self.index
+        for key in kwargs:
+            position = index.get(key)
+            if (position is None and not self.var_keyword) or (
+                position is not None and position < n
+            ):
+                return None
+        if not self.required.issubset((*self.names[:n], *kwargs)):
+            return None
+        named = [name for name in self.names if name in kwargs]
+        return (*named, *(key for key in kwargs if key not in index))
 
     def _bound(self, cls: type, args: tuple, kwargs: dict) -> list:
         assert self.signature is not None

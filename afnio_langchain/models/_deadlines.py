@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import weakref
 from typing import Any
+
+from afnio_langchain.models._per_loop import LoopValues
 
 __all__ = ["Deadline", "watchdog"]
 
@@ -87,20 +88,9 @@ class Watchdog:
             self._set_timer(min(self.due.values()))
 
 
-_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
-    weakref.WeakKeyDictionary()
-)
-_last: tuple[asyncio.AbstractEventLoop, Watchdog] | None = None
+_WATCHDOGS: LoopValues[Watchdog] = LoopValues(Watchdog)
 
 
 def watchdog(loop: asyncio.AbstractEventLoop) -> Watchdog:
     """The watchdog of ``loop`` (call it on that loop's thread)."""
-    global _last
-    last = _last  # one read: another loop's thread may replace it
-    if last is not None and last[0] is loop:
-        return last[1]
-    found = _WATCHDOGS.get(loop)
-    if found is None:
-        found = _WATCHDOGS[loop] = Watchdog(loop)
-    _last = (loop, found)
-    return found
+    return _WATCHDOGS.get(loop)

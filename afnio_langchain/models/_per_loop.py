@@ -1,4 +1,4 @@
-"""One client per running event loop.
+"""One client per running event loop (and :class:`LoopValues`: cheap state per loop).
 
 httpx connection pools belong to the loop that opened them: a pool opened by a sync
 call (which runs on the package's background loop) breaks an ``await`` on the
@@ -25,6 +25,46 @@ from typing import Generic, TypeVar
 from afnio_langchain._aio import CLOSING_TASK_NAME
 
 T = TypeVar("T")
+
+
+class LoopValues(Generic[T]):
+    """A value per event loop, built on first use there and dropped with its loop, for
+    state with nothing to close (the attempts' timer, the concurrency slots). Read on
+    every model call: the last loop's value is found without a ``WeakKeyDictionary``
+    lookup, which allocates a weak reference each time. Call :meth:`get` on the
+    loop's own thread.
+
+    Example:
+        >>> import asyncio
+        >>> from afnio_langchain.models._per_loop import LoopValues
+        >>> counters = LoopValues(lambda loop: [0])
+        >>> async def count():
+        ...     counter = counters.get(asyncio.get_running_loop())
+        ...     counter[0] += 1
+        ...     return counters.get(asyncio.get_running_loop())[0]
+        >>> asyncio.run(count()), asyncio.run(count())
+        (1, 1)
+    """
+
+    __slots__ = ("_build", "_values", "_last")
+
+    def __init__(self, build: Callable[[asyncio.AbstractEventLoop], T]) -> None:
+        self._build = build
+        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], T] | None = None
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> T:
+        """The value of ``loop``."""
+        last = self._last  # one read: another loop's thread may replace it
+        if last is not None and last[0]() is loop:
+            return last[1]
+        value = self._values.get(loop)
+        if value is None:
+            value = self._values[loop] = self._build(loop)
+        self._last = (weakref.ref(loop), value)
+        return value
 
 
 class PerLoop(Generic[T]):

@@ -122,6 +122,52 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     return None
 
 
+class AttemptDeadline(Deadline):
+    """The deadline of one attempt, as a ``with`` block around its ``await`` in ``task``:
+    past ``seconds`` the task is cancelled, and the block raises
+    :class:`ReplyTimeoutError` (naming ``what``) instead of that cancellation. A
+    caller's own cancel passes through as a cancel, and the task's cancel count is
+    left as it was found (``asyncio.timeout``'s semantics). A ``with`` block, not a
+    coroutine: the first attempt of every model call runs inside one.
+
+    Example:
+        >>> import asyncio
+        >>> from afnio_langchain.models._retry import AttemptDeadline
+        >>> async def main():
+        ...     with AttemptDeadline(asyncio.current_task(), 0.01, "model 'm'"):
+        ...         await asyncio.sleep(1)
+        >>> try:
+        ...     asyncio.run(main())
+        ... except Exception as exc:
+        ...     print(type(exc).__name__)
+        ReplyTimeoutError
+    """
+
+    __slots__ = ("seconds", "what", "cancelling", "watchdog")
+
+    def __init__(self, task: asyncio.Task[Any], seconds: float, what: str) -> None:
+        super().__init__(task)
+        self.seconds = seconds
+        self.what = what
+
+    def __enter__(self) -> AttemptDeadline:
+        self.cancelling = self.task.cancelling()
+        loop = asyncio.get_running_loop()
+        self.watchdog = watchdog(loop)
+        self.watchdog.watch(self, loop.time() + self.seconds)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        self.watchdog.unwatch(self)
+        if self.expired:  # its cancel is taken back once, here, whether or not it landed
+            self.expired = False
+            if self.task.uncancel() <= self.cancelling and kind is not None and issubclass(
+                kind, asyncio.CancelledError
+            ):
+                raise _timed_out(self.what, self.seconds) from exc
+
+
 async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
     """``await func()``, raising :class:`ReplyTimeoutError` (naming ``what``) once
     ``seconds`` have passed; a TimeoutError ``func`` raises itself passes through."""
@@ -131,23 +177,8 @@ async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) ->
             return await asyncio.wait_for(func(), seconds)
         except asyncio.TimeoutError as exc:
             raise _timed_out(what, seconds) from exc
-    deadline = Deadline(task)
-    cancelling = task.cancelling()
-    loop = asyncio.get_running_loop()
-    deadlines = watchdog(loop)
-    deadlines.watch(deadline, loop.time() + seconds)
-    try:
+    with AttemptDeadline(task, seconds, what):
         return await func()
-    except asyncio.CancelledError as exc:
-        if deadline.expired:
-            deadline.expired = False  # its cancel is taken back once, here
-            if task.uncancel() <= cancelling:
-                raise _timed_out(what, seconds) from exc
-        raise
-    finally:
-        deadlines.unwatch(deadline)
-        if deadline.expired:  # fired, but the attempt ended anyway: take its cancel back
-            task.uncancel()
 
 
 def _timed_out(what: str, seconds: float) -> ReplyTimeoutError:
@@ -218,7 +249,11 @@ class RetryPolicy:
             return within(func, timeout, what) if bounded else func()  # type: ignore[arg-type]
 
         try:  # the first attempt runs bare: most calls succeed, and tenacity costs CPU
-            return await attempt()
+            task = asyncio.current_task() if bounded and _HAS_UNCANCEL else None
+            if task is None:
+                return await attempt()
+            with AttemptDeadline(task, timeout, what):  # type: ignore[arg-type]
+                return await func()
         except Exception as exc:
             if self.max_attempts <= 1 or not is_transient(exc):
                 raise

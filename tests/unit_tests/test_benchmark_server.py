@@ -586,3 +586,38 @@ def test_the_server_process_runs_either_server_and_refuses_others():
             client.close()
     with pytest.raises(ValueError, match="server must be one of"):
         ServerProcess(server="uvicorn")
+
+
+def test_the_instruction_benchmark_reports_one_nodes_instructions(monkeypatch):
+    # The difference between two depths, over the extra nodes: the interpreter's start,
+    # the imports and the warm-up cancel out.
+    from benchmarks import instructions
+
+    def counted(mode, width, depth):
+        return 5_000_000 + {"sequential": 180_000, "textgrad": 240_000}[mode] * width * depth
+
+    monkeypatch.setattr(instructions, "instructions", counted)
+    assert instructions.per_node("sequential", width=10, depths=(20, 60)) == 180_000
+    assert instructions.per_node("textgrad", width=3, depths=(2, 5)) == 240_000
+
+
+@pytest.mark.parametrize("mode", ["sequential", "concurrent"])
+def test_the_instruction_benchmarks_measured_run_builds_the_graph(mode, tmp_path):
+    # What valgrind runs, run without it: a failure here would only show as a failed
+    # callgrind run.
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--run", mode, "2", "3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_instruction_benchmark_refuses_an_unknown_mode_before_running_anything():
+    from benchmarks import instructions
+
+    with pytest.raises(SystemExit, match="unknown mode 'fast'"):
+        instructions.main(["--modes", "sequential,fast"])

@@ -8,6 +8,8 @@ import random
 from collections import OrderedDict, UserDict
 from typing import Any
 
+import pytest
+
 from afnio_langchain import Variable
 from afnio_langchain.autodiff import Function
 from afnio_langchain.autodiff._function import _variables_in, iter_variables
@@ -75,3 +77,40 @@ def test_apply_records_an_edge_for_each_nested_variable():
     out = Concatenate.apply([{"role": "user", "content": [a, b]}])
     assert out.data == "a b"
     assert out.grad_fn.ctx.needs_input_grad == (True, True)
+
+
+class _Pair(Function):
+    @staticmethod
+    def forward(ctx, first, second=None, **extra):
+        return Variable(f"{first.data} {getattr(second, 'data', '')}", role="pair")
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return tuple(grad_output for _ in ctx.needs_input_grad)
+
+
+def test_keyword_arguments_are_ordered_as_forward_declares_them_on_every_call():
+    # The order is planned once per way of calling an op: later calls must agree.
+    first, second = Variable("a", requires_grad=True), Variable("b")
+    extra = Variable("n", requires_grad=True)
+    for _ in range(3):
+        assert _Pair.apply(second=second, first=first).grad_fn.ctx.needs_input_grad == (
+            True,
+            False,
+        )
+        assert _Pair.apply(first, note=extra, second=second).grad_fn.ctx.needs_input_grad == (
+            True,
+            False,
+            True,
+        )
+        assert _Pair.apply(note=second, first=extra).grad_fn.ctx.needs_input_grad == (True, False)
+
+
+def test_a_wrong_call_is_refused_every_time_however_often_the_op_was_called_right():
+    first = Variable("a", requires_grad=True)
+    for _ in range(3):
+        _Pair.apply(first, second=first)
+        with pytest.raises(TypeError, match=r"_Pair\.apply\(\): .*multiple values"):
+            _Pair.apply(first, first=first)
+        with pytest.raises(TypeError, match=r"_Pair\.apply\(\): .*'first'"):
+            _Pair.apply(second=first)

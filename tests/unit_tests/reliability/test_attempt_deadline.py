@@ -9,7 +9,18 @@ import asyncio
 import pytest
 
 from afnio_langchain.models import ReplyTimeoutError
-from afnio_langchain.models._retry import within
+from afnio_langchain.models._retry import RetryPolicy, within
+
+
+def _first_attempt_of_a_call(func, seconds, what):
+    return RetryPolicy(max_attempts=1).call(func, timeout=seconds, what=what)
+
+
+@pytest.fixture(params=[within, _first_attempt_of_a_call], ids=["within", "retry_policy_call"])
+def deadline(request):
+    """Both ways an attempt gets its deadline: ``within``, and the first attempt of
+    ``RetryPolicy.call``, which holds the deadline itself (``AttemptDeadline``)."""
+    return request.param
 
 
 async def _slow() -> str:
@@ -17,23 +28,23 @@ async def _slow() -> str:
     return "late"
 
 
-async def test_an_attempt_past_its_deadline_raises_reply_timeout_and_the_task_goes_on():
+async def test_an_attempt_past_its_deadline_raises_reply_timeout_and_the_task_goes_on(deadline):
     with pytest.raises(ReplyTimeoutError, match="model 'm' gave no complete reply within 0.05 s"):
-        await within(_slow, 0.05, "model 'm'")
+        await deadline(_slow, 0.05, "model 'm'")
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
     await asyncio.sleep(0.01)  # no cancel left pending for the task's next await
 
 
-async def test_a_finished_attempt_leaves_no_timer_behind():
+async def test_a_finished_attempt_leaves_no_timer_behind(deadline):
     async def quick() -> str:
         return "ok"
 
-    assert [await within(quick, 0.02, "m") for _ in range(50)] == ["ok"] * 50
+    assert [await deadline(quick, 0.02, "m") for _ in range(50)] == ["ok"] * 50
     await asyncio.sleep(0.06)  # past every deadline: none fires into this task
 
 
-async def test_a_timeout_error_of_the_attempt_itself_passes_through_unchanged():
+async def test_a_timeout_error_of_the_attempt_itself_passes_through_unchanged(deadline):
     class OwnTimeout(TimeoutError):
         pass
 
@@ -41,31 +52,31 @@ async def test_a_timeout_error_of_the_attempt_itself_passes_through_unchanged():
         raise OwnTimeout("the client's own timeout")
 
     with pytest.raises(OwnTimeout):
-        await within(raises, 5, "m")
+        await deadline(raises, 5, "m")
 
 
-async def test_a_callers_cancel_is_a_cancel_not_a_timeout():
+async def test_a_callers_cancel_is_a_cancel_not_a_timeout(deadline):
     started = asyncio.Event()
 
     async def waits() -> str:
         started.set()
         return await _slow()
 
-    task = asyncio.create_task(within(waits, 5, "m"))
+    task = asyncio.create_task(deadline(waits, 5, "m"))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-async def test_an_outer_timeout_shorter_than_the_deadline_is_the_outer_ones():
+async def test_an_outer_timeout_shorter_than_the_deadline_is_the_outer_ones(deadline):
     with pytest.raises(TimeoutError) as caught:
         async with asyncio.timeout(0.05):
-            await within(_slow, 5, "m")
+            await deadline(_slow, 5, "m")
     assert not isinstance(caught.value, ReplyTimeoutError)
 
 
-async def test_an_outer_cancel_arriving_after_the_deadline_fired_stays_a_cancel():
+async def test_an_outer_cancel_arriving_after_the_deadline_fired_stays_a_cancel(deadline):
     async def swallows_then_waits() -> str:
         try:
             await asyncio.sleep(5)
@@ -73,14 +84,14 @@ async def test_an_outer_cancel_arriving_after_the_deadline_fired_stays_a_cancel(
             await asyncio.sleep(5)  # cancelled again below, by the caller
         return "never"
 
-    task = asyncio.create_task(within(swallows_then_waits, 0.02, "m"))
+    task = asyncio.create_task(deadline(swallows_then_waits, 0.02, "m"))
     await asyncio.sleep(0.06)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-async def test_an_attempt_that_ignores_the_deadline_gets_its_task_cancel_count_back():
+async def test_an_attempt_that_ignores_the_deadline_gets_its_task_cancel_count_back(deadline):
     async def ignores() -> str:
         try:
             await asyncio.sleep(5)
@@ -88,7 +99,7 @@ async def test_an_attempt_that_ignores_the_deadline_gets_its_task_cancel_count_b
             pass
         return "finished anyway"
 
-    assert await within(ignores, 0.02, "m") == "finished anyway"
+    assert await deadline(ignores, 0.02, "m") == "finished anyway"
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
 
