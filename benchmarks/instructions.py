@@ -4,8 +4,8 @@ CPU time per node moves by a tenth and more from run to run on a shared virtual
 machine; the number of instructions the interpreter executes does not. This runs the
 forward graph of :mod:`benchmarks.overhead` (``width`` chains, instant model) under
 ``valgrind --tool=callgrind`` at two depths, for this package (the async API driven
-node by node, and with the chains run at once through ``asyncio.gather``) and for
-TextGrad, and reports the difference over the extra nodes: the instructions of one
+node by node, with the chains run at once through ``asyncio.gather``, and the sync
+API) and for TextGrad, and reports the difference over the extra nodes: the instructions of one
 node, without the interpreter's start, the imports and the warm-up. The garbage
 collector is off (when it runs depends on allocation counts, not on the node's work),
 and string hashing is seeded (dict and set layouts are the same in every run).
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("sequential", "concurrent", "textgrad")
+MODES = ("sequential", "concurrent", "sync", "textgrad")
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
@@ -39,6 +39,9 @@ def build_forward(mode: str, width: int, depth: int) -> None:
 
     if mode == "textgrad":
         overhead.textgrad_forward(width, depth, overhead._textgrad_engine())
+        return
+    if mode == "sync":
+        overhead._ours_forward_sync(width, depth)
         return
     asyncio.run(overhead._ours_forward_async(width, depth, concurrent=mode == "concurrent"))
 
