@@ -5,10 +5,11 @@ machine; the number of instructions the interpreter executes does not. This runs
 forward graph of :mod:`benchmarks.overhead` (``width`` chains, instant model) under
 ``valgrind --tool=callgrind`` at two depths, for this package (the async API driven
 node by node, with the chains run at once through ``asyncio.gather``, and the sync
-API) and for TextGrad, and reports the difference over the extra nodes: the instructions of one
-node, without the interpreter's start, the imports and the warm-up. The garbage
-collector is off (when it runs depends on allocation counts, not on the node's work),
-and string hashing is seeded (dict and set layouts are the same in every run).
+API) and for TextGrad, and reports the difference over the extra nodes: the
+instructions of one node, without the interpreter's start, the imports and the
+warm-up. The garbage collector is off (when it runs depends on allocation counts, not
+on the node's work), and string hashing is seeded (dict and set layouts are the same
+in every run).
 Needs valgrind (``apt install valgrind``); each measurement takes one to three minutes
 (valgrind runs Python about 50 times slower). The last line is JSON.
 """
