@@ -366,6 +366,63 @@ def measure_in_subprocess(library: str, **options: int) -> dict[str, Any]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def measure_in_turns(
+    libraries: Sequence[str], rounds: int = 3, **options: int
+) -> list[dict[str, Any]]:
+    """:func:`measure_in_subprocess` of each of ``libraries`` in turns, ``rounds`` times,
+    the order reversed every other round: a slow stretch of the machine then falls on
+    every library's figures, not on one library's alone (the overhead targets compare
+    this package's figures with TextGrad's). One row per library, in the order given:
+    each figure is its best round's (:func:`best_of_rounds`).
+
+    Args:
+        libraries: ``"afnio_langchain"`` and/or ``"textgrad"``.
+        rounds: Fresh interpreters per library.
+        **options: :func:`measure`'s keywords.
+    """
+    taken: dict[str, list[dict[str, Any]]] = {library: [] for library in libraries}
+    for r in range(rounds):
+        for library in libraries if r % 2 == 0 else list(reversed(libraries)):
+            taken[library].append(measure_in_subprocess(library, **options))
+    return [best_of_rounds(rows) for rows in taken.values()]
+
+
+def best_of_rounds(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One library's rows of :func:`measure` merged: each phase's fastest round, the GC
+    share of the round with the fastest forward + backward, the least peak memory, and
+    ``rounds``, how many rows there were.
+
+    Example:
+        >>> rows = [{"library": "textgrad", "forward_us_per_node": 50.0,
+        ...          "backward_us_per_node": 180.0, "gc_per_node_us": 3.0,
+        ...          "peak_memory_mib": 4.46},
+        ...         {"library": "textgrad", "forward_us_per_node": 47.0,
+        ...          "backward_us_per_node": 190.0, "gc_per_node_us": 4.0,
+        ...          "peak_memory_mib": 4.45}]
+        >>> best = best_of_rounds(rows)
+        >>> best["forward_us_per_node"], best["backward_us_per_node"], best["gc_per_node_us"]
+        (47.0, 180.0, 3.0)
+        >>> best["peak_memory_mib"], best["rounds"]
+        (4.45, 2)
+    """
+    best = dict(rows[0])
+    for key in rows[0]:
+        if key.endswith(("_us_per_node", "_us_per_item_call")):
+            best[key] = min(row[key] for row in rows)
+    fastest = min(rows, key=_forward_and_backward)
+    if "gc_per_node_us" in fastest:
+        best["gc_per_node_us"] = fastest["gc_per_node_us"]
+    if "peak_memory_mib" in rows[0]:
+        best["peak_memory_mib"] = min(row["peak_memory_mib"] for row in rows)
+    best["rounds"] = len(rows)
+    return best
+
+
+def _forward_and_backward(row: dict[str, Any]) -> float:
+    unit = "_us_per_item_call" if "items" in row else "_us_per_node"
+    return float(row["forward" + unit] + row["backward" + unit])
+
+
 if __name__ == "__main__":
     print(
         json.dumps(measure(sys.argv[1], **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")))

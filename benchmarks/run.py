@@ -27,7 +27,9 @@ as its last line, one JSON object with the headline figures:
   a warning on stderr) when either says the machine was not idle.
 
 The four paths' steps are taken in turns, one step of each per round, so that a
-slower stretch of the machine falls on all of them alike.
+slower stretch of the machine falls on all of them alike; so are the two libraries'
+overhead runs (three fresh interpreters each, the best round kept), which the overhead
+targets compare.
 
 TextGrad figures are null when TextGrad is not installed (see requirements.txt).
 """
@@ -344,6 +346,32 @@ def headline(
     return summary
 
 
+OVERHEAD_ROUNDS = 3
+"""Fresh interpreters per library for the headline overhead figures, taken in turns."""
+
+
+def measure_overheads(
+    libraries: list[str], scaling: list[dict[str, int]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The engine overhead rows: the 1,000-node graph for each library, and the scaling
+    sizes (TextGrad's where it has them: no minibatch op, and its 1,000 nodes are the
+    first rows), each library's runs taken in turns with the others'
+    (:func:`benchmarks.overhead.measure_in_turns`)."""
+    log(f"engine overhead (zero-latency model, 1,000 nodes, {OVERHEAD_ROUNDS} rounds in turns):")
+    overheads = overhead.measure_in_turns(libraries, rounds=OVERHEAD_ROUNDS)
+    for row in overheads:
+        log(f"  {row['library']}: {row}")
+    rows = []
+    for options in scaling:
+        mine = libraries
+        if "items" in options or options == TEXTGRAD_OVERHEAD_GRAPH:
+            mine = [library for library in libraries if library != "textgrad"]
+        for row in overhead.measure_in_turns(mine, rounds=1, **options):
+            log(f"  scaling {row['library']} {options}: {row}")
+            rows.append(row)
+    return overheads, rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the headline scenarios only")
@@ -405,14 +433,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log("LLM cache over a fit run with rollbacks:")
         cache = cache_fit.measure(server)
         log(f"  {cache}")
-        log("engine overhead (zero-latency model, 1,000 nodes):")
-        overheads = [overhead.measure_in_subprocess("afnio_langchain")]
-        log(f"  ours: {overheads[0]}")
-        overhead_scaling = []
-        for options in todo["overhead_scaling"]:
-            row = overhead.measure_in_subprocess("afnio_langchain", **options)
-            log(f"  scaling {options}: {row}")
-            overhead_scaling.append(row)
         textgrad_steps: list[dict[str, Any]] = []
         if use_textgrad:
             with pipeline_textgrad.textgrad_environment(server.base_url):
@@ -422,14 +442,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     runner.run(minibatch, forward_threads=threads, bound_limit=HEADLINE.limit)
                     for minibatch, threads in todo["textgrad"]
                 ]
-                overheads.append(overhead.measure_in_subprocess("textgrad"))
-                log(f"  textgrad overhead: {overheads[-1]}")
-                for options in todo["overhead_scaling"]:
-                    if "items" in options or options == TEXTGRAD_OVERHEAD_GRAPH:
-                        continue  # TextGrad has no minibatch op; the 1,000 nodes are above
-                    row = overhead.measure_in_subprocess("textgrad", **options)
-                    log(f"  textgrad scaling {options}: {row}")
-                    overhead_scaling.append(row)
+        libraries = ["afnio_langchain", "textgrad"] if use_textgrad else ["afnio_langchain"]
+        with pipeline_textgrad.textgrad_environment(server.base_url):
+            overheads, overhead_scaling = measure_overheads(libraries, todo["overhead_scaling"])
 
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     machine["steal_percent"] = ours["steal_percent"]

@@ -374,6 +374,51 @@ def test_the_steps_of_several_paths_are_measured_in_turns():
     assert [(r["ratio"], r["best_ratio"]) for r in rows] == [(1.1, 1.0), (1.1, 1.0)]
 
 
+def test_the_two_libraries_overheads_are_measured_in_turns_and_each_keeps_its_best_round(
+    monkeypatch,
+):
+    """The overhead targets compare our figures with TextGrad's: a slow stretch of the
+    machine must fall on both, not on one library's runs alone (a quick run once gave
+    TextGrad twice its usual figures, and with them targets it had not met)."""
+    from benchmarks import overhead, run
+
+    taken: list[tuple[str, dict]] = []
+    slow = {1}  # the second measurement of all is disturbed
+
+    def measured(library, **options):
+        taken.append((library, options))
+        factor = 2.0 if len(taken) - 1 in slow else 1.0
+        base = {"afnio_langchain": (45.0, 115.0), "textgrad": (47.0, 185.0)}[library]
+        return {"library": library, "nodes": 1000, "forward_us_per_node": base[0] * factor,
+                "backward_us_per_node": base[1] * factor, "gc_per_node_us": 3.0 * factor,
+                "peak_memory_mib": 2.0}
+
+    monkeypatch.setattr(overhead, "measure_in_subprocess", measured)
+    rows = overhead.measure_in_turns(["afnio_langchain", "textgrad"], rounds=3)
+    assert [library for library, _ in taken] == [
+        "afnio_langchain", "textgrad", "textgrad", "afnio_langchain", "afnio_langchain",
+        "textgrad",
+    ]
+    assert [r["library"] for r in rows] == ["afnio_langchain", "textgrad"]
+    assert [(r["forward_us_per_node"], r["backward_us_per_node"]) for r in rows] == [
+        (45.0, 115.0), (47.0, 185.0)
+    ]
+    assert [(r["gc_per_node_us"], r["rounds"]) for r in rows] == [(3.0, 3), (3.0, 3)]
+
+    taken.clear()
+    scaling = [{"width": 1, "depth": 100}, run.TEXTGRAD_OVERHEAD_GRAPH, {"items": 32, "depth": 10}]
+    headline_rows, scaling_rows = run.measure_overheads(["afnio_langchain", "textgrad"], scaling)
+    assert [r["library"] for r in headline_rows] == ["afnio_langchain", "textgrad"]
+    # TextGrad has no minibatch op, and its 1,000-node graph is the headline row.
+    assert [(library, options) for library, options in taken[2 * run.OVERHEAD_ROUNDS:]] == [
+        ("afnio_langchain", {"width": 1, "depth": 100}),
+        ("textgrad", {"width": 1, "depth": 100}),
+        ("afnio_langchain", run.TEXTGRAD_OVERHEAD_GRAPH),
+        ("afnio_langchain", {"items": 32, "depth": 10}),
+    ]
+    assert [r["library"] for r in scaling_rows] == [library for library, _ in taken[2 * run.OVERHEAD_ROUNDS:]]
+
+
 def test_the_overhead_target_holds_only_when_each_phase_is_at_or_below_textgrads():
     from benchmarks import run
 
