@@ -4,7 +4,9 @@ Sequential calls against the loopback server in its own process (no latency), so
 process's CPU time is the client's alone: the plain ``openai.AsyncOpenAI`` and
 ``ChatOpenAI`` a user would call, the same two through this package's adapters
 (``acomplete``), and the same two behind a ``ChatCompletion`` op that is given the
-model object itself on every call, as a chain's stage gives it. Each figure is the
+model object itself on every call, as a chain's stage gives it, and the two ops over a
+list input of :data:`MINIBATCH` items (per item call: the CPU a minibatch's items queue
+for on one core, the critical path's share of it). Each figure is the
 fastest of ``--rounds`` rounds of ``--calls`` calls (the least disturbed by other
 load), with the median next to it; the last line is JSON. The server runs on a CPU of
 its own, as in ``run.py`` (``--no-pin``: wherever the scheduler puts it).
@@ -30,6 +32,8 @@ MESSAGES = [
     {"role": "user", "content": "A shop sold 17 apples in the morning and 25 after noon. " * 3},
 ]
 MODEL = "fake-model"
+MINIBATCH = 32
+"""Items of the list-input op calls (the benchmark's headline minibatch)."""
 
 
 def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
@@ -50,6 +54,9 @@ def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
 
     # As a chain's stage or a user's op call passes it: the model itself, every call.
     op_chat = ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
+    system = MESSAGES[0]["content"]
+    listed = [{"role": "system", "content": system}, {"role": "user", "content": "{question}"}]
+    questions = [f"{MESSAGES[1]['content']} ({i})" for i in range(MINIBATCH)]
     return {
         "openai.AsyncOpenAI": lambda: raw.chat.completions.create(
             model=MODEL, messages=MESSAGES, temperature=0
@@ -59,7 +66,17 @@ def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
         "afnio_langchain over ChatOpenAI": lambda: ours_chat.acomplete(MESSAGES),
         "ChatCompletion op over openai": lambda: ChatCompletion.aapply(ours_openai, MESSAGES),
         "ChatCompletion op over ChatOpenAI": lambda: ChatCompletion.aapply(op_chat, MESSAGES),
+        f"op over openai, {MINIBATCH} items, per item": lambda: ChatCompletion.aapply(
+            ours_openai, listed, inputs={"question": questions}
+        ),
+        f"op over ChatOpenAI, {MINIBATCH} items, per item": lambda: ChatCompletion.aapply(
+            op_chat, listed, inputs={"question": questions}
+        ),
     }
+
+
+def _items_per_call(name: str) -> int:
+    return MINIBATCH if name.endswith("per item") else 1
 
 
 async def _measure(call: Callable[[], Awaitable[Any]], calls: int, rounds: int) -> list[float]:
@@ -79,9 +96,10 @@ async def run(base_url: str, calls: int, rounds: int) -> dict[str, dict[str, flo
     """µs of client CPU per call, fastest and median round, for each client."""
     out = {}
     for name, call in _clients(base_url).items():
-        runs = await _measure(call, calls, rounds)
+        items = _items_per_call(name)
+        runs = [us / items for us in await _measure(call, max(1, calls // items), rounds)]
         out[name] = {"min_us": round(min(runs)), "median_us": round(statistics.median(runs))}
-        print(f"{name:34s} {out[name]['min_us']:6d} µs (median {out[name]['median_us']})",
+        print(f"{name:40s} {out[name]['min_us']:6d} µs (median {out[name]['median_us']})",
               file=sys.stderr)
     return out
 
