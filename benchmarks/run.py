@@ -443,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for minibatch, threads in todo["textgrad"]
                 ]
         libraries = ["afnio_langchain", "textgrad"] if use_textgrad else ["afnio_langchain"]
+        # TextGrad's interpreters read their log folder from it; ours ignore it.
         with pipeline_textgrad.textgrad_environment(server.base_url):
             overheads, overhead_scaling = measure_overheads(libraries, todo["overhead_scaling"])
 
