@@ -36,7 +36,8 @@ MINIBATCH = 32
 """Items of the list-input op calls (the benchmark's headline minibatch)."""
 
 
-def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
+def _clients(base_url: str) -> dict[str, tuple[Callable[[], Awaitable[Any]], int]]:
+    """Each client's call, and how many model calls one call of it makes."""
     import openai
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_openai import ChatOpenAI
@@ -54,29 +55,27 @@ def _clients(base_url: str) -> dict[str, Callable[[], Awaitable[Any]]]:
 
     # As a chain's stage or a user's op call passes it: the model itself, every call.
     op_chat = ChatOpenAI(model=MODEL, base_url=base_url, api_key="bench-key", temperature=0)
-    system = MESSAGES[0]["content"]
-    listed = [{"role": "system", "content": system}, {"role": "user", "content": "{question}"}]
+    listed = [MESSAGES[0], {"role": "user", "content": "{question}"}]
     questions = [f"{MESSAGES[1]['content']} ({i})" for i in range(MINIBATCH)]
     return {
-        "openai.AsyncOpenAI": lambda: raw.chat.completions.create(
-            model=MODEL, messages=MESSAGES, temperature=0
+        "openai.AsyncOpenAI": (
+            lambda: raw.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0),
+            1,
         ),
-        "ChatOpenAI.ainvoke": lambda: chat.ainvoke(lc_messages),
-        "afnio_langchain over openai": lambda: ours_openai.acomplete(MESSAGES),
-        "afnio_langchain over ChatOpenAI": lambda: ours_chat.acomplete(MESSAGES),
-        "ChatCompletion op over openai": lambda: ChatCompletion.aapply(ours_openai, MESSAGES),
-        "ChatCompletion op over ChatOpenAI": lambda: ChatCompletion.aapply(op_chat, MESSAGES),
-        f"op over openai, {MINIBATCH} items, per item": lambda: ChatCompletion.aapply(
-            ours_openai, listed, inputs={"question": questions}
+        "ChatOpenAI.ainvoke": (lambda: chat.ainvoke(lc_messages), 1),
+        "afnio_langchain over openai": (lambda: ours_openai.acomplete(MESSAGES), 1),
+        "afnio_langchain over ChatOpenAI": (lambda: ours_chat.acomplete(MESSAGES), 1),
+        "ChatCompletion op over openai": (lambda: ChatCompletion.aapply(ours_openai, MESSAGES), 1),
+        "ChatCompletion op over ChatOpenAI": (lambda: ChatCompletion.aapply(op_chat, MESSAGES), 1),
+        f"op over openai, {MINIBATCH} items, per item": (
+            lambda: ChatCompletion.aapply(ours_openai, listed, inputs={"question": questions}),
+            MINIBATCH,
         ),
-        f"op over ChatOpenAI, {MINIBATCH} items, per item": lambda: ChatCompletion.aapply(
-            op_chat, listed, inputs={"question": questions}
+        f"op over ChatOpenAI, {MINIBATCH} items, per item": (
+            lambda: ChatCompletion.aapply(op_chat, listed, inputs={"question": questions}),
+            MINIBATCH,
         ),
     }
-
-
-def _items_per_call(name: str) -> int:
-    return MINIBATCH if name.endswith("per item") else 1
 
 
 async def _measure(call: Callable[[], Awaitable[Any]], calls: int, rounds: int) -> list[float]:
@@ -95,8 +94,7 @@ async def _measure(call: Callable[[], Awaitable[Any]], calls: int, rounds: int) 
 async def run(base_url: str, calls: int, rounds: int) -> dict[str, dict[str, float]]:
     """µs of client CPU per call, fastest and median round, for each client."""
     out = {}
-    for name, call in _clients(base_url).items():
-        items = _items_per_call(name)
+    for name, (call, items) in _clients(base_url).items():
         runs = [us / items for us in await _measure(call, max(1, calls // items), rounds)]
         out[name] = {"min_us": round(min(runs)), "median_us": round(statistics.median(runs))}
         print(f"{name:40s} {out[name]['min_us']:6d} µs (median {out[name]['median_us']})",

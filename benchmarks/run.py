@@ -434,17 +434,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cache = cache_fit.measure(server)
         log(f"  {cache}")
         textgrad_steps: list[dict[str, Any]] = []
-        if use_textgrad:
-            with pipeline_textgrad.textgrad_environment(server.base_url):
+        libraries = ["afnio_langchain", "textgrad"] if use_textgrad else ["afnio_langchain"]
+        # TextGrad's steps and overhead interpreters read it; ours ignore it.
+        with pipeline_textgrad.textgrad_environment(server.base_url):
+            if use_textgrad:
                 log("textgrad:")
                 runner = TextGradRunner(server)
                 textgrad_steps = [
                     runner.run(minibatch, forward_threads=threads, bound_limit=HEADLINE.limit)
                     for minibatch, threads in todo["textgrad"]
                 ]
-        libraries = ["afnio_langchain", "textgrad"] if use_textgrad else ["afnio_langchain"]
-        # TextGrad's interpreters read their log folder from it; ours ignore it.
-        with pipeline_textgrad.textgrad_environment(server.base_url):
             overheads, overhead_scaling = measure_overheads(libraries, todo["overhead_scaling"])
 
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -414,13 +414,14 @@ def test_the_two_libraries_overheads_are_measured_in_turns_and_each_keeps_its_be
     headline_rows, scaling_rows = run.measure_overheads(["afnio_langchain", "textgrad"], scaling)
     assert [r["library"] for r in headline_rows] == ["afnio_langchain", "textgrad"]
     # TextGrad has no minibatch op, and its 1,000-node graph is the headline row.
-    assert [(library, options) for library, options in taken[2 * run.OVERHEAD_ROUNDS:]] == [
+    scaled = taken[2 * run.OVERHEAD_ROUNDS:]
+    assert scaled == [
         ("afnio_langchain", {"width": 1, "depth": 100}),
         ("textgrad", {"width": 1, "depth": 100}),
         ("afnio_langchain", run.TEXTGRAD_OVERHEAD_GRAPH),
         ("afnio_langchain", {"items": 32, "depth": 10}),
     ]
-    assert [r["library"] for r in scaling_rows] == [library for library, _ in taken[2 * run.OVERHEAD_ROUNDS:]]
+    assert [r["library"] for r in scaling_rows] == [library for library, _ in scaled]
 
 
 def test_the_overhead_target_holds_only_when_each_phase_is_at_or_below_textgrads():
