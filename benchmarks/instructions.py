@@ -7,7 +7,8 @@ forward graph of :mod:`benchmarks.overhead` (``width`` chains, instant model) un
 node by node, with the chains run at once through ``asyncio.gather``, and the sync
 API) and for TextGrad, and reports the difference over the extra nodes: the
 instructions of one node, without the interpreter's start, the imports and the
-warm-up. The garbage collector is off (when it runs depends on allocation counts, not
+warm-up. ``gather`` runs the same ``asyncio.gather`` calls over coroutines that return
+at once, without the engine: asyncio's own share of the chains run at once. The garbage collector is off (when it runs depends on allocation counts, not
 on the node's work), and string hashing is seeded (dict and set layouts are the same
 in every run).
 Needs valgrind (``apt install valgrind``); each measurement takes one to three minutes
@@ -30,14 +31,29 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("sequential", "concurrent", "sync", "textgrad")
+MODES = ("sequential", "concurrent", "sync", "textgrad", "gather")
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
+async def _returns_at_once() -> None:
+    return None
+
+
+async def _bare_gather(width: int, depth: int) -> None:
+    """asyncio's own share of the chains run at once: ``depth`` gathers of ``width``
+    coroutines that return at once, no engine (``gather`` mode)."""
+    for _ in range(depth):
+        await asyncio.gather(*[_returns_at_once() for _ in range(width)])
+
+
 def build_forward(mode: str, width: int, depth: int) -> None:
-    """The forward graph of ``width`` chains of ``depth`` nodes, in ``mode``."""
+    """The forward graph of ``width`` chains of ``depth`` nodes, in ``mode``; for
+    ``gather``, the same gathers with no graph."""
     from benchmarks import overhead
 
+    if mode == "gather":
+        asyncio.run(_bare_gather(width, depth))
+        return
     if mode == "textgrad":
         overhead.textgrad_forward(width, depth, overhead._textgrad_engine())
         return

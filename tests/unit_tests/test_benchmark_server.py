@@ -651,7 +651,7 @@ def test_the_instruction_benchmark_reports_one_nodes_instructions(monkeypatch):
     assert instructions.per_node("textgrad", width=3, depths=(2, 5)) == 240_000
 
 
-@pytest.mark.parametrize("mode", ["sequential", "concurrent", "sync"])
+@pytest.mark.parametrize("mode", ["sequential", "concurrent", "sync", "gather"])
 def test_the_instruction_benchmarks_measured_run_builds_the_graph(mode, tmp_path):
     # What valgrind runs, run without it: a failure here would only show as a failed
     # callgrind run.
