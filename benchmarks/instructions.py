@@ -8,9 +8,10 @@ node by node, with the chains run at once through ``asyncio.gather``, and the sy
 API) and for TextGrad, and reports the difference over the extra nodes: the
 instructions of one node, without the interpreter's start, the imports and the
 warm-up. ``gather`` runs the same ``asyncio.gather`` calls over coroutines that return
-at once, without the engine: asyncio's own share of the chains run at once. The garbage collector is off (when it runs depends on allocation counts, not
-on the node's work), and string hashing is seeded (dict and set layouts are the same
-in every run).
+at once, without the engine: asyncio's own share of the chains run at once. The
+garbage collector is off (when it runs depends on allocation counts, not on the
+node's work), and string hashing is seeded (dict and set layouts are the same in
+every run).
 Needs valgrind (``apt install valgrind``); each measurement takes one to three minutes
 (valgrind runs Python about 50 times slower). The last line is JSON.
 """
@@ -49,11 +50,11 @@ async def _bare_gather(width: int, depth: int) -> None:
 def build_forward(mode: str, width: int, depth: int) -> None:
     """The forward graph of ``width`` chains of ``depth`` nodes, in ``mode``; for
     ``gather``, the same gathers with no graph."""
-    from benchmarks import overhead
-
-    if mode == "gather":
+    if mode == "gather":  # before the import: no engine at all
         asyncio.run(_bare_gather(width, depth))
         return
+    from benchmarks import overhead
+
     if mode == "textgrad":
         overhead.textgrad_forward(width, depth, overhead._textgrad_engine())
         return
