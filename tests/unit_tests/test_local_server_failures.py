@@ -7,7 +7,9 @@ built llama-cpp-python did on an AVX-512 Xeon. Hermetic (loopback only)."""
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -58,8 +60,12 @@ FAKE_SERVER = textwrap.dedent(
 
 @pytest.fixture
 def fake_llama(tmp_path, monkeypatch):
-    """LocalModelServer runs the stand-in instead of llama_cpp.server."""
+    """LocalModelServer runs the stand-in instead of llama_cpp.server. Its logs go under
+    ``tmp_path``: a failed start keeps its log for the user, and tests fail starts on
+    purpose, which left one log in the system's temporary folder per run."""
     import afnio_langchain.models._local as local
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     (tmp_path / "fake_llama_server.py").write_text(FAKE_SERVER)
     model = tmp_path / "model.gguf"
@@ -116,7 +122,8 @@ def test_the_demo_reports_a_dead_local_server_not_connection_errors(fake_llama, 
     assert "signal SIGSEGV" in err and "DGGML_NATIVE=OFF" in err
     assert "Connection error" not in err
     log = err.split("its log (")[1].split(")")[0]
-    assert "general protection fault" in open(log).read()
+    assert Path(log).parent == tmp_path
+    assert "general protection fault" in Path(log).read_text()
 
 
 def test_ctrl_c_while_the_local_server_starts_leaves_nothing(fake_llama, monkeypatch, tmp_path, capsys):
