@@ -126,6 +126,7 @@ def main() -> None:
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp()) / "prompts.json"
     trainable.save(out)
+    print("saved the prompts to", out)
     reloaded = make_trainable(build_chain(model)).load(out)
     print("reloaded prompt matches:", reloaded.parameters()[0].data == system.data)
 

@@ -197,8 +197,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> Path:
         >>> from afnio_langchain.train import TrainingState, load_checkpoint, save_checkpoint
         >>> state = TrainingState(fingerprint={}, roles=["system prompt"], initial_values=["Hi."],
         ...                       values=["Hello."], best_values=["Hello."])
-        >>> path = save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "checkpoint.json", state)
-        >>> load_checkpoint(path).values
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_checkpoint(pathlib.Path(folder) / "checkpoint.json", state)
+        ...     load_checkpoint(path).values
         ['Hello.']
     """
     target = Path(path)
@@ -250,9 +251,9 @@ def run_lock(checkpoint: str | os.PathLike[str]) -> Iterator[None]:
     Example:
         >>> import pathlib, tempfile
         >>> from afnio_langchain.train import run_lock
-        >>> checkpoint = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.json"
-        >>> with run_lock(checkpoint):
-        ...     pass  # train here: another process resuming this run is refused
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     with run_lock(pathlib.Path(folder) / "checkpoint.json"):
+        ...         pass  # train here: another process resuming this run is refused
     """
     path = Path(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)

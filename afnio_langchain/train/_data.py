@@ -43,9 +43,10 @@ class Dataset(Sequence[Example]):
     Example:
         >>> import pathlib, tempfile
         >>> from afnio_langchain.train import load_dataset
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "qa.jsonl"
-        >>> _ = path.write_text('{"question": "2+2?", "answer": "4"}\\n\\n{"question": "3+3?"}\\n')
-        >>> data = load_dataset(path)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "qa.jsonl"
+        ...     _ = path.write_text('{"question": "2+2?", "answer": "4"}\\n\\n{"question": "3+3?"}\\n')
+        ...     data = load_dataset(path)  # read at once: the folder may go
         >>> len(data), data[0]["answer"], data.line_numbers
         (2, '4', (1, 3))
         >>> data.require(["question", "answer"])

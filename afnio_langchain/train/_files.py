@@ -47,8 +47,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     Example:
         >>> import tempfile, pathlib
         >>> from afnio_langchain.train._files import atomic_write_bytes
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
-        >>> atomic_write_bytes(folder / "a.txt", b"hello").read_bytes()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     atomic_write_bytes(pathlib.Path(folder) / "a.txt", b"hello").read_bytes()
         b'hello'
     """
     target = Path(path)
@@ -127,10 +127,11 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     Example:
         >>> import pathlib, tempfile
         >>> from afnio_langchain.train._files import exclusive_lock
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.lock"
-        >>> with exclusive_lock(path):
-        ...     with exclusive_lock(path):  # the same process may take it again
-        ...         "locked"
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "run.lock"
+        ...     with exclusive_lock(path):
+        ...         with exclusive_lock(path):  # the same process may take it again
+        ...             "locked"
         'locked'
     """
     key = os.path.realpath(path)

@@ -47,6 +47,7 @@ def test_make_trainable_example_offline_trains_saves_and_exports(tmp_path):
     assert "accuracy before (scripted model): 0%" in lines
     assert "epoch 2: 0 of 2 answers need feedback" in lines
     assert "reloaded prompt matches: True" in lines
+    assert f"saved the prompts to {out}" in lines
     assert "accuracy after (scripted model): 100%" in lines
     assert any(line.startswith("new prompt (hand-written in LEARNED_RULE, not learned):") for line in lines)
     assert any(line.startswith("served chain returns a str (True)") for line in lines)

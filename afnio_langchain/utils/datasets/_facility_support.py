@@ -43,14 +43,15 @@ class FacilitySupport(Dataset):
     Example:
         >>> import json, pathlib, tempfile
         >>> from afnio_langchain.utils.datasets import FacilitySupport
-        >>> root = pathlib.Path(tempfile.mkdtemp())
-        >>> (root / "FacilitySupport" / "raw").mkdir(parents=True)
         >>> rows = [{"fields": {"input": f"The lift is broken ({i})."},
         ...          "answer": json.dumps({"urgency": "high", "sentiment": "negative",
         ...                                "categories": {"maintenance": True}})}
         ...         for i in range(10)]
-        >>> _ = (root / "FacilitySupport" / "raw" / "dataset.json").write_text(json.dumps(rows))
-        >>> train = FacilitySupport("train", root=root, download=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     raw = pathlib.Path(folder) / "FacilitySupport" / "raw"
+        ...     raw.mkdir(parents=True)
+        ...     _ = (raw / "dataset.json").write_text(json.dumps(rows))
+        ...     train = FacilitySupport("train", root=folder, download=False)
         >>> message, (urgency, sentiment, categories) = train[0]
         >>> len(train), sentiment.data, sentiment.role
         (3, 'negative', 'output sentiment')
