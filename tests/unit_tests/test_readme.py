@@ -40,3 +40,17 @@ def test_readme_engine_example_runs_as_written(capsys):
         "['Ciao', 'Hola']",
         "The system instruction should enforce the use of capital letters only.",
     ]
+
+
+def test_readme_performance_section_is_the_headline_of_docs_performance():
+    """The README's figures are the ones docs/performance.md gives, not an older copy:
+    its Performance section is the doc's headline part, word for word (the doc's
+    round-by-round sections stay in the doc)."""
+    doc = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    headline = doc.split("### What the measurements changed", 1)[0]
+    headline = "\n".join(
+        line for line in headline.splitlines() if not line.startswith("<!-- For the README")
+    )
+    section = "## Performance" + README.split("\n## Performance", 1)[1].split("\n## ", 1)[0]
+    assert " ".join(section.split()) == " ".join(headline.split())
+    assert "### Round" not in section and "(docs/performance.md)" in section
