@@ -109,8 +109,11 @@ def _build(obj: Any, model: str | None) -> ModelClient:
 
         if model is None:
             raise TypeError(
-                "an openai client needs a model name: pass model='gpt-4o-mini' "
-                "(or wrap it yourself: OpenAIClient(client, model='...'))"
+                "an openai client needs a model name: wrap it, "
+                "OpenAIClient(client, model='gpt-4o-mini') (from afnio_langchain.models), which "
+                "works wherever a model is taken; or name it beside the client: "
+                "model='gpt-4o-mini' in a ChatCompletion call or a ChatCompletionRunnable's "
+                "completion arguments, model_name='gpt-4o-mini' in set_backward_model and TGD"
             )
         return OpenAIClient(obj, model=model)
     if _is_dspy_lm(obj):

@@ -120,8 +120,7 @@ async def agenerate_unobserved(
     ``_agenerate``, with the response metadata merged as ``_agenerate_with_cache`` does.
 
     Call only where :func:`is_unobserved` holds."""
-    params = dict(params)
-    stop = params.pop("stop", None)
+    stop, params = _model_call_params(params)
     return _reply_message(await agenerate_in_loop(model, messages, stop, params))
 
 
@@ -141,8 +140,7 @@ async def complete_unobserved(
     Call only where :func:`is_unobserved` holds."""
     if not runs_base_agenerate(type(model)):
         return None
-    params = dict(params)
-    stop = params.pop("stop", None)
+    stop, params = _model_call_params(params)
     payload = plain_payload(model, messages, stop, params)  # None for the Responses API
     if payload is None:
         return None
@@ -155,6 +153,18 @@ async def complete_unobserved(
     if not _reads_as_plain(body):  # where langchain-openai raises, or reads it otherwise
         return to_completion(reply())
     return DeferredRawCompletion.of(completion_from(body, default_model), reply)
+
+
+_RUN_ONLY_PARAMS = ("ls_structured_output_format", "structured_output_format")
+"""Call keywords the run takes for its tracing metadata and never passes to the model's
+``_agenerate`` (``with_structured_output`` binds one): sent on, they would reach the
+provider as unknown request fields."""
+
+
+def _model_call_params(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(stop, keywords)`` as ``agenerate`` hands them to ``_agenerate``."""
+    params = {k: v for k, v in params.items() if k not in _RUN_ONLY_PARAMS}
+    return params.pop("stop", None), params
 
 
 def _reads_as_plain(body: Any) -> bool:

@@ -230,6 +230,43 @@ def split_chat_model(
     return model, {**kwargs, **step.kwargs}, rewrap
 
 
+TOOL_KEYWORDS = ("tools", "functions")
+"""Bound call keywords that make a chat model answer with tool calls (``bind_tools``,
+``with_structured_output``'s default ``function_calling``)."""
+
+
+def check_text_reply(kwargs: dict[str, Any]) -> None:
+    """Refuse a model bound to tools: its reply is a tool call, not text, and a
+    trainable step's output is the reply's text (the tool call would be lost).
+
+    Raises:
+        ValueError: Says what to use instead.
+    """
+    bound = [k for k in TOOL_KEYWORDS if kwargs.get(k)]
+    if bound:
+        raise ValueError(
+            f"make_trainable: the chat model after a prompt is bound to {bound[0]} "
+            "(bind_tools, or with_structured_output's default method='function_calling'): "
+            "it answers with tool calls, not text, and a trainable step's output is text. "
+            "For a tool-calling agent use TrainableAgent or TrainablePromptMiddleware "
+            "(docs/agents.md); for structured output use "
+            "with_structured_output(schema, method='json_schema') or a JsonOutputParser"
+        )
+
+
+def is_refusal_check(step: Any) -> bool:
+    """Whether ``step`` is the check langchain-openai's ``with_structured_output`` puts
+    between the model and its parser (``RunnableGenerator(_check_refusal)``): it reads
+    the reply message's refusal and content filter, which a trainable step's text
+    output does not carry."""
+    transform = getattr(step, "_transform", None)
+    return (
+        type(step).__name__ == "RunnableGenerator"
+        and getattr(transform, "__name__", "") == "_check_refusal"
+        and getattr(transform, "__module__", "").startswith("langchain_openai")
+    )
+
+
 def trainable_step(
     prompt: TrainablePrompt,
     model: BaseChatModel,

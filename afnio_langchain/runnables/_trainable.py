@@ -10,13 +10,20 @@ from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.base import RunnableSequence
+from langchain_core.runnables.configurable import (
+    DynamicRunnable,
+    RunnableConfigurableAlternatives,
+)
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.runnables._children import replace_children
 from afnio_langchain.runnables._convert import (
     TrainablePrompt,
+    check_text_reply,
     convert_template,
+    is_refusal_check,
     split_chat_model,
     trainable_step,
 )
@@ -205,25 +212,84 @@ class _Converter:
             return self.convert_sequence(runnable)
         return replace_children(runnable, self.convert)
 
+    def convert_pair(self, template: ChatPromptTemplate, model_step: Any) -> Runnable | None:
+        """The trainable step standing for ``template | model_step``; None when
+        ``model_step`` is not a chat model. A model with fallbacks or configurable
+        alternatives gives the same around one trainable step per model, all sharing
+        the template's Variables (whichever model answers, feedback reaches them)."""
+        known = id(template) in self.prompts
+        pair = self._pair(template, model_step)
+        if pair is None and not known:  # a fallback that is no chat model: nothing trains
+            self.prompts.pop(id(template), None)
+        return pair
+
+    def _pair(self, template: ChatPromptTemplate, model_step: Any) -> Runnable | None:
+        split = split_chat_model(model_step)
+        if split is not None:
+            chat_model, kwargs, rewrap = split
+            check_text_reply(kwargs)
+            prompt = self.prompt_for(template)
+            return rewrap(trainable_step(prompt, chat_model, kwargs, self.backward_model))
+        if isinstance(model_step, RunnableWithFallbacks):
+            options = [self._pair(template, m) for m in (model_step.runnable, *model_step.fallbacks)]
+            if any(option is None for option in options):
+                return None
+            return model_step.model_copy(update={"runnable": options[0], "fallbacks": options[1:]})
+        if isinstance(model_step, RunnableConfigurableAlternatives):
+            default = self._pair(template, model_step.default)
+            alternatives = {
+                key: self._pair(template, alt) if isinstance(alt, Runnable) else None
+                for key, alt in model_step.alternatives.items()
+            }
+            if default is None or any(alt is None for alt in alternatives.values()):
+                return None
+            return model_step.model_copy(update={"default": default, "alternatives": alternatives})
+        if isinstance(model_step, DynamicRunnable) and split_chat_model(model_step.default):
+            raise ValueError(
+                "make_trainable: configurable_fields on the chat model after a prompt is not "
+                "supported (its fields set the model's attributes, which a trainable step "
+                "does not have); make the whole chain configurable, or pass the value as a "
+                "call argument with model.bind(...)"
+            )
+        return None
+
     def convert_sequence(self, sequence: RunnableSequence) -> Any:
         steps, out, i = sequence.steps, [], 0
         while i < len(steps):
             step = steps[i]
-            model = split_chat_model(steps[i + 1]) if i + 1 < len(steps) else None
-            if not isinstance(step, ChatPromptTemplate) or model is None:
+            pair = None
+            if isinstance(step, ChatPromptTemplate) and i + 1 < len(steps):
+                pair = self.convert_pair(step, steps[i + 1])
+            if pair is None:
                 out.append(self.convert(step))
                 i += 1
                 continue
-            chat_model, kwargs, rewrap = model
-            prompt = self.prompt_for(step)
-            out.append(rewrap(trainable_step(prompt, chat_model, kwargs, self.backward_model)))
+            out.append(pair)
             i += 2
+            if i < len(steps) and is_refusal_check(steps[i]):
+                # Left out while training (the export keeps it): a refusal or a filtered
+                # reply comes back as empty text, which the parser after it rejects.
+                i += 1
+                _check_parses_text(steps[i] if i < len(steps) else None)
             if i < len(steps) and isinstance(steps[i], BaseOutputParser):
                 out.append(_differentiable_parser(steps[i]))
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence
         return out[0] if len(out) == 1 else sequence_of(out, sequence.name)
+
+
+def _check_parses_text(step: Any) -> None:
+    """After langchain-openai's refusal check: refuse its parser of a pydantic schema,
+    which reads the reply message's ``parsed`` field and returns a model object."""
+    if step is not None and not isinstance(step, BaseOutputParser):
+        raise ValueError(
+            "make_trainable: with_structured_output(<pydantic model>, method='json_schema') "
+            "through ChatOpenAI returns a pydantic object read from the reply message, which "
+            "a trainable step (whose output is text) does not carry; pass the schema as a "
+            "TypedDict or a JSON schema dict (its parser is a JsonOutputParser), or end the "
+            "chain with a JsonOutputParser"
+        )
 
 
 def _differentiable_parser(parser: BaseOutputParser) -> Runnable:
@@ -242,9 +308,10 @@ def make_trainable(
     """Make the prompts of an existing LangChain chain trainable.
 
     Finds each ``ChatPromptTemplate`` directly followed by a chat model (possibly
-    wrapped by ``bind``, ``with_config`` or ``with_retry``), anywhere in sequences,
-    parallels, ``RunnablePassthrough.assign``, bindings, fallbacks, branches and
-    configurable runnables, and replaces the pair by a :class:`ChatCompletionRunnable`
+    wrapped by ``bind``, ``with_config`` or ``with_retry``, or with fallbacks or
+    configurable alternatives of its own), anywhere in sequences, parallels,
+    ``RunnablePassthrough.assign``, bindings, fallbacks, branches and configurable
+    runnables, and replaces the pair by a :class:`ChatCompletionRunnable`
     whose system messages are trainable Variables. The output parser right after the
     pair becomes its differentiable counterpart (``StrOutputParser``, JSON parsers, text
     parsers). Templates keep their own input variables; text an optimizer writes is
@@ -260,7 +327,8 @@ def make_trainable(
     Raises:
         ValueError: No prompt + chat model pair with a message of ``roles`` was found,
             or a pair cannot be converted (chat-history placeholders, mustache/jinja2
-            templates, a parser that does not return text); the message says which.
+            templates, a parser that does not return text, a model bound to tools,
+            ``configurable_fields`` on the model); the message says which.
 
     Example:
         >>> from langchain_core.output_parsers import StrOutputParser

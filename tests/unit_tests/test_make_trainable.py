@@ -295,3 +295,132 @@ def test_load_rejects_other_files(tmp_path):
         chain.load_state_dict({**state, "version": 99})
     with pytest.raises(ValueError, match="holds 0 value"):
         chain.load_state_dict({**state, "prompts": []})
+
+
+# ------------------------------------------------- ChatOpenAI's with_structured_output
+# Written from langchain-openai's own with_structured_output (1.8): the model bound with
+# response_format and ls_structured_output_format, then RunnableGenerator(_check_refusal)
+# and the parser. Found by an app written from LangChain's structured-output guide.
+
+
+def _person_replies(body):
+    from afnio_langchain.testing import default_responder
+
+    if (body.get("response_format") or {}).get("type") in ("json_schema", "json_object") and not any(
+        "feedback" in str(m.get("content")) for m in body.get("messages", [])
+    ):
+        return json.dumps({"name": "ada", "age": 36})
+    return default_responder(body)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "json_mode"])
+def test_chat_openai_with_structured_output_trains_and_sends_only_api_fields(method):
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import ChatOpenAI
+    from typing_extensions import TypedDict
+
+    from afnio_langchain.testing import OpenAICompatServer
+
+    class Person(TypedDict):
+        name: str
+        age: int
+
+    with OpenAICompatServer(_person_replies) as server:
+        llm = ChatOpenAI(model="fake-model", base_url=server.base_url, api_key="sk-test")
+        prompt = ChatPromptTemplate.from_messages([("system", "Extract the person."), ("human", "{text}")])
+        chain = prompt | llm.with_structured_output(Person, method=method)
+        trainable = make_trainable(chain, backward_model=llm)
+        person = trainable.invoke({"text": "ada, 36"})
+        assert {k: v.data for k, v in person.items()} == {"name": "ada", "age": "36"}
+        sent = server.requests[-1]
+        assert set(sent) == {"model", "messages", "response_format"}  # no LangChain tracing field
+        person["name"].backward("Capitalize the name.")
+        (system,) = trainable.parameters()
+        assert system.grad and system.grad[0].data
+        assert trainable.to_langchain().invoke({"text": "ada, 36"}) == {"name": "ada", "age": 36}
+
+
+def test_chat_openai_with_structured_output_of_a_pydantic_model_says_what_to_use():
+    pytest.importorskip("langchain_openai")
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+
+    llm = ChatOpenAI(model="fake-model", base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+    chain = qa_prompt() | llm.with_structured_output(Person, method="json_schema")
+    with pytest.raises(ValueError, match="returns a pydantic object.*TypedDict or a JSON schema"):
+        make_trainable(chain)
+
+
+def test_a_model_bound_to_tools_is_refused_not_trained_on_an_empty_text():
+    from langchain_core.tools import tool
+
+    from afnio_langchain.testing import ToolCallingChatModel
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two ints."""
+        return a + b
+
+    model = ToolCallingChatModel(turns=[{"name": "add", "args": {"a": 1, "b": 2}}])
+    for chain in (
+        qa_prompt() | model.bind_tools([add]),
+        qa_prompt() | ScriptedChatModel(forward="x").with_structured_output(add.args_schema),
+    ):
+        with pytest.raises(ValueError, match="bound to tools.*TrainableAgent"):
+            make_trainable(chain)
+
+
+# ------------------------------------- a model with fallbacks or configurable alternatives
+# LangChain's documented ways to wrap the model itself: prompt | llm.with_fallbacks([...]),
+# prompt | llm.configurable_alternatives(...). Found by apps written from its how-to guides.
+
+
+def _down(request):
+    raise ConnectionError("primary is down")
+
+
+def test_a_model_with_fallbacks_trains_one_prompt_whichever_model_answers():
+    primary = ScriptedChatModel(forward="Paris", feedback="Name the country.", model_name="primary")
+    backup = ScriptedChatModel(forward="Paris, France", feedback="Shorter.", model_name="backup")
+    set_backward_model(primary)
+    chain = qa_prompt() | primary.with_fallbacks([backup]) | StrOutputParser()
+    trainable = make_trainable(chain)
+    (system,) = trainable.parameters()
+    trainable.invoke({"question": "Capital of France?"}).backward("Too short.")
+    assert len(system.grad) == 1 and primary.calls and not backup.calls
+
+    broken = ScriptedChatModel(forward=_down, model_name="primary")
+    failing = make_trainable(qa_prompt() | broken.with_fallbacks([backup]) | StrOutputParser())
+    answer = failing.invoke({"question": "Capital of France?"})
+    assert answer.data == "Paris, France"  # the backup answered
+    answer.backward("Just the city.")
+    assert len(failing.parameters()) == 1 and failing.parameters()[0].grad
+    exported = trainable.to_langchain()
+    assert exported.invoke({"question": "Capital of France?"}) == "Paris"
+    assert type(exported.steps[1]).__name__ == "RunnableWithFallbacks"
+
+
+def test_configurable_alternatives_of_the_model_train_the_same_prompt():
+    from langchain_core.runnables import ConfigurableField
+
+    primary = ScriptedChatModel(forward="Paris", feedback="f1", model_name="primary")
+    backup = ScriptedChatModel(forward="Paris, France", feedback="f2", model_name="backup")
+    set_backward_model(primary)
+    model = primary.configurable_alternatives(ConfigurableField(id="llm"), default_key="primary", backup=backup)
+    trainable = make_trainable(qa_prompt() | model | StrOutputParser())
+    config = {"configurable": {"llm": "backup"}}
+    answer = trainable.invoke({"question": "Capital of France?"}, config)
+    assert answer.data == "Paris, France" and backup.calls and not primary.calls
+    answer.backward("Just the city.")
+    assert len(trainable.parameters()) == 1 and trainable.parameters()[0].grad
+
+
+def test_configurable_fields_on_the_model_say_what_to_do_instead():
+    from langchain_core.runnables import ConfigurableField
+
+    model = ScriptedChatModel(forward="x").configurable_fields(temperature=ConfigurableField(id="t"))
+    with pytest.raises(ValueError, match="configurable_fields on the chat model"):
+        make_trainable(qa_prompt() | model)

@@ -640,3 +640,26 @@ def test_stop_wakes_sleeping_handlers_and_leaves_no_threads():
         caller.join(5)
         assert not caller.is_alive()
     assert len(outcomes) == 4 and 200 not in outcomes  # none was answered
+
+
+def test_an_unnamed_openai_client_error_gives_routes_that_work_where_it_was_raised(openai_server):
+    """The hint once said model='...' everywhere, which set_backward_model refuses as a
+    second value for its first argument. Each route it names now works where it is named
+    (found by an app written from the openai client's documentation)."""
+    from afnio_langchain import Variable, set_backward_model
+    from afnio_langchain.autodiff import ChatCompletion
+    from afnio_langchain.models import OpenAIClient
+    from afnio_langchain.optim import TGD
+
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="sk-test")
+    with pytest.raises(TypeError, match=r"OpenAIClient\(client, model=.*model_name=") as info:
+        set_backward_model(client)
+    assert "set_backward_model and TGD" in str(info.value)
+    wrapped = OpenAIClient(client, model="fake-model")
+    set_backward_model(wrapped)
+    set_backward_model(client, model_name="fake-model")
+    TGD([Variable("x", requires_grad=True)], model=wrapped)
+    TGD([Variable("x", requires_grad=True)], model=client, model_name="fake-model")
+    messages = [{"role": "user", "content": [Variable("hi")]}]
+    assert ChatCompletion.apply(client, messages, model="fake-model").data == "echo: hi"
+    set_backward_model(None)

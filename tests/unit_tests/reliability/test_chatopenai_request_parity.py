@@ -19,6 +19,7 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
+from typing_extensions import TypedDict
 
 from afnio_langchain.models import JsonSchema, LangChainChatModelClient
 from afnio_langchain.models._lean_completions import LeanChatClient
@@ -30,13 +31,15 @@ MESSAGES = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is 2 + 2?"},
 ]
-# Headers that differ by nature from one request to the next, and openai's marker of its
-# with_raw_response wrapper (bookkeeping of the SDK, which the raw request API has no use for).
+# Headers that differ by nature from one request to the next, and openai's markers of its
+# with_raw_response wrapper and of its parse helper (ChatOpenAI's route for a
+# response_format): bookkeeping of the SDK, which the raw request API has no use for.
 VOLATILE_HEADERS = {
     "content-length",
     "x-stainless-retry-count",
     "x-stainless-read-timeout",
     "x-stainless-raw-response",
+    "x-stainless-helper-method",
 }
 
 
@@ -78,8 +81,28 @@ def _direct_and_through_package(
     return server.requests[0], reused
 
 
+def _without_default_stream(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without ``"stream": false``, the API's default, which openai's ``parse``
+    (ChatOpenAI's route for a ``response_format``) writes out and a plain request leaves
+    out."""
+    return {k: v for k, v in body.items() if not (k == "stream" and v is False)}
+
+
 def _headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k not in VOLATILE_HEADERS}
+
+
+class Person(TypedDict):
+    name: str
+
+
+def _structured_output_kwargs(method: str) -> dict[str, Any]:
+    """What ``ChatOpenAI.with_structured_output(..., method=method)`` binds to the model
+    (``make_trainable`` moves a binding's keywords into the completion arguments): among
+    them ``ls_structured_output_format``, which LangChain's run keeps for its traces and
+    never sends."""
+    model = ChatOpenAI(model=MODEL, api_key=KEY)
+    return dict(model.with_structured_output(Person, method=method).first.kwargs)
 
 
 @pytest.mark.parametrize(
@@ -89,12 +112,21 @@ def _headers(request: Request) -> dict[str, str]:
         {"temperature": 0.3, "max_tokens": 50, "stop": ["\n\n"], "seed": 7},
         {"extra_body": {"top_k": 5, "cache_prompt": True}},
         {"extra_headers": {"x-team": "search"}, "extra_query": {"api-version": "2024-10"}},
+        _structured_output_kwargs("json_schema"),
+        _structured_output_kwargs("json_mode"),
     ],
-    ids=["defaults", "sampling", "extra_body", "extra_headers_and_query"],
+    ids=[
+        "defaults",
+        "sampling",
+        "extra_body",
+        "extra_headers_and_query",
+        "with_structured_output_json_schema",
+        "with_structured_output_json_mode",
+    ],
 )
 def test_the_package_sends_what_chat_openai_sends(server, params):
     direct, ours = _direct_and_through_package(server, params)
-    assert ours.body == direct.body
+    assert _without_default_stream(ours.body) == _without_default_stream(direct.body)
     assert ours.path == direct.path
     assert _headers(ours) == _headers(direct)
     assert ours.headers["authorization"] == f"Bearer {KEY}"
