@@ -9,7 +9,7 @@ from typing import Any
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.base import RunnableSequence
+from langchain_core.runnables.base import RunnableLambda, RunnableSequence
 from langchain_core.runnables.configurable import (
     DynamicRunnable,
     RunnableConfigurableAlternatives,
@@ -31,6 +31,7 @@ from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._pipeline import sequence_of
 from afnio_langchain.runnables._prompts_file import load_prompts, prompts_state, save_prompts
 from afnio_langchain.runnables._text_functions import as_differentiable
+from afnio_langchain.runnables._text_lambda import TextLambda
 
 
 class TrainableChain(RunnableSerializable[Any, Any]):
@@ -273,6 +274,9 @@ class _Converter:
                 _check_parses_text(steps[i] if i < len(steps) else None)
             if i < len(steps) and isinstance(steps[i], BaseOutputParser):
                 out.append(_differentiable_parser(steps[i]))
+                i += 1
+            while i < len(steps) and type(steps[i]) is RunnableLambda:
+                out.append(TextLambda(bound=steps[i]))  # given text, as in the original
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence

@@ -424,3 +424,57 @@ def test_configurable_fields_on_the_model_say_what_to_do_instead():
     model = ScriptedChatModel(forward="x").configurable_fields(temperature=ConfigurableField(id="t"))
     with pytest.raises(ValueError, match="configurable_fields on the chat model"):
         make_trainable(qa_prompt() | model)
+
+
+# ------------------------------------------------- the chain's functions after an LLM step
+# In prompt | model | StrOutputParser() | RunnableLambda(f), LangChain gives f a str; the
+# trainable chain gives it text too. Found by an app written from LangChain's LCEL guide.
+
+
+def test_a_function_after_the_parser_gets_text_and_feedback_still_reaches_the_prompt():
+    from afnio_langchain.train import exact_match, fit
+
+    model = ScriptedChatModel(forward="  Paris.  ", feedback="Say the city only.", optimizer="Answer in one word.")
+    chain = qa_prompt() | model | StrOutputParser() | RunnableLambda(lambda s: s.strip().rstrip("."))
+    trainable = make_trainable(chain, backward_model=model)
+    answer = trainable.invoke({"question": "Capital of France?"})
+    assert isinstance(answer, Variable) and answer.data == "Paris"
+    answer.backward("Name the country too.")
+    (system,) = trainable.parameters()
+    assert system.grad and "Say the city only." in system.grad[0].data
+    assert list(trainable.stream({"question": "Capital of France?"}))[-1].data == "Paris"
+    assert trainable.to_langchain().invoke({"question": "Capital of France?"}) == "Paris"
+    data = [{"question": "Capital of France?", "answer": "Rome"}] * 2
+    result = fit(chain, data, data, metric=exact_match, optimizer_model=model, backward_model=model,
+                 epochs=1, batch_size=2, progress=False)
+    (step,) = result.history["steps"]
+    assert step["errors"] == 0 and step["feedback_items"] == 2
+    assert step["params"][0]["gradients"] == 2 and step["params"][0]["new_value"] == "Answer in one word."
+
+
+@pytest.mark.parametrize(
+    ("func", "expected"),
+    [
+        (lambda s: "paris" in s.lower(), True),
+        (lambda s: len(s), 6),
+        (lambda s: s.split(","), ["Paris."]),
+    ],
+    ids=["bool", "number", "list-of-new-text"],
+)
+def test_a_function_after_an_llm_step_returns_what_it_returned_in_the_original(func, expected):
+    model = ScriptedChatModel(forward="Paris.")
+    chain = qa_prompt() | model | StrOutputParser() | RunnableLambda(func)
+    out = make_trainable(chain).invoke({"question": "?"})
+    assert chain.invoke({"question": "?"}) == expected
+    data = [v.data for v in out] if isinstance(out, list) else out.data if isinstance(out, Variable) else out
+    assert data == expected  # text as Variables (a list of them for a list), the rest as is
+
+
+def test_text_handed_on_in_a_dict_keeps_both_llm_steps_in_the_graph():
+    model = ScriptedChatModel(forward="draft text", feedback="Improve it.")
+    set_backward_model(model)
+    final = ChatPromptTemplate.from_messages([("system", "Polish."), ("human", "{draft}")])
+    chain = qa_prompt() | model | StrOutputParser() | RunnableLambda(lambda s: {"draft": s.upper() + "!"}) | final | model
+    trainable = make_trainable(chain)
+    trainable.invoke({"question": "?"}).backward("Too long.")
+    assert all(p.grad for p in trainable.parameters()) and len(trainable.parameters()) == 2

@@ -1,0 +1,164 @@
+"""A chain's own function after an LLM step, given text as in the original chain.
+
+In ``prompt | model | StrOutputParser() | RunnableLambda(f)`` LangChain hands ``f`` a
+``str``. Once ``make_trainable`` has made the LLM step trainable, the step returns a
+Variable; ``f`` gets it as text again (:class:`LinkedText`, a ``str`` that remembers its
+Variable), so ``s.strip()``, ``"x" in s`` or ``len(s)`` work as before. Its result is
+linked back into the graph:
+
+* the text itself, anywhere in a dict, list or tuple (``{"draft": s}``) -> its Variable,
+  so a next trainable step gets the Variable and feedback reaches both;
+* new text or a number (``s.strip()``), or new text in a dict, list or tuple
+  (``{"draft": s.upper()}``) -> a Variable made from the input by ``TextTransform``:
+  feedback on it goes back to the input, saying which function the text went through;
+* anything else (a bool, None, an object) -> as the function returned it.
+
+Only a single Variable, or a dict, list or tuple of them, is given as text; a minibatch
+Variable (a list input) passes through as a Variable, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
+from pydantic import ConfigDict
+
+from afnio_langchain.autodiff import TextTransform, Variable
+
+
+class LinkedText(str):
+    """Text of a Variable, as a plain ``str``; ``.variable`` is the Variable.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables._text_lambda import LinkedText
+        >>> reply = Variable("  Paris.  ", role="answer")
+        >>> text = LinkedText.of(reply)
+        >>> text.strip(), text.variable is reply, isinstance(text, str)
+        ('Paris.', True, True)
+    """
+
+    variable: Variable
+
+    @classmethod
+    def of(cls, variable: Variable) -> LinkedText:
+        text = cls(variable.data)
+        text.variable = variable
+        return text
+
+
+def _as_text(value: Any) -> tuple[Any, Variable | None]:
+    """``value`` with its single Variables as :class:`LinkedText`, and the one Variable
+    new text can be linked to (None unless ``value`` is a single Variable)."""
+    if isinstance(value, Variable):
+        return (value, None) if value.is_batched else (LinkedText.of(value), value)
+    if isinstance(value, dict):
+        return {k: _as_text(v)[0] for k, v in value.items()}, None
+    if type(value) in (list, tuple):
+        return type(value)(_as_text(v)[0] for v in value), None
+    return value, None
+
+
+def _relinked(result: Any, link: Any) -> Any:
+    """``result`` with every :class:`LinkedText` in it (and in its dicts, lists and
+    tuples) replaced by its Variable, and, with ``link``, every other string in a dict,
+    list or tuple by ``link(string)``."""
+    if isinstance(result, LinkedText):
+        return result.variable
+    if isinstance(result, dict):
+        return {k: _relinked_item(v, link) for k, v in result.items()}
+    if type(result) in (list, tuple):
+        return type(result)(_relinked_item(v, link) for v in result)
+    return result
+
+
+def _relinked_item(item: Any, link: Any) -> Any:
+    if link is not None and type(item) is str:
+        return link(item)
+    return _relinked(item, link)
+
+
+def _is_new_text(result: Any) -> bool:
+    return not isinstance(result, (bool, LinkedText)) and isinstance(result, (str, int, float))
+
+
+class TextLambda(RunnableSerializable[Any, Any]):
+    """Runs a ``RunnableLambda`` of the original chain on text (see the module doc);
+    ``make_trainable`` puts it around the chain's functions after an LLM step.
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables._text_lambda import TextLambda
+        >>> reply = Variable("  Paris.  ", role="answer", requires_grad=True)
+        >>> tidy = TextLambda(bound=RunnableLambda(lambda s: s.strip().rstrip(".")))
+        >>> answer = tidy.invoke(reply)
+        >>> answer.data, answer.role
+        ('Paris', 'answer (after a function of the chain)')
+        >>> answer.backward("Name the country too.")
+        >>> reply.grad[0].data
+        'Feedback on the result of a function of the chain applied to this text: Name the country too.'
+        >>> TextLambda(bound=RunnableLambda(lambda s: {"draft": s})).invoke(reply)["draft"] is reply
+        True
+    """
+
+    bound: RunnableLambda
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        return self.bound.get_name(suffix, name=name)
+
+    def _label(self) -> str:
+        name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
+        return name if name and name != "<lambda>" else "a function of the chain"
+
+    def _linker(self, source: Variable | None) -> Any:
+        if source is None:
+            return None
+        return lambda text: TextTransform.apply(source, lambda _text: text, self._label())
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        text, source = _as_text(input)
+        result = self.bound.invoke(text, config, **kwargs)
+        if source is not None and _is_new_text(result):
+            return TextTransform.apply(source, lambda _text: result, self._label())
+        return _relinked(result, self._linker(source))
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        text, source = _as_text(input)
+        result = await self.bound.ainvoke(text, config, **kwargs)
+        if source is not None and _is_new_text(result):
+            return await TextTransform.aapply(source, lambda _text: result, self._label())
+        return _relinked(result, self._linker(source))
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield self.invoke(_whole(list(input)), config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        yield await self.ainvoke(_whole([chunk async for chunk in input]), config, **kwargs)
+
+
+def _whole(chunks: list[Any]) -> Any:
+    """The whole input of a stream: a differentiable step streams text chunks, then its
+    Variable (the whole value); other streams are added up, as ``RunnableLambda`` does."""
+    final = next((c for c in reversed(chunks) if isinstance(c, Variable)), None)
+    if final is not None:
+        return final
+    whole = None
+    for chunk in chunks:
+        whole = chunk if whole is None else whole + chunk
+    return whole
+
+
+__all__ = ["LinkedText", "TextLambda"]
