@@ -110,25 +110,68 @@ class EvalResult:
         return out
 
 
-def default_input_fn(input_keys: Sequence[str] | None = None, target_key: str | None = None) -> InputFn:
+def takes_a_bare_value(chain: Any) -> bool:
+    """Whether ``chain`` takes one value, not a dict: LangChain's input schema of a
+    chain that starts by handing its whole input on (``{"context": retriever,
+    "question": RunnablePassthrough()} | prompt | ...``) has the single field ``root``.
+
+    Example:
+        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from langchain_core.runnables import RunnablePassthrough
+        >>> from afnio_langchain.train._evaluation import takes_a_bare_value
+        >>> prompt = ChatPromptTemplate.from_messages([("human", "{context} {question}")])
+        >>> rag = {"context": lambda q: "notes", "question": RunnablePassthrough()} | prompt
+        >>> takes_a_bare_value(rag), takes_a_bare_value(prompt)
+        (True, False)
+    """
+    try:
+        schema = chain.get_input_schema().model_json_schema()
+    except Exception:  # a schema LangChain cannot build tells us nothing
+        return False
+    return (
+        isinstance(schema, dict)
+        and schema.get("type") == "object"
+        and schema.get("required") == ["root"]
+        and list(schema.get("properties") or {}) == ["root"]
+    )
+
+
+def default_input_fn(
+    input_keys: Sequence[str] | None = None, target_key: str | None = None, *, bare: bool = False
+) -> InputFn:
     """The chain input of an example: the ``input_keys`` fields, or every field but
-    the target (``target_key``, else the first of the usual target keys present).
+    the target (``target_key``, else the first of the usual target keys present);
+    with ``bare`` (a chain that takes one value, see :func:`takes_a_bare_value`), the
+    value of the one such field.
 
     Example:
         >>> from afnio_langchain.train._evaluation import default_input_fn
         >>> default_input_fn()({"question": "2+2?", "answer": "4"})
         {'question': '2+2?'}
+        >>> default_input_fn(bare=True)({"question": "2+2?", "answer": "4"})
+        '2+2?'
     """
     keys = list(input_keys) if input_keys is not None else None
 
-    def build(example: Example) -> dict[str, Any]:
+    def build(example: Example) -> Any:
         if keys is not None:
             missing = [k for k in keys if k not in example]
             if missing:
                 raise KeyError(f"the example has no key(s) {', '.join(map(repr, missing))}")
-            return {k: example[k] for k in keys}
-        target = target_key or next((k for k in TARGET_KEYS if k in example), None)
-        return {k: v for k, v in example.items() if k != target}
+            fields = {k: example[k] for k in keys}
+        else:
+            target = target_key or next((k for k in TARGET_KEYS if k in example), None)
+            fields = {k: v for k, v in example.items() if k != target}
+        if not bare:
+            return fields
+        if len(fields) != 1:
+            raise ValueError(
+                f"the chain takes one value, not a dict (its input is handed on whole, as "
+                f"by RunnablePassthrough), and the example gives {len(fields)} input fields "
+                f"({', '.join(sorted(fields))}): name the one to pass with input_keys=[...] "
+                "(the CLI's --input-keys)"
+            )
+        return next(iter(fields.values()))
 
     return build
 
@@ -262,7 +305,7 @@ def evaluate(
         >>> result.score, [item.output for item in result.items]
         (0.5, ['A', 'B'])
     """
-    build = input_fn or default_input_fn(input_keys, target_key)
+    build = input_fn or default_input_fn(input_keys, target_key, bare=takes_a_bare_value(chain))
     inputs = chain_inputs(examples, build)
     if max_concurrency is not None:
         with concurrency_limit(max_concurrency):

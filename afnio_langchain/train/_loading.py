@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from afnio_langchain.autodiff import Variable
+from afnio_langchain.train._evaluation import takes_a_bare_value
 
 
 class ChainLoadError(ValueError):
@@ -229,6 +230,8 @@ def chain_input_fields(chain: Any) -> list[str] | None:
         >>> chain_input_fields(ChatPromptTemplate.from_messages([("human", "{q} in {lang}")]))
         ['lang', 'q']
     """
+    if takes_a_bare_value(chain):  # one value, not fields ("root" is LangChain's name for it)
+        return None
     try:
         schema = chain.get_input_schema().model_json_schema()
     except Exception:  # a schema LangChain cannot build tells us nothing

@@ -48,6 +48,22 @@ APP = textwrap.dedent(
         draft = ChatPromptTemplate.from_messages([("system", "Draft an answer."), ("human", "{question}")])
         final = ChatPromptTemplate.from_messages([("system", "Polish the draft."), ("human", "{draft}")])
         return (draft | model | StrOutputParser()) | (lambda text: {"draft": text}) | final | model | StrOutputParser()
+
+    # LangChain's RAG tutorial shape: the chain takes the question itself, not a dict.
+    def rag(model):
+        from langchain_core.runnables import RunnablePassthrough
+
+        prompt = ChatPromptTemplate.from_messages(
+            [("system", "Use the context to answer."), ("human", "Context: {context}\\nQuestion: {question}")])
+        notes = lambda question: "Sums of a number with itself are twice the number."
+        return {"context": notes, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
+
+    # A reply tidied by a function after the parser.
+    def tidied(model):
+        from langchain_core.runnables import RunnableLambda
+
+        prompt = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{question}")])
+        return prompt | model | StrOutputParser() | RunnableLambda(lambda s: s.strip().rstrip("."))
     '''
 )
 
@@ -173,3 +189,23 @@ def test_the_plan_counts_every_llm_step_of_the_chain(app, openai_server, capsys)
     assert made <= estimate
     # The two steps' prompts are trained: one gradient request per step per failed item.
     assert len(report["prompts"]) == 2
+
+
+def test_a_chain_that_takes_the_question_itself_gets_the_question(app, openai_server, capsys):
+    """{"context": retriever, "question": RunnablePassthrough()} | prompt | model: LangChain
+    names its input "root"; the CLI once asked the rows for a field of that name."""
+    assert optimize(app, openai_server, "my_app:rag", "--input-keys", "question") == 0
+    forward = [b for b in openai_server.requests if not required_keys_in(request_text(b))]
+    user = forward[0]["messages"][-1]["content"]
+    assert user.startswith("Context: Sums of") and user.split("Question: ")[1].startswith("What is ")
+    assert main(["evaluate", "--chain", "my_app:rag", "--data", str(app / "val.jsonl"),
+                 "--metric", "exact_match", "--model", spec(openai_server)]) == 0
+    assert "Question: What is 5+5?" in openai_server.requests[-1]["messages"][-1]["content"]
+
+
+def test_a_chain_that_tidies_its_reply_with_a_function_trains(app, openai_server, capsys):
+    assert optimize(app, openai_server, "my_app:tidied") == 0
+    report = json.loads((app / "run" / "report.json").read_text())
+    assert report["usage"]["by_purpose"]["backward"]["calls"] > 0
+    assert report["steps"] and all(step["errors"] == 0 and step["backward_errors"] == 0 for step in report["steps"])
+    assert report["steps"][0]["params"][0]["gradients"] > 0

@@ -201,3 +201,24 @@ def test_resolve_metric_names_and_import_paths():
     with pytest.raises(ValueError, match="needs a model"):
         resolve_metric("judge")
     assert isinstance(resolve_metric("judge", judge_model=ScriptedChatModel(judge="{}")), LMJudge)
+
+
+def test_a_chain_that_takes_one_value_is_given_the_value_or_told_which_field_to_name():
+    """LangChain's RAG shape, {"context": ..., "question": RunnablePassthrough()} | prompt,
+    takes the question itself; fit and evaluate once gave it the row as a dict, which
+    the prompt formatted into the question."""
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    from afnio_langchain.train import evaluate, exact_match
+
+    prompt = ChatPromptTemplate.from_messages([("human", "{context}|{question}")])
+    chain = {"context": lambda q: "notes", "question": RunnablePassthrough()} | prompt | (
+        lambda value: value.messages[0].content
+    )
+    result = evaluate(chain, [{"question": "2+2?", "answer": "notes|2+2?"}], exact_match)
+    assert result.items[0].output == "notes|2+2?" and result.score == 1.0
+    two_fields = [{"question": "2+2?", "topic": "sums", "answer": "x"}]
+    with pytest.raises(ValueError, match="takes one value.*input_keys"):
+        evaluate(chain, two_fields, exact_match)
+    assert evaluate(chain, two_fields, exact_match, input_keys=["question"]).items[0].output == "notes|2+2?"
