@@ -27,6 +27,7 @@ from afnio_langchain.train import (
     load_chain,
     load_checkpoint,
     load_dataset,
+    model_parameter,
     parse_model_spec,
     require_key,
     resolve_metric,
@@ -133,13 +134,9 @@ class Target:
 
     @property
     def takes_model(self) -> bool:
-        """A factory with a ``model`` parameter (one without builds its own model)."""
-        import inspect
-
-        try:
-            return self.is_factory and "model" in inspect.signature(self.obj).parameters
-        except (TypeError, ValueError):
-            return False
+        """A factory that takes the chat model (``model``, or its one required
+        parameter); one without builds its own model."""
+        return self.is_factory and model_parameter(self.obj) is not None
 
 
 def import_chain(spec: str) -> Target:

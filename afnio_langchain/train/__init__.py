@@ -34,6 +34,7 @@ from afnio_langchain.train._loading import (
     count_llm_steps,
     import_object,
     load_chain,
+    model_parameter,
     trainable_chain,
 )
 from afnio_langchain.train._metrics import LMJudge, resolve_metric
@@ -98,6 +99,7 @@ __all__ = [
     "load_chain",
     "load_checkpoint",
     "load_dataset",
+    "model_parameter",
     "parse_model_spec",
     "require_key",
     "resolve_metric",

@@ -93,11 +93,35 @@ def _is_runnable(obj: Any) -> bool:
     return isinstance(obj, Runnable)
 
 
+def model_parameter(factory: Any) -> str | None:
+    """The parameter of a chain factory that takes the chat model: ``model`` when it
+    has one, else its one required parameter (``def build(llm): ...``); None when it
+    takes neither (it builds its own model).
+
+    Example:
+        >>> from afnio_langchain.train._loading import model_parameter
+        >>> def build(llm, *, temperature=0.0): ...
+        >>> def own(): ...
+        >>> model_parameter(build), model_parameter(own), model_parameter(lambda model=None: 0)
+        ('llm', None, 'model')
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if "model" in parameters:
+        return "model"
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [p.name for p in parameters.values() if p.kind in kinds and p.default is p.empty]
+    return required[0] if len(required) == 1 else None
+
+
 def load_chain(spec: str | Any, model: Any = None) -> Any:
     """The chain to train: a Runnable, or a factory (a function) returning one.
 
-    A factory is called with ``model=model`` when a model is given (its signature
-    must take ``model``), else with no arguments.
+    A factory is called with the model (as its ``model`` parameter, or its one required
+    parameter: see :func:`model_parameter`) when a model is given, else with no
+    arguments.
 
     Raises:
         ChainLoadError: The spec cannot be imported, is neither a Runnable nor a
@@ -113,17 +137,14 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
             )
         return obj
     if callable(obj):
-        if model is not None:
-            try:
-                accepts = "model" in inspect.signature(obj).parameters
-            except (TypeError, ValueError):
-                accepts = False
-            if not accepts:
-                raise ChainLoadError(
-                    f"the chain factory {name} takes no model= argument, but a forward model was given"
-                )
+        parameter = model_parameter(obj) if model is not None else None
+        if model is not None and parameter is None:
+            raise ChainLoadError(
+                f"the chain factory {name} takes no model argument (a parameter named model, "
+                "or one required parameter), but a forward model was given"
+            )
         try:
-            chain = obj(model=model) if model is not None else obj()
+            chain = obj(**{parameter: model}) if parameter is not None else obj()
         except Exception as exc:
             raise ChainLoadError(_raised(f"the chain factory {name}", exc)) from exc
         if not _is_runnable(chain):

@@ -58,6 +58,11 @@ APP = textwrap.dedent(
         notes = lambda question: "Sums of a number with itself are twice the number."
         return {"context": notes, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
 
+    # A factory whose parameter is not called model.
+    def with_llm(llm):
+        received.append(type(llm).__name__)
+        return ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{question}")]) | llm
+
     # A reply tidied by a function after the parser.
     def tidied(model):
         from langchain_core.runnables import RunnableLambda
@@ -209,3 +214,10 @@ def test_a_chain_that_tidies_its_reply_with_a_function_trains(app, openai_server
     assert report["usage"]["by_purpose"]["backward"]["calls"] > 0
     assert report["steps"] and all(step["errors"] == 0 and step["backward_errors"] == 0 for step in report["steps"])
     assert report["steps"][0]["params"][0]["gradients"] > 0
+
+
+def test_a_factory_whose_model_parameter_has_another_name_gets_the_model(app, openai_server):
+    assert optimize(app, openai_server, "my_app:with_llm") == 0
+    import my_app
+
+    assert my_app.received == ["ChatOpenAI"]

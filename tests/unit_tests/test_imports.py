@@ -330,6 +330,7 @@ EXPECTED_ALL = {
         "load_chain",
         "load_checkpoint",
         "load_dataset",
+        "model_parameter",
         "parse_model_spec",
         "require_key",
         "resolve_metric",
