@@ -157,6 +157,14 @@ def convert_template(template: ChatPromptTemplate, roles: Sequence[str]) -> Trai
             partial variable given as a function.
     """
     converted = TrainablePrompt(template=template)
+    for index, message in enumerate(template.messages):  # ("placeholder", ...) has a list partial
+        if isinstance(message, MessagesPlaceholder):
+            raise ValueError(
+                f"make_trainable: message {index} of the prompt template is a "
+                f"MessagesPlaceholder ({message.variable_name!r}, also written "
+                '("placeholder", "{...}")); chat history placeholders are not supported in '
+                "trainable steps"
+            )
     for name, value in template.partial_variables.items():
         if not isinstance(value, str):
             raise ValueError(
@@ -166,11 +174,6 @@ def convert_template(template: ChatPromptTemplate, roles: Sequence[str]) -> Trai
         converted.defaults[name] = value
     for index, message in enumerate(template.messages):
         where = f"make_trainable: message {index} of the prompt template"
-        if isinstance(message, MessagesPlaceholder):
-            raise ValueError(
-                f"{where} is a MessagesPlaceholder ({message.variable_name!r}); chat history "
-                "placeholders are not supported in trainable steps"
-            )
         role = _role_of(message)
         if isinstance(message, BaseMessage):
             if not isinstance(message.content, str):

@@ -187,6 +187,11 @@ async def test_async_batch_and_stream_of_a_trainable_chain():
             "MessagesPlaceholder",
         ),
         (
+            ChatPromptTemplate.from_messages([("system", "s"), ("placeholder", "{history}"), ("human", "{q}")])
+            | ScriptedChatModel(forward="x"),
+            r"MessagesPlaceholder \('history', also written",
+        ),
+        (
             ChatPromptTemplate.from_messages(
                 [("system", "s {{x}}"), ("human", "{{q}}")], template_format="mustache"
             )
@@ -198,7 +203,7 @@ async def test_async_batch_and_stream_of_a_trainable_chain():
             "cannot run on Variables",
         ),
     ],
-    ids=["no-pair", "no-system", "placeholder", "mustache", "list-parser"],
+    ids=["no-pair", "no-system", "placeholder", "placeholder-shorthand", "mustache", "list-parser"],
 )
 def test_chains_that_cannot_be_converted_say_why(chain, message):
     with pytest.raises(ValueError, match=message):
