@@ -11,7 +11,9 @@ a LangChain ``BaseChatModel``, an ``openai`` client or a
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace as dataclass_replace
 from typing import Any
 
 from afnio_langchain.dspy._compat import require_dspy
@@ -162,6 +164,38 @@ def completion_to_response(completion: Completion, model: str) -> lm15.Response:
     )
 
 
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
+
+
+def replay_events(response: lm15.Response) -> Iterator[Any]:
+    """The finished ``response`` as lm15 stream events, its text one word at a time.
+
+    DSPy's ``StreamListener`` finds a field's start and end markers across chunks; a
+    reply sent as one text delta streams nothing to it, so the text is cut into words
+    (lossless: the deltas add up to the text).
+
+    Example:
+        >>> from dspy import lm15
+        >>> from afnio_langchain.dspy._lm import replay_events
+        >>> response = lm15.Response(id=None, model="m", finish_reason="stop",
+        ...     message=lm15.Message.assistant(lm15.TextPart("Rome is  big.")), usage=lm15.Usage())
+        >>> [e.delta.text for e in replay_events(response) if isinstance(e, lm15.StreamDeltaEvent)]
+        ['Rome ', 'is  ', 'big.']
+    """
+    for event in lm15.response_to_events(response):
+        delta = getattr(event, "delta", None)
+        if not isinstance(delta, lm15.TextDelta) or not delta.text:
+            yield event
+            continue
+        for k, piece in enumerate(_PIECE.findall(delta.text)):
+            if k == 0:  # the first piece carries the delta's logprobs, as the whole did
+                yield lm15.StreamDeltaEvent(delta=dataclass_replace(delta, text=piece))
+            else:
+                yield lm15.StreamDeltaEvent(
+                    delta=lm15.TextDelta(text=piece, part_index=delta.part_index)
+                )
+
+
 def to_lm15_error(exc: BaseException) -> BaseException:
     """The ``dspy.lm15`` error DSPy expects for a model client's failure.
 
@@ -252,8 +286,9 @@ class ModelClientEngine:
         return run_sync(lambda: self.acomplete(request))
 
     def stream(self, request: lm15.Request) -> Iterator[Any]:
-        """The finished reply as lm15 stream events (start, text, end)."""
-        return lm15.response_to_events(self.complete(request))
+        """The finished reply as lm15 stream events (start, its text word by word, end:
+        :func:`replay_events`)."""
+        return replay_events(self.complete(request))
 
     def close(self) -> None:
         """Nothing to release: the model client is borrowed."""
@@ -286,7 +321,7 @@ class AsyncModelClientEngine:
         return await self.engine.acomplete(request)
 
     async def stream(self, request: lm15.Request) -> AsyncIterator[Any]:
-        for event in lm15.response_to_events(await self.engine.acomplete(request)):
+        for event in replay_events(await self.engine.acomplete(request)):
             yield event
 
     async def aclose(self) -> None:

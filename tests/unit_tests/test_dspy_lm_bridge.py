@@ -273,3 +273,35 @@ def test_scripted_replies_for_chat_and_json_adapters():
         )
     with pytest.raises(TypeError, match="must be a str or a callable"):
         chat_adapter_reply({"answer": 4})
+
+
+@pytest.mark.parametrize("async_streaming", [True, False], ids=["async", "sync"])
+def test_dspy_streamify_with_a_stream_listener_streams_the_field(async_streaming):
+    """Written from DSPy's streaming tutorial (dspy.streamify + StreamListener): the
+    replayed reply reaches the listener word by word, as a native dspy.LM's stream does.
+    Sent as one text delta, the listener got nothing."""
+    script = chat_adapter_reply({"answer": "Rome is the capital of Italy"})
+    lm = as_dspy_lm(ScriptedChatModel(forward=script))
+    listener = dspy.streaming.StreamListener(signature_field_name="answer")
+    program = dspy.streamify(dspy.Predict("question -> answer"), stream_listeners=[listener],
+                             async_streaming=async_streaming)
+    chunks, finals = [], []
+
+    def take(item):
+        if isinstance(item, dspy.streaming.StreamResponse):
+            chunks.append(item.chunk)
+        elif isinstance(item, dspy.Prediction):
+            finals.append(item.answer)
+
+    async def run():
+        async for item in program(question="Capital of Italy?"):
+            take(item)
+
+    with dspy.context(lm=lm):
+        if async_streaming:
+            asyncio.run(run())
+        else:
+            for item in program(question="Capital of Italy?"):
+                take(item)
+    assert finals == ["Rome is the capital of Italy"]
+    assert len(chunks) > 2 and "".join(chunks).strip() == finals[0]
