@@ -246,3 +246,30 @@ def test_dspy_lm_shares_the_retry_policy():
         with pytest.raises(Exception, match="503|overloaded|ServiceUnavailable"):
             asyncio.run(client.acomplete([{"role": "user", "content": "hi"}]))
         assert server.count() == 3
+
+
+def test_through_a_dspy_lm_the_body_faults_behave_as_dspy_itself_reads_them():
+    """docs/reliability.md: DSPy's engine reads a dspy.LM's replies, so a non-JSON 200
+    surfaces at once as its LMProviderError and a 200 with no choices reads as an empty
+    reply, as through a plain dspy.LM (the doc once said both were retried)."""
+    dspy = pytest.importorskip("dspy")
+    from dspy.utils import exceptions as dspy_errors
+
+    from afnio_langchain.models import as_model_client
+
+    replies = {
+        "html": Reply(body=b"<html>bad gateway</html>"),
+        "no_choices": Reply(body={"id": "x", "object": "chat.completion", "choices": []}),
+    }
+    for fault, reply in replies.items():
+        with StdlibServer(lambda _request, r=reply: r) as server:
+            lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+            client = as_model_client(lm)
+            client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+            messages = [{"role": "user", "content": "hi"}]
+            if fault == "html":
+                with pytest.raises(dspy_errors.LMProviderError):
+                    asyncio.run(client.acomplete(messages))
+            else:
+                assert asyncio.run(client.acomplete(messages)).text == ""
+            assert server.count() == 1
