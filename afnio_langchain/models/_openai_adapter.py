@@ -107,6 +107,7 @@ class OpenAIClient(BaseModelClient):
         params = {**self.default_params, **params}
         params.pop("purpose", None)
         params.pop("config", None)
+        _check_response_format(params.get("response_format"))
         mode = self.json_mode if json_schema is not None else "prompt"
         while True:
             try:
@@ -224,6 +225,20 @@ def _seconds_of(timeout: Any) -> float | None:
         float(v) for v in phases if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
     ]
     return max(known) if known else None
+
+
+def _check_response_format(response_format: Any) -> None:
+    """Refuse a class as ``response_format``, openai's ``parse()`` form, before anything
+    is sent: this client sends plain JSON requests."""
+    if isinstance(response_format, type):
+        name = response_format.__name__
+        raise TypeError(
+            f"response_format={name} is a class, which the openai client takes only in "
+            "chat.completions.parse(); pass its JSON schema instead, response_format="
+            f"{{'type': 'json_schema', 'json_schema': {{'name': '{name}', 'schema': "
+            f"{name}.model_json_schema()}}}}, or use ChatOpenAI, whose pydantic "
+            "response_format keeps openai's parse()"
+        )
 
 
 def response_format_for(mode: str, json_schema: JsonSchema | None) -> dict[str, Any]:

@@ -663,3 +663,25 @@ def test_an_unnamed_openai_client_error_gives_routes_that_work_where_it_was_rais
     messages = [{"role": "user", "content": [Variable("hi")]}]
     assert ChatCompletion.apply(client, messages, model="fake-model").data == "echo: hi"
     set_backward_model(None)
+
+
+def test_a_pydantic_class_as_response_format_says_what_to_pass_before_any_request(openai_server):
+    """openai's own create() refuses a class (it belongs to parse()); through this client
+    it once failed deep in JSON encoding (found by an app from openai's structured
+    output guide). The schema form the message gives works."""
+    import pydantic
+
+    from afnio_langchain import Variable
+    from afnio_langchain.autodiff import ChatCompletion
+
+    class City(pydantic.BaseModel):
+        name: str
+
+    client = openai.OpenAI(base_url=openai_server.base_url, api_key="sk-test")
+    messages = [{"role": "user", "content": [Variable("Capital of France?")]}]
+    with pytest.raises(TypeError, match=r"response_format=City is a class.*model_json_schema\(\)"):
+        ChatCompletion.apply(client, messages, model="fake-model", response_format=City)
+    assert openai_server.request_count == 0
+    schema = {"type": "json_schema", "json_schema": {"name": "City", "schema": City.model_json_schema()}}
+    ChatCompletion.apply(client, messages, model="fake-model", response_format=schema)
+    assert openai_server.requests[-1]["response_format"] == schema
