@@ -2,7 +2,7 @@
 
 
 from afnio_langchain.runnables._base import VariableRunnable
-from afnio_langchain.runnables._chat import ChatCompletionRunnable, VariableSchema
+from afnio_langchain.runnables._chat import ChatCompletionRunnable
 from afnio_langchain.runnables._coerce import as_variable, as_variables
 from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
@@ -14,6 +14,7 @@ from afnio_langchain.runnables._prompts_file import (
     read_prompts_file,
     save_prompts,
 )
+from afnio_langchain.runnables._schema import VariableSchema
 from afnio_langchain.runnables._text_functions import TextFunction, as_differentiable
 from afnio_langchain.runnables._trainable import TrainableChain, make_trainable
 

@@ -7,11 +7,11 @@ import contextvars
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Annotated, Any, Union
+from typing import Any, Union
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.pydantic import create_model_v2
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import ConfigDict, Field
 
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import (
@@ -25,14 +25,9 @@ from afnio_langchain.runnables._base import VariableRunnable
 from afnio_langchain.runnables._coerce import as_variables
 from afnio_langchain.runnables._messages import normalize_messages
 from afnio_langchain.runnables._pipeline import pipe
+from afnio_langchain.runnables._schema import VariableSchema, output_schema
 
 _DONE = object()
-
-VariableSchema = Annotated[
-    Variable,
-    WithJsonSchema({"type": "string", "description": "text held in a Variable of the graph"}),
-]
-"""``Variable`` as a pydantic annotation whose JSON schema is a string (for Runnable schemas)."""
 
 
 def _accumulate(chunks: list[Any]) -> Any:
@@ -164,7 +159,7 @@ class ChatCompletionRunnable(VariableRunnable):
         return Variable
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return create_model_v2(self.get_name("Output"), root=VariableSchema)
+        return output_schema(self.get_name("Output"))
 
     def __or__(self, other: Any) -> Any:
         """``step | other``: a :class:`ChatPipeline` when ``other`` is an LLM step too

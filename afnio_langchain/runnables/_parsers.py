@@ -10,6 +10,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import ParseJson, Variable
 from afnio_langchain.runnables._coerce import as_variable
+from afnio_langchain.runnables._schema import VariableSchema, output_schema
 
 
 class _TextStream:
@@ -59,6 +60,9 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
+        return output_schema(self.get_name("Output"))
 
     def _parse(self, value: Any) -> Variable:
         return as_variable(value, "text", self.get_name())
@@ -129,6 +133,9 @@ class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
     @classmethod
     def is_lc_serializable(cls) -> bool:
         return False
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
+        return output_schema(self.get_name("Output"), dict[str, VariableSchema])
 
     def _parse(self, value: Any) -> dict[str, Variable]:
         from afnio_langchain.models import parse_json_object

@@ -483,3 +483,17 @@ def test_text_handed_on_in_a_dict_keeps_both_llm_steps_in_the_graph():
     trainable = make_trainable(chain)
     trainable.invoke({"question": "?"}).backward("Too long.")
     assert all(p.grad for p in trainable.parameters()) and len(trainable.parameters()) == 2
+
+
+@pytest.mark.parametrize(
+    ("parser", "schema_type"),
+    [(StrOutputParser(), "string"), (JsonOutputParser(), "object"), (None, "string")],
+    ids=["str-parser", "json-parser", "no-parser"],
+)
+def test_a_trainable_chain_has_json_schemas_as_langchain_tools_read_them(parser, schema_type):
+    """LangServe and LangGraph Studio read get_input/output_jsonschema(); a trainable chain
+    ending in a parser once raised PydanticInvalidForJsonSchema (a Variable)."""
+    chain = qa_prompt() | ScriptedChatModel(forward='{"a": "1"}')
+    trainable = make_trainable(chain | parser if parser is not None else chain)
+    assert trainable.get_output_jsonschema()["type"] == schema_type
+    assert "question" in trainable.get_input_jsonschema()["properties"]
