@@ -1,8 +1,9 @@
-"""A chain's own function after an LLM step, given text as in the original chain.
+"""A chain's own function, given text as in the original chain.
 
 In ``prompt | model | StrOutputParser() | RunnableLambda(f)`` LangChain hands ``f`` a
 ``str``. Once ``make_trainable`` has made the LLM step trainable, the step returns a
-Variable; ``f`` gets it as text again (:class:`LinkedText`, a ``str`` that remembers its
+Variable; ``f`` (and every other function of the chain: a branch's condition, an
+``itemgetter`` on a JSON parser's fields) gets it as text again (:class:`LinkedText`, a ``str`` that remembers its
 Variable), so ``s.strip()``, ``"x" in s`` or ``len(s)`` work as before. Its result is
 linked back into the graph:
 
@@ -86,7 +87,7 @@ def _is_new_text(result: Any) -> bool:
 
 class TextLambda(RunnableSerializable[Any, Any]):
     """Runs a ``RunnableLambda`` of the original chain on text (see the module doc);
-    ``make_trainable`` puts it around the chain's functions after an LLM step.
+    ``make_trainable`` puts it around each of the chain's functions.
 
     Example:
         >>> from langchain_core.runnables import RunnableLambda

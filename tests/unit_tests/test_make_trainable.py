@@ -497,3 +497,26 @@ def test_a_trainable_chain_has_json_schemas_as_langchain_tools_read_them(parser,
     trainable = make_trainable(chain | parser if parser is not None else chain)
     assert trainable.get_output_jsonschema()["type"] == schema_type
     assert "question" in trainable.get_input_jsonschema()["properties"]
+
+
+def test_a_branch_on_an_llm_steps_output_routes_as_in_the_original():
+    """LangChain's routing how-to: classify with one LLM step, then RunnableBranch on
+    "joke" in x["kind"].lower(); the conditions get text, as in the original chain."""
+    from langchain_core.runnables import RunnableBranch
+
+    model = ScriptedChatModel(forward=lambda request: "Joke" if "Classify" in request else "Ha ha.",
+                              feedback="Be funnier.")
+    set_backward_model(model)
+    classify = ChatPromptTemplate.from_messages([("system", "Classify: joke or poem."), ("human", "{topic}")])
+    joke = ChatPromptTemplate.from_messages([("system", "Tell a joke."), ("human", "{topic}")])
+    route = {"kind": classify | model | StrOutputParser(), "topic": itemgetter("topic")} | RunnableBranch(
+        (lambda x: "joke" in x["kind"].lower(), joke | model | StrOutputParser()),
+        RunnableLambda(lambda x: "POEM"),
+    )
+    assert route.invoke({"topic": "bears"}) == "Ha ha."
+    trainable = make_trainable(route)
+    answer = trainable.invoke({"topic": "bears"})
+    assert answer.data == "Ha ha."
+    answer.backward("Not funny.")
+    prompts = trainable.named_prompts()
+    assert len(prompts) == 2 and [bool(p.grad) for p in prompts.values()] == [False, True]
