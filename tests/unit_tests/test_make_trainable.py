@@ -520,3 +520,26 @@ def test_a_branch_on_an_llm_steps_output_routes_as_in_the_original():
     answer.backward("Not funny.")
     prompts = trainable.named_prompts()
     assert len(prompts) == 2 and [bool(p.grad) for p in prompts.values()] == [False, True]
+
+
+def test_fit_on_a_json_chain_names_the_fields_and_trains_on_the_one_picked():
+    from afnio_langchain.train import MetricResult, TrainingError, fit
+
+    llm = ScriptedChatModel(forward='{"name": "ada", "age": 36}', feedback="Capitalize names.",
+                            optimizer="Extract the person; capitalize the name.")
+    prompt = ChatPromptTemplate.from_messages([("system", "Extract the person."), ("human", "{text}")])
+    data = [{"text": "Ada, 36", "name": "Ada"}] * 2
+
+    def by_field(example, prediction):
+        ok = prediction["name"].data == example["name"]
+        return MetricResult(float(ok), "" if ok else "The name must be capitalized.")
+
+    def by_value(example, prediction):
+        return by_field(example, {"name": prediction})
+
+    options = dict(target_key="name", optimizer_model=llm, backward_model=llm, epochs=1, batch_size=2, progress=False)
+    with pytest.raises(TrainingError, match=r"dict \(of Variables: 'name', 'age'\).*itemgetter\('name'\)"):
+        fit(prompt | llm | JsonOutputParser(), data, data, metric=by_field, **options)
+    result = fit(prompt | llm | JsonOutputParser() | itemgetter("name"), data, data, metric=by_value, **options)
+    (param,) = result.history["steps"][0]["params"]
+    assert param["gradients"] == 2 and param["new_value"] == "Extract the person; capitalize the name."
