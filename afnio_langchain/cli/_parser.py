@@ -78,7 +78,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=_model_spec, help=f"default model for every role: {MODEL_HELP}")
     for role, what in (
-        ("forward", "the chain's model (only for a chain factory taking model=)"),
+        ("forward", "the chain's model (only for a chain factory that takes the model)"),
         ("backward", "the model writing feedback"),
         ("optimizer", "the model rewriting prompts"),
         ("judge", "the model of --metric judge"),

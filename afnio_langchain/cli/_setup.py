@@ -150,7 +150,7 @@ def build_chain(target: Target, pool: ModelPool, forward: str | None) -> Any:
     if forward is not None and not target.is_factory:
         raise ChainLoadError(
             f"{target.spec} is a ready-made chain, so its model is already chosen: "
-            "--forward-model is only for a chain factory (a function taking model=...)"
+            "--forward-model is only for a chain factory (a function taking the model)"
         )
     return load_chain(target.obj, model)
 

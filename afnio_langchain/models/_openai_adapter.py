@@ -232,12 +232,13 @@ def _check_response_format(response_format: Any) -> None:
     is sent: this client sends plain JSON requests."""
     if isinstance(response_format, type):
         name = response_format.__name__
+        schema = f"{name}.model_json_schema()" if hasattr(response_format, "model_json_schema") else "<its JSON schema>"
         raise TypeError(
             f"response_format={name} is a class, which the openai client takes only in "
             "chat.completions.parse(); pass its JSON schema instead, response_format="
             f"{{'type': 'json_schema', 'json_schema': {{'name': '{name}', 'schema': "
-            f"{name}.model_json_schema()}}}}, or use ChatOpenAI, whose pydantic "
-            "response_format keeps openai's parse()"
+            f"{schema}}}}}, or use ChatOpenAI, whose pydantic response_format keeps "
+            "openai's parse()"
         )
 
 

@@ -12,6 +12,7 @@ from langchain_core.messages import BaseMessage
 
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.models import message_text
+from afnio_langchain.runnables._text_lambda import LinkedText
 
 
 def as_variable(value: Any, role: str, where: str) -> Variable:
@@ -30,6 +31,8 @@ def as_variable(value: Any, role: str, where: str) -> Variable:
     """
     if isinstance(value, Variable):
         return value
+    if isinstance(value, LinkedText):  # a Variable's text, handed to a chain's function
+        return value.variable
     if isinstance(value, str):
         return Variable(value, role=role)
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -1,26 +1,28 @@
-"""A chain's own function, given text as in the original chain.
+"""The chain's own functions right after an LLM step, given text as in the original.
 
 In ``prompt | model | StrOutputParser() | RunnableLambda(f)`` LangChain hands ``f`` a
 ``str``. Once ``make_trainable`` has made the LLM step trainable, the step returns a
-Variable; ``f`` (and every other function of the chain: a branch's condition, an
-``itemgetter`` on a JSON parser's fields) gets it as text again (:class:`LinkedText`, a ``str`` that remembers its
+Variable; ``f`` gets it as text again (:class:`LinkedText`, a ``str`` that remembers its
 Variable), so ``s.strip()``, ``"x" in s`` or ``len(s)`` work as before. Its result is
 linked back into the graph:
 
 * the text itself, anywhere in a dict, list or tuple (``{"draft": s}``) -> its Variable,
-  so a next trainable step gets the Variable and feedback reaches both;
-* new text or a number (``s.strip()``), or new text in a dict, list or tuple
-  (``{"draft": s.upper()}``) -> a Variable made from the input by ``TextTransform``:
-  feedback on it goes back to the input, saying which function the text went through;
-* anything else (a bool, None, an object) -> as the function returned it.
+  so a next trainable step gets the Variable and feedback reaches both (a step the
+  function calls itself gets the Variable too: ``as_variable`` reads it);
+* new text (``s.strip()``), also in a dict, list or tuple (``{"draft": s.upper()}``)
+  -> a Variable made from the input by ``TextTransform``: feedback on it goes back to
+  the input, saying which function the text went through;
+* anything else (a number, a bool, None, an object) -> as the function returned it.
 
 Only a single Variable, or a dict, list or tuple of them, is given as text; a minibatch
-Variable (a list input) passes through as a Variable, as before.
+Variable (a list input) passes through as a Variable, as before. Functions elsewhere in
+a chain (after a parallel of several steps, say) keep getting Variables, so
+``a + "\n" + b`` on two steps' outputs stays in the graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
@@ -76,18 +78,18 @@ def _relinked(result: Any, link: Any) -> Any:
 
 
 def _relinked_item(item: Any, link: Any) -> Any:
-    if link is not None and type(item) is str:
+    if link is not None and _is_new_text(item):
         return link(item)
     return _relinked(item, link)
 
 
 def _is_new_text(result: Any) -> bool:
-    return not isinstance(result, (bool, LinkedText)) and isinstance(result, (str, int, float))
+    return isinstance(result, str) and not isinstance(result, LinkedText)
 
 
 class TextLambda(RunnableSerializable[Any, Any]):
     """Runs a ``RunnableLambda`` of the original chain on text (see the module doc);
-    ``make_trainable`` puts it around each of the chain's functions.
+    ``make_trainable`` puts it around the chain's functions right after an LLM step.
 
     Example:
         >>> from langchain_core.runnables import RunnableLambda
@@ -115,6 +117,10 @@ class TextLambda(RunnableSerializable[Any, Any]):
 
     def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
         return self.bound.get_name(suffix, name=name)
+
+    @property
+    def config_specs(self) -> list[Any]:
+        return self.bound.config_specs
 
     def _label(self) -> str:
         name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
@@ -156,6 +162,16 @@ def _whole(chunks: list[Any]) -> Any:
     final = next((c for c in reversed(chunks) if isinstance(c, Variable)), None)
     if final is not None:
         return final
+    if chunks and all(isinstance(c, Mapping) for c in chunks):
+        # A parallel's chunks: per key, text chunks and then the step's Variable.
+        merged: dict[str, Any] = {}
+        for chunk in chunks:
+            for key, value in chunk.items():
+                if isinstance(value, Variable) or key not in merged:
+                    merged[key] = value
+                elif not isinstance(merged[key], Variable):
+                    merged[key] = merged[key] + value
+        return merged
     whole = None
     for chunk in chunks:
         whole = chunk if whole is None else whole + chunk

@@ -211,10 +211,6 @@ class _Converter:
     def convert(self, runnable: Any) -> Any:
         if isinstance(runnable, RunnableSequence):
             return self.convert_sequence(runnable)
-        if type(runnable) is RunnableLambda:
-            # Given text, as in the original chain: after an LLM step, in a branch's
-            # condition on a step's output, on a JSON parser's fields.
-            return TextLambda(bound=runnable)
         return replace_children(runnable, self.convert)
 
     def convert_pair(self, template: ChatPromptTemplate, model_step: Any) -> Runnable | None:
@@ -278,6 +274,12 @@ class _Converter:
                 _check_parses_text(steps[i] if i < len(steps) else None)
             if i < len(steps) and isinstance(steps[i], BaseOutputParser):
                 out.append(_differentiable_parser(steps[i]))
+                i += 1
+            # The functions right after the step get its text, as in the original chain;
+            # others keep getting Variables (a + "\n" + b on two steps' outputs stays in
+            # the graph, and a function can hand them to a step of its own).
+            while i < len(steps) and type(steps[i]) is RunnableLambda:
+                out.append(TextLambda(bound=steps[i]))
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence

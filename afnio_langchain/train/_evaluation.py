@@ -162,7 +162,7 @@ def default_input_fn(
         else:
             target = target_key or next((k for k in TARGET_KEYS if k in example), None)
             fields = {k: v for k, v in example.items() if k != target}
-        if not bare:
+        if not bare or "root" in fields:  # a row naming "root" means a dict with that field
             return fields
         if len(fields) != 1:
             raise ValueError(

@@ -102,8 +102,11 @@ def model_parameter(factory: Any) -> str | None:
         >>> from afnio_langchain.train._loading import model_parameter
         >>> def build(llm, *, temperature=0.0): ...
         >>> def own(): ...
+        >>> def named(model_name: str): ...
         >>> model_parameter(build), model_parameter(own), model_parameter(lambda model=None: 0)
         ('llm', None, 'model')
+        >>> model_parameter(named) is None  # a name, not a chat model
+        True
     """
     try:
         parameters = inspect.signature(factory).parameters
@@ -112,8 +115,13 @@ def model_parameter(factory: Any) -> str | None:
     if "model" in parameters:
         return "model"
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    required = [p.name for p in parameters.values() if p.kind in kinds and p.default is p.empty]
-    return required[0] if len(required) == 1 else None
+    required = [p for p in parameters.values() if p.kind in kinds and p.default is p.empty]
+    if len(required) != 1 or required[0].annotation in _NOT_A_MODEL:
+        return None  # def build(model_name: str) takes a name, not a chat model
+    return required[0].name
+
+
+_NOT_A_MODEL = (str, int, float, bool, "str", "int", "float", "bool")
 
 
 def load_chain(spec: str | Any, model: Any = None) -> Any:
@@ -133,7 +141,7 @@ def load_chain(spec: str | Any, model: Any = None) -> Any:
         if model is not None:
             raise ChainLoadError(
                 f"{name} is a ready-made chain, so its model is already chosen: a forward "
-                "model can only be given for a chain factory (a function taking model=...)"
+                "model can only be given for a chain factory (a function taking the model)"
             )
         return obj
     if callable(obj):

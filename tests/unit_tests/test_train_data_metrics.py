@@ -222,3 +222,18 @@ def test_a_chain_that_takes_one_value_is_given_the_value_or_told_which_field_to_
     with pytest.raises(ValueError, match="takes one value.*input_keys"):
         evaluate(chain, two_fields, exact_match)
     assert evaluate(chain, two_fields, exact_match, input_keys=["question"]).items[0].output == "notes|2+2?"
+
+
+def test_a_row_with_a_root_field_is_given_as_a_dict():
+    from operator import itemgetter
+
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from afnio_langchain.train import evaluate, exact_match
+
+    prompt = ChatPromptTemplate.from_messages([("human", "{question} {context}")])
+    chain = {"question": itemgetter("root"), "context": lambda d: "notes"} | prompt | (
+        lambda value: value.messages[0].content
+    )
+    result = evaluate(chain, [{"root": "hello", "answer": "hello notes"}], exact_match)
+    assert result.items[0].error is None and result.score == 1.0
