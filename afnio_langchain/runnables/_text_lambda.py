@@ -64,23 +64,20 @@ def _as_text(value: Any) -> tuple[Any, Variable | None]:
     return value, None
 
 
-def _relinked(result: Any, link: Any) -> Any:
+def _relinked(result: Any, source: Variable | None, label: str) -> Any:
     """``result`` with every :class:`LinkedText` in it (and in its dicts, lists and
-    tuples) replaced by its Variable, and, with ``link``, every other string in a dict,
-    list or tuple by ``link(string)``."""
+    tuples) replaced by its Variable, and, with a ``source``, every other string by a
+    Variable made from ``source`` by ``TextTransform`` (``label`` names the function)."""
     if isinstance(result, LinkedText):
         return result.variable
+    if source is not None and _is_new_text(result):
+        # A plain string op (TextTransform has no aforward): run here, also from ainvoke.
+        return TextTransform.apply(source, lambda _text: result, label)
     if isinstance(result, dict):
-        return {k: _relinked_item(v, link) for k, v in result.items()}
+        return {k: _relinked(v, source, label) for k, v in result.items()}
     if type(result) in (list, tuple):
-        return type(result)(_relinked_item(v, link) for v in result)
+        return type(result)(_relinked(v, source, label) for v in result)
     return result
-
-
-def _relinked_item(item: Any, link: Any) -> Any:
-    if link is not None and _is_new_text(item):
-        return link(item)
-    return _relinked(item, link)
 
 
 def _is_new_text(result: Any) -> bool:
@@ -126,24 +123,13 @@ class TextLambda(RunnableSerializable[Any, Any]):
         name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
         return name if name and name != "<lambda>" else "a function of the chain"
 
-    def _linker(self, source: Variable | None) -> Any:
-        if source is None:
-            return None
-        return lambda text: TextTransform.apply(source, lambda _text: text, self._label())
-
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         text, source = _as_text(input)
-        result = self.bound.invoke(text, config, **kwargs)
-        if source is not None and _is_new_text(result):
-            return TextTransform.apply(source, lambda _text: result, self._label())
-        return _relinked(result, self._linker(source))
+        return _relinked(self.bound.invoke(text, config, **kwargs), source, self._label())
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         text, source = _as_text(input)
-        result = await self.bound.ainvoke(text, config, **kwargs)
-        if source is not None and _is_new_text(result):
-            return await TextTransform.aapply(source, lambda _text: result, self._label())
-        return _relinked(result, self._linker(source))
+        return _relinked(await self.bound.ainvoke(text, config, **kwargs), source, self._label())
 
     def transform(
         self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
