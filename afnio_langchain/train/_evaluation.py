@@ -124,16 +124,39 @@ def takes_a_bare_value(chain: Any) -> bool:
         >>> takes_a_bare_value(rag), takes_a_bare_value(prompt)
         (True, False)
     """
+    return is_bare_value_schema(input_json_schema(chain))
+
+
+def input_json_schema(chain: Any) -> dict[str, Any] | None:
+    """The chain's LangChain input schema as JSON schema; None when LangChain cannot
+    build it (which tells us nothing)."""
     try:
         schema = chain.get_input_schema().model_json_schema()
-    except Exception:  # a schema LangChain cannot build tells us nothing
-        return False
+    except Exception:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def is_bare_value_schema(schema: dict[str, Any] | None) -> bool:
+    """Whether an input JSON schema is that of a chain taking one value (its single
+    field is LangChain's ``root``; see :func:`takes_a_bare_value`)."""
     return (
-        isinstance(schema, dict)
+        schema is not None
         and schema.get("type") == "object"
         and schema.get("required") == ["root"]
         and list(schema.get("properties") or {}) == ["root"]
     )
+
+
+def input_fn_for(
+    chain: Any,
+    input_fn: InputFn | None,
+    input_keys: Sequence[str] | None,
+    target_key: str | None,
+) -> InputFn:
+    """``input_fn``, else :func:`default_input_fn` for ``chain`` (a bare value when it
+    takes one)."""
+    return input_fn or default_input_fn(input_keys, target_key, bare=takes_a_bare_value(chain))
 
 
 def default_input_fn(
@@ -305,8 +328,7 @@ def evaluate(
         >>> result.score, [item.output for item in result.items]
         (0.5, ['A', 'B'])
     """
-    build = input_fn or default_input_fn(input_keys, target_key, bare=takes_a_bare_value(chain))
-    inputs = chain_inputs(examples, build)
+    inputs = chain_inputs(examples, input_fn_for(chain, input_fn, input_keys, target_key))
     if max_concurrency is not None:
         with concurrency_limit(max_concurrency):
             return run_and_score(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.train._evaluation import takes_a_bare_value
+from afnio_langchain.train._evaluation import input_json_schema, is_bare_value_schema
 
 
 class ChainLoadError(ValueError):
@@ -259,13 +259,10 @@ def chain_input_fields(chain: Any) -> list[str] | None:
         >>> chain_input_fields(ChatPromptTemplate.from_messages([("human", "{q} in {lang}")]))
         ['lang', 'q']
     """
-    if takes_a_bare_value(chain):  # one value, not fields ("root" is LangChain's name for it)
+    schema = input_json_schema(chain)
+    if schema is None or is_bare_value_schema(schema):  # one value ("root"), not fields
         return None
-    try:
-        schema = chain.get_input_schema().model_json_schema()
-    except Exception:  # a schema LangChain cannot build tells us nothing
-        return None
-    required = schema.get("required") if isinstance(schema, dict) else None
+    required = schema.get("required")
     if not isinstance(required, list) or not required or schema.get("type") != "object":
         return None
     return sorted(str(name) for name in required)

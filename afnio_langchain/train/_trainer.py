@@ -25,9 +25,8 @@ from afnio_langchain.train._evaluation import (
     EvalResult,
     InputFn,
     chain_inputs,
-    default_input_fn,
+    input_fn_for,
     run_and_score,
-    takes_a_bare_value,
 )
 from afnio_langchain.train._loading import count_llm_steps, trainable_chain
 from afnio_langchain.train._run import TrainingError, TrainingRun, TrainResult
@@ -181,9 +180,7 @@ class Trainer:
         self.success_threshold = success_threshold
         self.evaluate_train = evaluate_train
         self.target_key = target_key
-        self.input_fn = input_fn or default_input_fn(
-            input_keys, target_key, bare=takes_a_bare_value(chain)
-        )
+        self.input_fn = input_fn_for(chain, input_fn, input_keys, target_key)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.resume = resume
         self.max_concurrency = max_concurrency
