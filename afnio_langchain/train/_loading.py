@@ -93,6 +93,10 @@ def _is_runnable(obj: Any) -> bool:
     return isinstance(obj, Runnable)
 
 
+_NOT_A_MODEL = (str, int, float, bool, "str", "int", "float", "bool")
+"""Annotations of a factory's one required parameter that say it is not the model."""
+
+
 def model_parameter(factory: Any) -> str | None:
     """The parameter of a chain factory that takes the chat model: ``model`` when it
     has one, else its one required parameter (``def build(llm): ...``); None when it
@@ -119,9 +123,6 @@ def model_parameter(factory: Any) -> str | None:
     if len(required) != 1 or required[0].annotation in _NOT_A_MODEL:
         return None  # def build(model_name: str) takes a name, not a chat model
     return required[0].name
-
-
-_NOT_A_MODEL = (str, int, float, bool, "str", "int", "float", "bool")
 
 
 def load_chain(spec: str | Any, model: Any = None) -> Any:

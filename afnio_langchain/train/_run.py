@@ -429,12 +429,12 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int
 
 def _trainable_output(prediction: Any) -> Variable:
     """The chain's output, checked to be a Variable that feedback can flow back from."""
-    if isinstance(prediction, dict) and any(isinstance(v, Variable) for v in prediction.values()):
-        keys = ", ".join(repr(k) for k, v in prediction.items() if isinstance(v, Variable))
+    fields = [k for k, v in prediction.items() if isinstance(v, Variable)] if isinstance(prediction, dict) else []
+    if fields:
         raise TrainingError(
-            f"the chain returned a dict (of Variables: {keys}), not a Variable: feedback "
-            "needs one output to flow back from; end the chain with the field to train on, "
-            f"e.g. chain | itemgetter({next(iter(k for k, v in prediction.items() if isinstance(v, Variable)))!r})"
+            f"the chain returned a dict (of Variables: {', '.join(map(repr, fields))}), not a "
+            "Variable: feedback needs one output to flow back from; end the chain with the "
+            f"field to train on, e.g. chain | itemgetter({fields[0]!r})"
         )
     if not isinstance(prediction, Variable):
         raise TrainingError(
