@@ -25,7 +25,7 @@ from afnio_langchain.agents._op import (
 )
 from afnio_langchain.agents._trajectory import Trajectory
 from afnio_langchain.autodiff import Variable
-from afnio_langchain.runnables import VariableRunnable, VariableSchema, as_variables
+from afnio_langchain.runnables import VariableRunnable, as_variables
 
 TASK_ROLE = "task"
 
@@ -86,9 +86,6 @@ class AgentRunnableBase(VariableRunnable):
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
-
-    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return create_model_v2(self.get_name("Output"), root=VariableSchema)
 
     # -- running ----------------------------------------------------------------------
     def task_of(self, input: Any) -> Variable | list[Variable]:

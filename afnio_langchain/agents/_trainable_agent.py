@@ -216,6 +216,13 @@ class TrainableAgent(AgentRunnableBase):
             state = await self.agent.ainvoke(
                 {"messages": [*history, task]}, self._config_for(config), **extra
             )
+        if isinstance(state, Mapping) and state.get("__interrupt__"):
+            raise RuntimeError(
+                "the agent paused for input (a LangGraph interrupt, such as "
+                "HumanInTheLoopMiddleware's approval): a paused run has no answer to score "
+                "or train on; train the agent without the interrupting middleware, or "
+                "resume it with Command(resume=...) outside training"
+            )
         calls = run.calls
         if not calls:
             raise RuntimeError(

@@ -50,11 +50,22 @@ def _text(value: Any) -> str:
 
 
 def _targets(value: Any, n: int, name: str = "target") -> list[Any]:
-    """One target per prediction item (a single target is used for every item)."""
+    """One target per prediction item.
+
+    A single target (a str, a number, or a Variable holding one value) is used for
+    every item. A list, or a Variable holding a minibatch, gives one target per item:
+    afnio requires the lengths to match, so a one-item list is not repeated.
+
+    Raises:
+        TypeError: ``value`` is not a target.
+        ValueError: A list of targets whose length is not the prediction's.
+    """
     if isinstance(value, Variable):
+        if not value.is_batched:
+            return value.items() * n
         items = value.items()
     elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        items = [value]
+        return [value] * n
     elif isinstance(value, (list, tuple)) and all(
         isinstance(t, (str, int, float)) and not isinstance(t, bool) for t in value
     ):
@@ -63,10 +74,11 @@ def _targets(value: Any, n: int, name: str = "target") -> list[Any]:
         raise TypeError(
             f"{name} must be a Variable, a str (or number) or a list of them, got {type(value).__name__}"
         )
-    if len(items) == 1 and n > 1:
-        items = items * n
     if len(items) != n:
-        raise ValueError(f"{name} has {len(items)} items, the prediction has {n}")
+        raise ValueError(
+            f"{name} has {len(items)} items but the prediction has {n}: give one {name} "
+            f"per prediction item, or a single str or number for every item"
+        )
     return items
 
 

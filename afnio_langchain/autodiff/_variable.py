@@ -364,6 +364,18 @@ class Variable:
     def __str__(self) -> str:
         return str(self._data)
 
+    # -- in pydantic models (LangChain's Runnable schemas) --------------------------------
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(cls)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        # A Runnable's JSON schema (a parallel's, an assign's) shows a Variable as text.
+        return {"type": "string", "description": "text held in a Variable of the graph"}
+
 
 def _as_variable(value: Variable | str) -> Variable:
     if isinstance(value, Variable):

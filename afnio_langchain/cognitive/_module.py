@@ -109,17 +109,20 @@ class Module(Runnable[Any, Any]):
         self._registries()  # raises before __init__
         d = self.__dict__
 
-        def drop_everywhere() -> None:
+        def drop_from_others(keep: str) -> None:
+            # As PyTorch: the entry of the kind assigned stays, so a replaced parameter
+            # or module keeps its place in parameters() (the optimizer's indices).
             d.pop(name, None)
             for kind in ("_parameters", "_buffers", "_modules", *_OTHER_KINDS):
-                d[kind].pop(name, None)
+                if kind != keep:
+                    d[kind].pop(name, None)
             d["_non_persistent_buffers_set"].discard(name)
 
         if isinstance(value, Parameter):
-            drop_everywhere()
+            drop_from_others("_parameters")
             self.register_parameter(name, value)
         elif isinstance(value, Module):
-            drop_everywhere()
+            drop_from_others("_modules")
             d["_modules"][name] = value
         elif name in d["_parameters"]:
             if value is not None:
@@ -156,18 +159,30 @@ class Module(Runnable[Any, Any]):
                 return
         object.__delattr__(self, name)
 
-    def _check_name(self, name: str, what: str) -> None:
+    def _check_name(self, name: str, what: str, kind: str) -> None:
+        """Refuse a bad name, or one already taken by anything but a ``kind`` entry.
+
+        As in afnio and PyTorch (``hasattr(self, name) and name not in registry``):
+        registering the same kind again under a name replaces the entry; a name held by
+        a plain attribute, a class attribute or another kind raises ``KeyError``.
+        """
         self._registries()
         if not isinstance(name, str):
             raise TypeError(f"{what} name should be a str, got {type(name).__name__}")
         if not name or "." in name:
             raise KeyError(f"{what} name must be a non-empty str without '.', got {name!r}")
-        if name in self.__dict__ and name not in self._parameters:
+        if name in self.__dict__[kind]:
+            return
+        d = self.__dict__
+        # hasattr(self, name) without running the properties of LangChain's Runnable.
+        if name in d or hasattr(type(self), name) or any(
+            name in d[other] for other in ("_parameters", "_buffers", "_modules", *_OTHER_KINDS)
+        ):
             raise KeyError(f"attribute {name!r} already exists")
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Add a parameter (or a None placeholder) under ``name``."""
-        self._check_name(name, "parameter")
+        self._check_name(name, "parameter", "_parameters")
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"cannot assign {type(param).__name__} as parameter {name!r} (a Parameter or None)")
         self._parameters[name] = param
@@ -175,7 +190,7 @@ class Module(Runnable[Any, Any]):
     def register_buffer(self, name: str, variable: Variable | None, persistent: bool = True) -> None:
         """Add a Variable that is state but not a parameter (kept in ``state_dict`` when
         ``persistent``)."""
-        self._check_name(name, "buffer")
+        self._check_name(name, "buffer", "_buffers")
         if variable is not None and not isinstance(variable, Variable):
             raise TypeError(f"cannot assign {type(variable).__name__} as buffer {name!r} (a Variable or None)")
         self._buffers[name] = variable
@@ -186,7 +201,7 @@ class Module(Runnable[Any, Any]):
 
     def register_module(self, name: str, module: Module | None) -> None:
         """Add a sub-module under ``name``."""
-        self._check_name(name, "module")
+        self._check_name(name, "module", "_modules")
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module")
         self._modules[name] = module
@@ -194,7 +209,7 @@ class Module(Runnable[Any, Any]):
     add_module = register_module
 
     def _register_other(self, kind: str, name: str, value: Any) -> None:
-        self._check_name(name, kind.strip("_").rstrip("s"))
+        self._check_name(name, kind.strip("_").rstrip("s"), kind)
         self.__dict__[kind][name] = value
 
     def register_chat(self, name: str, messages: Any) -> None:
@@ -366,16 +381,44 @@ class Module(Runnable[Any, Any]):
         """``train(False)``."""
         return self.train(False)
 
+    def _chat_variables(self) -> Iterator[Variable]:
+        """The Variables in the content of every registered chat, each once."""
+        seen: set[int] = set()
+        for chat in self.chats():
+            for message in chat if isinstance(chat, (list, tuple)) else ():
+                content = message.get("content") if isinstance(message, Mapping) else None
+                for part in content if isinstance(content, (list, tuple)) else [content]:
+                    if isinstance(part, Variable) and id(part) not in seen:
+                        seen.add(id(part))
+                        yield part
+
     def requires_grad_(self: T, requires_grad: bool = True) -> T:
-        """Set ``requires_grad`` on every parameter."""
+        """Set ``requires_grad`` on every parameter and on the Variables within the
+        content of multi-turn chats (``register_chat``), as afnio does.
+
+        A chat Variable that an op produced (a non-leaf) is left alone: its flag follows
+        its inputs and cannot be set.
+
+        Args:
+            requires_grad: Whether backward passes reach these Variables.
+
+        Returns:
+            This module.
+        """
         for param in self.parameters():
             param.requires_grad_(requires_grad)
+        for variable in self._chat_variables():
+            if variable.grad_fn is None:
+                variable.requires_grad_(requires_grad)
         return self
 
     def empty_grad(self) -> None:
-        """Clear the gradients of every parameter (afnio's name; ``zero_grad`` too)."""
+        """Clear the gradients of every parameter and of the Variables within the
+        content of multi-turn chats (afnio's name; ``zero_grad`` too)."""
         for param in self.parameters():
             param.grad = []
+        for variable in self._chat_variables():
+            variable.grad = []
 
     zero_grad = empty_grad
 

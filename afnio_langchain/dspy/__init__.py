@@ -3,7 +3,8 @@
 - :class:`TextualGradientDescent`: a DSPy optimizer (``Teleprompter``) that trains the
   instructions of every predictor of a DSPy program with textual gradients.
 - :func:`as_dspy_lm`, :class:`ModelClientEngine`: run a DSPy program on a LangChain chat
-  model (or any model client of this package).
+  model (or any model client of this package); :func:`carry_scopes` carries the
+  package's usage scopes and concurrency limit into DSPy's worker threads.
 
 Importing this package does not import DSPy; using one of its names does, and raises an
 ImportError naming ``pip install 'afnio-langchain[dspy]'`` when DSPy is missing.
@@ -21,7 +22,12 @@ from afnio_langchain.dspy._compat import INSTALL_HINT, require_dspy
 if TYPE_CHECKING:
     from afnio_langchain.dspy._adapter_replies import chat_adapter_reply
     from afnio_langchain.dspy._graph import PredictorCall, build_graph
-    from afnio_langchain.dspy._lm import AsyncModelClientEngine, ModelClientEngine, as_dspy_lm
+    from afnio_langchain.dspy._lm import (
+        AsyncModelClientEngine,
+        ModelClientEngine,
+        as_dspy_lm,
+        carry_scopes,
+    )
     from afnio_langchain.dspy._metric import MetricResult, call_metric
     from afnio_langchain.dspy._stats import CompileReport, StepRecord
     from afnio_langchain.dspy._teleprompter import TextualGradientDescent
@@ -30,6 +36,7 @@ _LAZY = {
     "AsyncModelClientEngine": "afnio_langchain.dspy._lm",
     "ModelClientEngine": "afnio_langchain.dspy._lm",
     "as_dspy_lm": "afnio_langchain.dspy._lm",
+    "carry_scopes": "afnio_langchain.dspy._lm",
     "PredictorCall": "afnio_langchain.dspy._graph",
     "build_graph": "afnio_langchain.dspy._graph",
     "MetricResult": "afnio_langchain.dspy._metric",
@@ -65,6 +72,7 @@ __all__ = [
     "as_dspy_lm",
     "build_graph",
     "call_metric",
+    "carry_scopes",
     "chat_adapter_reply",
     "require_dspy",
 ]

@@ -64,6 +64,7 @@ class CompileRun:
         ]
         self.variables = {id(p): var for (_, p), var in zip(predictors, self.params)}
         self.by_id = {id(p): name for name, p in predictors}
+        self.warned_ambiguous = False
         self.backward_model = backward_model
         self.optimizer = TGD(
             self.params,
@@ -118,8 +119,22 @@ class CompileRun:
         def roots(item: ScoredItem) -> list[Variable]:
             run: ExampleRun = item.prediction
             graph = build_graph(
-                run.trace, run.prediction, self.variables, self.by_id, backward_model=self.backward_model
+                run.trace,
+                run.prediction,
+                self.variables,
+                self.by_id,
+                backward_model=self.backward_model,
+                predictors=[p for _, p in self.predictors],
             )
+            if graph.ambiguous and not self.warned_ambiguous:
+                self.warned_ambiguous = True
+                logger.warning(
+                    "A traced predictor is not one of the program's (a copy, as dspy.BestOfN "
+                    "and dspy.Refine make) and its signature equals that of several of them "
+                    "(%s), so it is not known which one it copies: its instructions get no "
+                    "feedback (give those predictors different instructions to train them)",
+                    ", ".join(graph.ambiguous[0]),
+                )
             return graph.roots
 
         def validate() -> Validation:

@@ -79,6 +79,9 @@ class ProgramGraph:
         outputs: Per call, its output-field Variables (in signature order).
         roots: The output Variables the program's final prediction came from, each
             once; the metric's feedback is the gradient on each of them.
+        ambiguous: Per traced copy of a predictor that could not be told apart (its
+            signature equals that of several of the program's predictors), the names of
+            those predictors; such a call is replayed with constant instructions.
 
     Example:
         >>> import dspy
@@ -103,6 +106,7 @@ class ProgramGraph:
     calls: list[CallRecord] = field(default_factory=list)
     outputs: list[tuple[Variable, ...]] = field(default_factory=list)
     roots: list[Variable] = field(default_factory=list)
+    ambiguous: list[list[str]] = field(default_factory=list)
 
 
 class PredictorCall(LLMFunction):
@@ -264,6 +268,7 @@ def build_graph(
     names: Mapping[int, str],
     *,
     backward_model: Any = None,
+    predictors: Sequence[Any] = (),
 ) -> ProgramGraph:
     """Replay one program run's DSPy trace as ``PredictorCall`` nodes.
 
@@ -273,6 +278,13 @@ def build_graph(
         instructions: ``id(predictor)`` -> its trainable instructions Variable.
         names: ``id(predictor)`` -> its name in the program.
         backward_model: The model that writes the feedback.
+        predictors: The program's predictors, to match traced copies of them with.
+
+    A traced predictor that is not one of the program's is taken for a copy of the
+    one predictor in ``predictors`` whose signature equals its own (as ``dspy.GEPA``
+    matches trace entries): ``dspy.BestOfN`` and ``dspy.Refine`` run a deep copy of
+    their module on every attempt. With no such predictor, or several, its
+    instructions are a constant (several: the names are listed in ``ambiguous``).
 
     An input field whose value equals an earlier call's output field (the most recent
     one) is wired to that output's Variable. The roots are the output Variables whose
@@ -283,8 +295,15 @@ def build_graph(
     produced: dict[str, Variable] = {}
     with enable_grad():
         for k, (predictor, inputs, pred) in enumerate(trace):
-            name = names.get(id(predictor)) or prompts.UNNAMED_PREDICTOR.format(index=k)
-            variable = instructions.get(id(predictor))
+            key = id(predictor)
+            if key not in instructions and predictors:
+                same = [p for p in predictors if predictor.signature.equals(p.signature)]
+                if len(same) == 1:
+                    key = id(same[0])
+                elif same:
+                    graph.ambiguous.append([names.get(id(p), "?") for p in same])
+            name = names.get(key) or prompts.UNNAMED_PREDICTOR.format(index=k)
+            variable = instructions.get(key)
             if variable is None:  # not one of the program's predictors: not trained
                 variable = Variable(
                     predictor.signature.instructions,

@@ -11,8 +11,10 @@ a LangChain ``BaseChatModel``, an ``openai`` client or a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace as dataclass_replace
 from typing import Any
 
@@ -21,6 +23,7 @@ from afnio_langchain.dspy._compat import require_dspy
 dspy = require_dspy("A DSPy engine backed by a LangChain model (afnio_langchain.dspy._lm)")
 
 from dspy import lm15
+from dspy.dsp.utils.settings import thread_local_overrides
 
 from afnio_langchain._aio import run_sync
 from afnio_langchain.models import (
@@ -58,6 +61,55 @@ _REFUSED = (
     "probabilities",
 )
 _ROLES = {"user": "user", "assistant": "assistant", "developer": "system"}
+_CARRIED_CONTEXT = "afnio_carried_context"
+"""The ``dspy.context`` setting :func:`carry_scopes` sets: the caller's contextvars."""
+
+
+@contextlib.contextmanager
+def carry_scopes() -> Iterator[None]:
+    """Carry the package's scopes into the threads DSPy starts inside the block.
+
+    :func:`~afnio_langchain.track_usage`, :func:`~afnio_langchain.concurrency_limit`,
+    grad mode and LangChain's run tree are contextvars, and DSPy's thread pool
+    (``dspy.Evaluate`` with ``num_threads`` > 1 or its default, ``Module.batch``,
+    ``dspy.Parallel``) does not copy contextvars into its workers;
+    it copies ``dspy.context`` settings. This block puts a snapshot of the caller's
+    contextvars there, and :func:`as_dspy_lm`'s engine makes each call in a worker
+    with the snapshot's values the worker does not set itself. Enter it inside the
+    scopes to carry (it takes the snapshot on entry).
+
+    Example:
+        >>> import dspy
+        >>> from afnio_langchain import track_usage
+        >>> from afnio_langchain.dspy import as_dspy_lm, carry_scopes, chat_adapter_reply
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> lm = as_dspy_lm(ScriptedChatModel(forward=chat_adapter_reply({"answer": "Paris"})))
+        >>> qa = dspy.Predict("question -> answer")
+        >>> examples = [dspy.Example(question=f"Q{i}?").with_inputs("question") for i in range(4)]
+        >>> with dspy.context(lm=lm), track_usage() as usage, carry_scopes():
+        ...     _ = qa.batch(examples, num_threads=4, disable_progress_bar=True)
+        >>> usage.total().calls
+        4
+    """
+    with dspy.context(**{_CARRIED_CONTEXT: contextvars.copy_context()}):
+        yield
+
+
+def _in_carried_context(call: Callable[[], Any]) -> Any:
+    """``call()``, with the contextvars :func:`carry_scopes` carried that this thread
+    lacks (DSPy's own settings are left as DSPy's executor set them)."""
+    carried = dspy.settings.get(_CARRIED_CONTEXT)
+    if not isinstance(carried, contextvars.Context):
+        return call()
+    here = contextvars.copy_context()
+
+    def body() -> Any:
+        for var, value in carried.items():
+            if var is not thread_local_overrides and var not in here:
+                var.set(value)
+        return call()
+
+    return here.run(body)
 
 
 def request_to_messages(request: lm15.Request) -> list[Message]:
@@ -282,8 +334,9 @@ class ModelClientEngine:
         return completion_to_response(completion, self.model_name)
 
     def complete(self, request: lm15.Request) -> lm15.Response:
-        """Synchronous :meth:`acomplete` (works inside a running event loop too)."""
-        return run_sync(lambda: self.acomplete(request))
+        """Synchronous :meth:`acomplete` (works inside a running event loop too); in a
+        DSPy worker thread, with the scopes :func:`carry_scopes` carried."""
+        return _in_carried_context(lambda: run_sync(lambda: self.acomplete(request)))
 
     def stream(self, request: lm15.Request) -> Iterator[Any]:
         """The finished reply as lm15 stream events (start, its text word by word, end:
@@ -292,6 +345,12 @@ class ModelClientEngine:
 
     def close(self) -> None:
         """Nothing to release: the model client is borrowed."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelClientEngine:
+        """The engine itself: it holds only the borrowed client and a purpose, so a deep
+        copy of a program (``Module.deepcopy``, which every DSPy optimizer makes) keeps
+        calling the user's model rather than a copy of it."""
+        return self
 
     def __repr__(self) -> str:
         return f"ModelClientEngine(model_name={self.model_name!r}, purpose={self.purpose!r})"
@@ -326,6 +385,10 @@ class AsyncModelClientEngine:
 
     async def aclose(self) -> None:
         """Nothing to release: the model client is borrowed."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncModelClientEngine:
+        """The engine itself, as :meth:`ModelClientEngine.__deepcopy__`."""
+        return self
 
 
 def as_dspy_lm(
@@ -395,6 +458,7 @@ __all__ = [
     "LM_PREFIX",
     "ModelClientEngine",
     "as_dspy_lm",
+    "carry_scopes",
     "completion_to_response",
     "request_params",
     "request_to_messages",

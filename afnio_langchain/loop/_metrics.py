@@ -142,13 +142,29 @@ def metric_name(metric: Metric) -> str:
 
 
 def prediction_text(prediction: Any) -> str:
-    """The text of a chain output: a Variable's data, a message's content, a str."""
+    """The text of a chain output: a Variable's data, a message's content, a str; for
+    an agent's state (a LangGraph graph's ``{"messages": [...]}``), its last message's
+    text, as LangChain's agent docs read the answer (``result["messages"][-1]``).
+
+    Example:
+        >>> from langchain_core.messages import AIMessage, HumanMessage
+        >>> from afnio_langchain.loop import prediction_text
+        >>> state = {"messages": [HumanMessage("Weather in SF?"), AIMessage("Sunny.")]}
+        >>> prediction_text(state), prediction_text(AIMessage("Hi.")), prediction_text(None)
+        ('Sunny.', 'Hi.', '')
+    """
     if isinstance(prediction, Variable):
         data = prediction.data
         return "\n".join(str(item) for item in data) if isinstance(data, list) else str(data)
+    messages = prediction.get("messages") if isinstance(prediction, Mapping) else None
+    if isinstance(messages, list) and messages:
+        prediction = messages[-1]
     content = getattr(prediction, "content", None)
     if isinstance(content, str):
         return content
+    if isinstance(content, list):  # content blocks: LangChain's message text joins them
+        text = getattr(prediction, "text", None)
+        return str(text() if callable(text) else text or "")
     return "" if prediction is None else str(prediction)
 
 

@@ -284,14 +284,21 @@ def training_step(
         first = next(item.error for item in items)
         return StepOutcome(FAILED, f"failed: every example of the minibatch failed: {first}", items)
     pending = []
+    wanted = 0
     for item in items:
         if not feedback.needs_feedback(item):
             continue
+        wanted += 1
         outputs = list(roots(item))
         if outputs:
             pending.append([(output, feedback.text(item)) for output in outputs])
     if not pending:
-        reason = "every item already correct" if not any(i.error for i in items) else "no item to learn from"
+        if wanted:  # e.g. a program whose outputs came from no trainable parameter
+            reason = "the items to learn from reached no trainable prompt"
+        elif any(i.error for i in items):
+            reason = "no item to learn from"
+        else:
+            reason = "every item already correct"
         return StepOutcome(NO_FEEDBACK, f"no feedback: {reason}", items)
     failures = run_sync(lambda: _backward_each(pending, max_concurrency))
     outcome = StepOutcome(NO_UPDATE, "", items, len(pending), len(failures))

@@ -209,13 +209,15 @@ class Optimizer:
     ``_check_group`` to validate and normalise a group's options.
 
     Args:
-        params: Variables that require grad, or dicts defining parameter groups.
+        params: Variables, or dicts defining parameter groups. Frozen ones
+            (``requires_grad=False``) are accepted as in PyTorch; at least one must
+            require grad.
         defaults: Default options for parameter groups.
 
     Raises:
         TypeError: ``params`` is not a list of Variables or of group dicts.
-        ValueError: The list is empty, a parameter does not require grad, is not a
-            leaf, or appears twice.
+        ValueError: The list is empty, no parameter requires grad, or a parameter is
+            not a leaf or appears twice.
 
     Example:
         >>> from afnio_langchain import Variable
@@ -259,6 +261,17 @@ class Optimizer:
         self.last_step: StepReport | None = None
         for group in _as_groups(params):
             self.add_param_group(group)
+        # Frozen parameters are accepted, as in afnio and PyTorch (a module's
+        # parameters() may hold some), but an optimizer with nothing to train is a
+        # mistake worth naming.
+        if not any(p.requires_grad for p in self.params):
+            first = self.params[0]
+            others = " and neither do the others" if len(self.params) > 1 else ""
+            raise ValueError(
+                f"no parameter requires grad: parameter 0 ({first.role or 'no role'}) does not "
+                f"require grad{others}; create the ones to optimize with requires_grad=True "
+                "or call .requires_grad_()"
+            )
 
     # -- parameter groups ---------------------------------------------------------------
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
@@ -268,8 +281,9 @@ class Optimizer:
 
         Raises:
             TypeError: The group is not a dict with ``"params"``, or holds a non-Variable.
-            ValueError: A parameter does not require grad, is not a leaf, or is already
-                optimized by this optimizer; or the group is empty.
+            ValueError: A parameter is not a leaf, or is already optimized by this
+                optimizer; or the group is empty. Parameters that do not require grad
+                (frozen) are accepted; steps leave them unchanged.
         """
         if not isinstance(param_group, Mapping):
             raise TypeError(
@@ -532,11 +546,6 @@ def _check_param(p: Any, i: int) -> None:
     if not isinstance(p, Variable):
         raise TypeError(
             f"optimizer can only optimize Variables, but parameter {i} is a {type(p).__name__}"
-        )
-    if not p.requires_grad:
-        raise ValueError(
-            f"parameter {i} ({p.role or 'no role'}) does not require grad: create it with "
-            "requires_grad=True or call .requires_grad_()"
         )
     if not p.is_leaf:
         raise ValueError(

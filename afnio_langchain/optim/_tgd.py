@@ -59,7 +59,9 @@ class TGD(Optimizer):
     "momentum": 3, "constraints": [...]}``), including ``model``.
 
     Args:
-        params: Variables to optimize (``requires_grad=True``), or parameter-group dicts.
+        params: Variables to optimize (``requires_grad=True``), or parameter-group dicts;
+            frozen ones (``requires_grad=False``, as ``module.parameters()`` may hold) are
+            kept unchanged, and at least one must require grad.
         model: The optimizer model: a LangChain chat model, an ``openai`` client (with
             ``model_name``), a ``dspy.LM`` or a :class:`~afnio_langchain.models.ModelClient`.
         momentum: How many earlier ``(value, gradients)`` pairs to show (0: none).
@@ -78,8 +80,8 @@ class TGD(Optimizer):
     Raises:
         TypeError: No model, or not a model; a parameter is not a Variable; an option
             has the wrong type.
-        ValueError: No parameters; a parameter does not require grad; an option is
-            out of range.
+        ValueError: No parameters; no parameter requires grad; an option is out of
+            range.
 
     Example:
         >>> from afnio_langchain import Variable
@@ -235,6 +237,8 @@ class TGD(Optimizer):
                 **extra,
             )
 
+        if not param.requires_grad:  # frozen: unchanged even if a grad was set by hand
+            return _Outcome(outcome(SKIPPED, "does not require grad"))
         if not texts:
             reason = "gradients are empty" if param.grad else "no gradients"
             return _Outcome(outcome(SKIPPED, reason))

@@ -14,7 +14,6 @@ from afnio_langchain.runnables._prompts_file import (
     read_prompts_file,
     save_prompts,
 )
-from afnio_langchain.runnables._schema import VariableSchema
 from afnio_langchain.runnables._text_functions import TextFunction, as_differentiable
 from afnio_langchain.runnables._trainable import TrainableChain, make_trainable
 
@@ -26,7 +25,6 @@ __all__ = [
     "TrainableChain",
     "VariableJsonOutputParser",
     "VariableRunnable",
-    "VariableSchema",
     "VariableStrOutputParser",
     "as_differentiable",
     "as_variable",

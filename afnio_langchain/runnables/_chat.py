@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Union
 
 from langchain_core.runnables import RunnableConfig
@@ -22,22 +22,12 @@ from afnio_langchain.autodiff import (
     stream_text_to,
 )
 from afnio_langchain.runnables._base import VariableRunnable
+from afnio_langchain.runnables._chunks import TextChunk, whole_input
 from afnio_langchain.runnables._coerce import as_variables
 from afnio_langchain.runnables._messages import normalize_messages
 from afnio_langchain.runnables._pipeline import pipe
-from afnio_langchain.runnables._schema import VariableSchema, output_schema
 
 _DONE = object()
-
-
-def _accumulate(chunks: list[Any]) -> Any:
-    """The input of a streamed call: dict chunks merged, otherwise the last chunk."""
-    if chunks and all(isinstance(c, Mapping) for c in chunks):
-        merged: dict[str, Any] = {}
-        for chunk in chunks:
-            merged.update(chunk)
-        return merged
-    return chunks[-1] if chunks else None
 
 
 class ChatCompletionRunnable(VariableRunnable):
@@ -148,7 +138,7 @@ class ChatCompletionRunnable(VariableRunnable):
         return [n for n in names if n not in self.inputs]
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> Any:
-        value_type: Any = Any if self.coerce_inputs else Union[str, VariableSchema, list[Union[str, VariableSchema]]]
+        value_type: Any = Any if self.coerce_inputs else Union[str, Variable, list[Union[str, Variable]]]
         return create_model_v2(
             self.get_name("Input"),
             field_definitions={name: (value_type, ...) for name in self.input_keys},
@@ -157,9 +147,6 @@ class ChatCompletionRunnable(VariableRunnable):
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
-
-    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return output_schema(self.get_name("Output"))
 
     def __or__(self, other: Any) -> Any:
         """``step | other``: a :class:`ChatPipeline` when ``other`` is an LLM step too
@@ -219,12 +206,17 @@ class ChatCompletionRunnable(VariableRunnable):
         )
 
     # -- streaming --------------------------------------------------------------------
-    async def _aproduce(self, value: Any, sink: Any) -> Variable:
-        with stream_text_to(sink):
+    async def _aproduce(
+        self, value: Any, sink: Callable[[Any], Any],
+        started: Callable[[asyncio.Task[Any]], bool] | None = None,
+    ) -> Variable:
+        if started is not None and not started(asyncio.current_task()):  # type: ignore[arg-type]
+            raise asyncio.CancelledError  # the stream was closed before the call began
+        with stream_text_to(lambda text: sink(TextChunk(text))):
             return await self._ainvoke(value)
 
     async def _atransform(self, inputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        value = _accumulate([chunk async for chunk in inputs])
+        value = whole_input([chunk async for chunk in inputs])
         chunks: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self._aproduce(value, chunks.put_nowait))
         task.add_done_callback(lambda _: chunks.put_nowait(_DONE))
@@ -237,13 +229,19 @@ class ChatCompletionRunnable(VariableRunnable):
                 task.cancel()
 
     def _transform(self, inputs: Iterator[Any]) -> Iterator[Any]:
-        value = _accumulate(list(inputs))
+        value = whole_input(list(inputs))
         chunks: queue.Queue[Any] = queue.Queue()
         outcome: dict[str, Any] = {}
+        running: list[asyncio.Task[Any]] = []
+        closed = threading.Event()
+
+        def started(task: asyncio.Task[Any]) -> bool:
+            running.append(task)  # before the check: a close either sees it or is seen
+            return not closed.is_set()
 
         def produce() -> None:
             try:
-                outcome["output"] = run_sync(lambda: self._aproduce(value, chunks.put))
+                outcome["output"] = run_sync(lambda: self._aproduce(value, chunks.put, started))
             except BaseException as exc:  # handed to the consuming thread
                 outcome["error"] = exc
             finally:
@@ -252,9 +250,17 @@ class ChatCompletionRunnable(VariableRunnable):
         context = contextvars.copy_context()
         worker = threading.Thread(target=context.run, args=(produce,), daemon=True)
         worker.start()
-        while (chunk := chunks.get()) is not _DONE:
-            yield chunk
-        worker.join()
+        ended = False
+        try:
+            while (chunk := chunks.get()) is not _DONE:
+                yield chunk
+            ended = True
+        finally:
+            if not ended:  # the consumer stopped early: stop the model call too
+                closed.set()
+                for task in running:
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+            worker.join()
         if "error" in outcome:
             raise outcome["error"]
         yield outcome["output"]

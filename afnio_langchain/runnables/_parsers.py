@@ -9,8 +9,8 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import ParseJson, Variable
+from afnio_langchain.runnables._chunks import TextChunk
 from afnio_langchain.runnables._coerce import as_variable
-from afnio_langchain.runnables._schema import VariableSchema, output_schema
 
 
 class _TextStream:
@@ -27,7 +27,7 @@ class _TextStream:
         if isinstance(chunk, Variable):
             self._ended = True
             return [chunk]
-        text = chunk if isinstance(chunk, str) else str(self._to_variable(chunk).data)
+        text = TextChunk(chunk if isinstance(chunk, str) else self._to_variable(chunk).data)
         self._texts.append(text)
         self._ended = False
         return [text]
@@ -60,9 +60,6 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
-
-    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return output_schema(self.get_name("Output"))
 
     def _parse(self, value: Any) -> Variable:
         return as_variable(value, "text", self.get_name())
@@ -133,9 +130,6 @@ class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
     @classmethod
     def is_lc_serializable(cls) -> bool:
         return False
-
-    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return output_schema(self.get_name("Output"), dict[str, VariableSchema])
 
     def _parse(self, value: Any) -> dict[str, Variable]:
         from afnio_langchain.models import parse_json_object

@@ -12,7 +12,6 @@ from afnio_langchain._signed_calls import arun_method, run_method
 from afnio_langchain.autodiff import TextTransform, Variable
 from afnio_langchain.runnables._coerce import as_variable
 from afnio_langchain.runnables._parsers import VariableJsonOutputParser, VariableStrOutputParser
-from afnio_langchain.runnables._schema import output_schema
 
 TextFunc = Callable[[str], Any]
 
@@ -66,9 +65,6 @@ class TextFunction(RunnableSerializable[Any, Variable]):
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
-
-    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
-        return output_schema(self.get_name("Output"))
 
     def _label(self) -> str:
         return self.description or getattr(self.func, "__name__", "") or "a function"

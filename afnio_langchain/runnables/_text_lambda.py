@@ -22,13 +22,14 @@ a chain (after a parallel of several steps, say) keep getting Variables, so
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import TextTransform, Variable
+from afnio_langchain.runnables._chunks import whole_input
 
 
 class LinkedText(str):
@@ -134,34 +135,12 @@ class TextLambda(RunnableSerializable[Any, Any]):
     def transform(
         self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        yield self.invoke(_whole(list(input)), config, **kwargs)
+        yield self.invoke(whole_input(list(input)), config, **kwargs)
 
     async def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        yield await self.ainvoke(_whole([chunk async for chunk in input]), config, **kwargs)
-
-
-def _whole(chunks: list[Any]) -> Any:
-    """The whole input of a stream: a differentiable step streams text chunks, then its
-    Variable (the whole value); other streams are added up, as ``RunnableLambda`` does."""
-    final = next((c for c in reversed(chunks) if isinstance(c, Variable)), None)
-    if final is not None:
-        return final
-    if chunks and all(isinstance(c, Mapping) for c in chunks):
-        # A parallel's chunks: per key, text chunks and then the step's Variable.
-        merged: dict[str, Any] = {}
-        for chunk in chunks:
-            for key, value in chunk.items():
-                if isinstance(value, Variable) or key not in merged:
-                    merged[key] = value
-                elif not isinstance(merged[key], Variable):
-                    merged[key] = merged[key] + value
-        return merged
-    whole = None
-    for chunk in chunks:
-        whole = chunk if whole is None else whole + chunk
-    return whole
+        yield await self.ainvoke(whole_input([chunk async for chunk in input]), config, **kwargs)
 
 
 __all__ = ["LinkedText", "TextLambda"]

@@ -15,6 +15,8 @@ from langchain_core.runnables.configurable import (
     RunnableConfigurableAlternatives,
 )
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
+from langchain_core.runnables.graph import Graph
+from langchain_core.runnables.utils import ConfigurableFieldSpec
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import Variable
@@ -144,6 +146,22 @@ class TrainableChain(RunnableSerializable[Any, Any]):
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
         return self.bound.get_output_schema(config)
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802
+        return self.original.InputType
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802
+        return self.bound.OutputType
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return self.bound.config_specs
+
+    def get_graph(self, config: RunnableConfig | None = None) -> Graph:
+        """The converted chain's graph: its prompts, trainable steps and parsers."""
+        return self.bound.get_graph(config)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self.bound.invoke(input, config, **kwargs)
@@ -368,10 +386,20 @@ def make_trainable(
     bound = converter.convert(chain)
     prompts = list(converter.prompts.values())
     if not prompts:
+        agent = type(chain).__module__.startswith("langgraph.")
         raise ValueError(
             "make_trainable found no ChatPromptTemplate directly followed by a chat model "
             "in this chain (looked inside sequences, parallels, assigns, bindings, fallbacks, "
             "branches and configurable runnables)"
+            + (
+                "; this is a LangGraph graph: for an agent, train its system prompt with "
+                "afnio_langchain.agents (TrainablePromptMiddleware for create_agent, "
+                "TrainablePrompt for create_react_agent, then TrainableAgent; see "
+                "docs/agents.md); for a graph of your own, make_trainable the chains its "
+                "nodes run and train their parameters()"
+                if agent
+                else ""
+            )
         )
     if not any(p.variables for p in prompts):
         raise ValueError(

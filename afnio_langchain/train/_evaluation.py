@@ -134,7 +134,15 @@ def input_json_schema(chain: Any) -> dict[str, Any] | None:
         schema = chain.get_input_schema().model_json_schema()
     except Exception:
         return None
-    return schema if isinstance(schema, dict) else None
+    if not isinstance(schema, dict):
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        # A LangGraph graph's input schema is a reference to its state's definition.
+        target = (schema.get("$defs") or {}).get(ref[len("#/$defs/"):])
+        if isinstance(target, dict):
+            return {**target, "$defs": schema["$defs"]}
+    return schema
 
 
 def is_bare_value_schema(schema: dict[str, Any] | None) -> bool:
