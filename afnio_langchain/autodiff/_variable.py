@@ -369,7 +369,17 @@ class Variable:
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         from pydantic_core import core_schema
 
-        return core_schema.is_instance_schema(cls)
+        # Text (what the JSON schema shows, what a tool call sends) becomes a Variable;
+        # in JSON a Variable is its text.
+        return core_schema.union_schema(
+            [
+                core_schema.is_instance_schema(cls),
+                core_schema.no_info_after_validator_function(cls, core_schema.str_schema()),
+            ],
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda value: value.data, when_used="json"
+            ),
+        )
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:

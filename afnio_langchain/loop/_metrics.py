@@ -141,24 +141,34 @@ def metric_name(metric: Metric) -> str:
     return getattr(metric, "__name__", None) or type(metric).__name__
 
 
-def prediction_text(prediction: Any) -> str:
-    """The text of a chain output: a Variable's data, a message's content, a str; for
-    an agent's state (a LangGraph graph's ``{"messages": [...]}``), its last message's
-    text, as LangChain's agent docs read the answer (``result["messages"][-1]``).
+class GraphState(dict):  # type: ignore[type-arg]
+    """The state a LangGraph graph returned (``{"messages": [...], ...}``), as
+    ``evaluate`` hands it to a metric: a plain dict to the metric, whose text
+    (:func:`prediction_text`) is its last message's, as LangChain's agent docs read the
+    answer (``result["messages"][-1]``). Other dicts with a ``messages`` key (a chain
+    passing a history through) are not read that way.
 
     Example:
         >>> from langchain_core.messages import AIMessage, HumanMessage
-        >>> from afnio_langchain.loop import prediction_text
+        >>> from afnio_langchain.loop import GraphState, prediction_text
         >>> state = {"messages": [HumanMessage("Weather in SF?"), AIMessage("Sunny.")]}
-        >>> prediction_text(state), prediction_text(AIMessage("Hi.")), prediction_text(None)
-        ('Sunny.', 'Hi.', '')
+        >>> prediction_text(GraphState(state)), prediction_text(state) == str(state)
+        ('Sunny.', True)
     """
+
+
+def prediction_text(prediction: Any) -> str:
+    """The text of a chain output: a Variable's data, a message's content, a str; a
+    :class:`GraphState`'s last message's text."""
     if isinstance(prediction, Variable):
         data = prediction.data
         return "\n".join(str(item) for item in data) if isinstance(data, list) else str(data)
-    messages = prediction.get("messages") if isinstance(prediction, Mapping) else None
-    if isinstance(messages, list) and messages:
-        prediction = messages[-1]
+    if isinstance(prediction, GraphState):
+        messages = prediction.get("messages")
+        if isinstance(messages, list) and messages:
+            prediction = messages[-1]
+            if isinstance(prediction, Mapping) and "content" in prediction:
+                return str(prediction["content"])
     content = getattr(prediction, "content", None)
     if isinstance(content, str):
         return content

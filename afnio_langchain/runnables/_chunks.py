@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from langchain_core.runnables.utils import AddableDict
+
 from afnio_langchain.autodiff import Variable
 
 
@@ -46,26 +48,35 @@ class TextChunk(str):
 def whole_input(chunks: list[Any]) -> Any:
     """The whole input of a step from the chunks of its input stream (a step reads its
     whole input before it calls the model, as ``Runnable.transform`` does): a
-    differentiable step's stream is its Variable, a dict stream is merged key by key
-    (per key, text is added up until a step's Variable replaces it), and other chunks
-    are added up with ``+``; chunks that cannot be added leave the last one.
+    differentiable step's stream is its Variable, a parallel's stream (``AddableDict``
+    chunks) is merged key by key (per key, text is added up until a step's Variable
+    replaces it), and other chunks are added up with ``+``; chunks that cannot be added
+    (plain dicts among them) leave the last one.
 
     Example:
         >>> from afnio_langchain import Variable
         >>> from afnio_langchain.runnables._chunks import whole_input
         >>> draft = Variable("one two", role="draft")
-        >>> whole = whole_input([{"q": "hi"}, {"d": "one "}, {"d": "two"}, {"d": draft}])
+        >>> from langchain_core.runnables.utils import AddableDict as Chunk
+        >>> whole = whole_input([Chunk(q="hi"), Chunk(d="one "), Chunk(d="two"), Chunk(d=draft)])
         >>> whole["q"], whole["d"] is draft
         ('hi', True)
-        >>> whole_input([{"d": "one "}, {"d": "two"}])
-        {'d': 'one two'}
+        >>> whole_input([Chunk(d="one "), Chunk(d="two")]), whole_input([{"d": "one"}, {"d": "one two"}])
+        ({'d': 'one two'}, {'d': 'one two'})
     """
     final = next((c for c in reversed(chunks) if isinstance(c, Variable)), None)
     if final is not None:
         return final
     if chunks and all(isinstance(c, Mapping) for c in chunks):
         merged: dict[str, Any] = {}
+        addable = False
         for chunk in chunks:
+            if not (addable or isinstance(chunk, AddableDict)):
+                # Plain dicts do not add up (LangChain keeps the last): a JSON parser's
+                # chunks are running totals, each the whole object so far.
+                merged = dict(chunk)
+                continue
+            addable = True
             for key, value in chunk.items():
                 if isinstance(value, Variable) or merged.get(key) is None:
                     merged[key] = value

@@ -17,6 +17,7 @@ from afnio_langchain.autodiff import describe_error, enable_grad, no_grad
 from afnio_langchain.loop import (
     TARGET_KEYS,
     Example,
+    GraphState,
     Metric,
     MetricResult,
     as_metric_result,
@@ -312,6 +313,12 @@ def run_and_score(
     predictions = run_sync(
         lambda: arun_chain(chain, inputs, grad=grad, max_concurrency=max_concurrency, phase=phase)
     )
+    graph = getattr(chain, "bound", chain)  # through with_config / bind
+    if type(graph).__module__.startswith("langgraph."):  # an agent: scored on its answer
+        predictions = [
+            GraphState(p) if type(p) is dict and isinstance(p.get("messages"), list) else p
+            for p in predictions
+        ]
     return EvalResult(tuple(score_items(metric, examples, predictions)))
 
 

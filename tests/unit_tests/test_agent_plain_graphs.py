@@ -65,3 +65,22 @@ def test_an_agent_paused_for_human_approval_is_an_error_not_a_step_limit():
     # as "kept calling tools instead of answering".
     with pytest.raises(RuntimeError, match="paused for input"):
         trainable.invoke("Email bob.", {"configurable": {"thread_id": "t1"}})
+
+
+def test_a_chain_passing_a_history_through_is_not_read_as_an_agent_state():
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    from afnio_langchain.testing import ScriptedChatModel
+
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer."), ("human", "{question}")])
+    chain = RunnablePassthrough.assign(
+        answer=prompt | ScriptedChatModel(forward="Paris") | StrOutputParser()
+    )
+    history = [HumanMessage("Hi"), AIMessage("Hello! Ask away.")]
+    rows = [{"messages": history, "question": "Capital of France?", "answer": "Paris"}]
+    # Its output has a "messages" key too; its text is the whole output, not the history.
+    assert evaluate(chain, rows, contains).score == 1.0
+    assert evaluate(make_trainable(chain), rows, contains).score == 1.0

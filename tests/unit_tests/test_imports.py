@@ -210,6 +210,7 @@ EXPECTED_ALL = {
         "ExactMatch",
         "FeedbackPolicy",
         "GateDecision",
+        "GraphState",
         "GatePolicy",
         "Metric",
         "MetricResult",

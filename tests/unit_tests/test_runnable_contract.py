@@ -216,3 +216,43 @@ def test_a_trainable_chain_shows_its_configurable_fields_and_its_graph() -> None
     nodes = [n.name for n in chain.get_graph().nodes.values()]
     assert "ChatCompletionRunnable" in nodes and len(nodes) > 3, nodes
     assert chain.InputType == original.InputType
+
+
+@pytest.mark.parametrize("read", [_last_of_stream, _last_of_astream], ids=["stream", "astream"])
+def test_a_json_parser_streaming_running_totals_feeds_a_step_the_last_total(read: Any) -> None:
+    # JsonOutputParser streams plain dicts, each the whole object so far: LangChain's
+    # next step keeps the last one (plain dicts do not add up), so must ours.
+    from langchain_core.output_parsers import JsonOutputParser
+
+    replies = iter([AIMessage('{"city": "Paris France"}')] * 2)
+    upstream = GenericFakeChatModel(messages=replies) | JsonOutputParser()
+    system = Variable("Be brief.", role="system prompt", requires_grad=True)
+    chain = upstream | ChatCompletionRunnable(
+        model=ScriptedChatModel(forward=lambda request: request),
+        messages=[("system", system), ("user", "City: {city}")],
+    )
+    assert chain.invoke("hi").data.endswith("City: Paris France")
+    assert read(chain, "hi").data.endswith("City: Paris France")
+
+
+def test_a_variable_in_a_pydantic_model_or_tool_is_text_in_json() -> None:
+    from langchain_core.tools import tool
+    from pydantic import BaseModel
+
+    class Holder(BaseModel):
+        text: Variable
+
+    held = Holder(text=Variable("Paris", role="answer"))
+    assert held.model_dump_json() == '{"text":"Paris"}'
+    assert held.model_dump()["text"] is held.text
+    assert Holder(text="Lyon").text.data == "Lyon"  # the schema says string: a string is taken
+    with pytest.raises(ValueError):
+        Holder(text=3)
+
+    @tool
+    def shout(text: Variable) -> str:
+        """Shout the text."""
+        return text.data.upper()
+
+    assert shout.args["text"]["type"] == "string"
+    assert shout.invoke({"text": "hi"}) == "HI"
