@@ -157,6 +157,21 @@ class GraphState(dict):  # type: ignore[type-arg]
     """
 
 
+def is_langgraph_graph(runnable: Any) -> bool:
+    """Whether ``runnable`` is a LangGraph graph (an agent from ``create_agent`` or
+    ``create_react_agent``, a compiled ``StateGraph``), also behind ``with_config`` or
+    ``bind``.
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.loop import is_langgraph_graph
+        >>> is_langgraph_graph(RunnableLambda(lambda x: x))
+        False
+    """
+    graph = getattr(runnable, "bound", runnable)
+    return type(graph).__module__.startswith("langgraph.")
+
+
 def prediction_text(prediction: Any) -> str:
     """The text of a chain output: a Variable's data, a message's content, a str; a
     :class:`GraphState`'s last message's text."""

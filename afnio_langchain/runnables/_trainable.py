@@ -20,6 +20,7 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import Variable
+from afnio_langchain.loop import is_langgraph_graph
 from afnio_langchain.runnables._children import replace_children
 from afnio_langchain.runnables._convert import (
     TrainablePrompt,
@@ -386,7 +387,6 @@ def make_trainable(
     bound = converter.convert(chain)
     prompts = list(converter.prompts.values())
     if not prompts:
-        agent = type(chain).__module__.startswith("langgraph.")
         raise ValueError(
             "make_trainable found no ChatPromptTemplate directly followed by a chat model "
             "in this chain (looked inside sequences, parallels, assigns, bindings, fallbacks, "
@@ -397,7 +397,7 @@ def make_trainable(
                 "TrainablePrompt for create_react_agent, then TrainableAgent; see "
                 "docs/agents.md); for a graph of your own, make_trainable the chains its "
                 "nodes run and train their parameters()"
-                if agent
+                if is_langgraph_graph(chain)
                 else ""
             )
         )

@@ -23,6 +23,7 @@ from afnio_langchain.loop import (
     as_metric_result,
     ascore,
     is_async_metric,
+    is_langgraph_graph,
     metric_name,
     prediction_text,
 )
@@ -313,8 +314,7 @@ def run_and_score(
     predictions = run_sync(
         lambda: arun_chain(chain, inputs, grad=grad, max_concurrency=max_concurrency, phase=phase)
     )
-    graph = getattr(chain, "bound", chain)  # through with_config / bind
-    if type(graph).__module__.startswith("langgraph."):  # an agent: scored on its answer
+    if is_langgraph_graph(chain):  # an agent: scored on its answer
         predictions = [
             GraphState(p) if type(p) is dict and isinstance(p.get("messages"), list) else p
             for p in predictions

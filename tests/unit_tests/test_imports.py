@@ -226,6 +226,7 @@ EXPECTED_ALL = {
         "feedback_text",
         "find_target",
         "is_async_metric",
+        "is_langgraph_graph",
         "metric_name",
         "normalize_text",
         "optional_reference",
