@@ -29,7 +29,13 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "Using a dspy.LM as a model needs DSPy: pip install 'afnio-langchain[dspy]'"
     ) from exc
 
-from afnio_langchain.models._protocol import BaseModelClient, Completion, JsonSchema, Message
+from afnio_langchain.models._protocol import (
+    BaseModelClient,
+    Completion,
+    JsonSchema,
+    MalformedReplyError,
+    Message,
+)
 from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode, status_code_of
 from afnio_langchain.models._secrets import register_secrets_of
 from afnio_langchain.models._usage import token_count
@@ -178,7 +184,19 @@ class DSPyLMClient(BaseModelClient):
             if schema is None or not _refuses_response_format(exc):
                 raise
             self._json_mode = False  # this model refuses the schema: prompt and parse instead
+            schema = None
             response, usage = await self._call(self._request(messages, params, None), controls)
+        if has_no_choices(response):
+            if not usage and controls.get("cache", getattr(self.lm, "cache", False)):
+                # DSPy's response cache stores such a reply and would replay it to every
+                # retry: ask the server itself once.
+                request = self._request(messages, params, schema)
+                response, usage = await self._call(request, {**controls, "cache": False})
+            if has_no_choices(response):
+                raise MalformedReplyError(
+                    f"the reply of {self._what()} is a chat completion without choices "
+                    "(DSPy reads it as an empty answer)"
+                )
         details = usage.get("prompt_tokens_details")
         reason = getattr(response, "finish_reason", None)
         return Completion(
@@ -275,6 +293,15 @@ def to_request(
     if prompt_cache is not None and config.cache is None:
         config = dataclasses.replace(config, cache=prompt_cache)
     return request if config is request.config else dataclasses.replace(request, config=config)
+
+
+def has_no_choices(response: Response) -> bool:
+    """Whether the provider's body behind ``response`` held no choice at all. DSPy maps
+    ``"choices": []`` to an empty assistant message with ``finish_reason="stop"``,
+    which would otherwise read as a model that answered nothing."""
+    body = response.provider_data
+    choices = body.get("choices") if isinstance(body, dict) else getattr(body, "choices", None)
+    return isinstance(choices, list) and not choices
 
 
 def response_text(response: Response) -> str:

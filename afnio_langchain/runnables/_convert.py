@@ -1,5 +1,6 @@
-"""Converting between a LangChain ``ChatPromptTemplate`` + chat model pair and a trainable
-:class:`ChatCompletionRunnable`, and back.
+"""Converting between a LangChain prompt template (a ``ChatPromptTemplate``, or a string
+``PromptTemplate``, which a chat model receives as one human message) + chat model pair
+and a trainable :class:`ChatCompletionRunnable`, and back.
 
 Learned text is always a value: in the trainable step, only the template's own input
 variables are fields (anything else in braces stays literal), and on export every
@@ -34,11 +35,12 @@ ROLE_LABELS = {"system": "system prompt", "user": "user prompt", "assistant": "a
 
 @dataclass
 class TrainablePrompt:
-    """One converted ``ChatPromptTemplate``: its trainable message Variables and what is
+    """One converted prompt template: its trainable message Variables and what is
     needed to write it back as a LangChain template.
 
     Attributes:
-        template: The original template.
+        template: The original template: a ``ChatPromptTemplate``, or a string
+            ``PromptTemplate`` (one human message, trained whole).
         variables: Message index -> the trainable Variable holding that message's text
             (in this package's template syntax).
         fields: Message index -> the input variables that message had (they stay fields).
@@ -60,7 +62,7 @@ class TrainablePrompt:
         'Answer in {language}, in one word {{no braces}}.'
     """
 
-    template: ChatPromptTemplate
+    template: ChatPromptTemplate | PromptTemplate
     variables: dict[int, Variable] = field(default_factory=dict)
     fields: dict[int, list[str]] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -72,7 +74,8 @@ class TrainablePrompt:
         belong to (when the chain has several) and which fields they must keep."""
         for index, variable in self.variables.items():
             role = self.messages[index]["role"]
-            name = ROLE_LABELS[role] + (f" of LLM step {step}" if step is not None else "")
+            what = "prompt" if isinstance(self.template, PromptTemplate) else ROLE_LABELS[role]
+            name = what + (f" of LLM step {step}" if step is not None else "")
             kept = self.fields[index]
             if kept:
                 name += f" (a template: keep {', '.join('{' + f + '}' for f in kept)} as written)"
@@ -82,9 +85,12 @@ class TrainablePrompt:
     def input_variables(self) -> list[str]:
         return [*self.template.input_variables, *self.defaults]
 
-    def export(self) -> ChatPromptTemplate:
+    def export(self) -> ChatPromptTemplate | PromptTemplate:
         """The original template with the current values of the trainable messages,
         every brace in learned text escaped except the message's own variables."""
+        if isinstance(self.template, PromptTemplate):
+            text = to_fstring(str(self.variables[0].data), self.fields[0])
+            return self.template.model_copy(update={"template": text})
         messages: list[Any] = list(self.template.messages)
         for index, variable in self.variables.items():
             original = messages[index]
@@ -147,15 +153,25 @@ def _template_text(message: Any, where: str) -> tuple[str, list[str], dict[str, 
     return from_fstring(prompt.template), list(prompt.input_variables), dict(prompt.partial_variables)
 
 
-def convert_template(template: ChatPromptTemplate, roles: Sequence[str]) -> TrainablePrompt:
-    """Seed-form messages for a ``ChatPromptTemplate``; messages of ``roles`` become
-    trainable Variables (named by :meth:`TrainablePrompt.label`).
+PROMPT_TEMPLATES = (ChatPromptTemplate, PromptTemplate)
+"""The prompt templates ``make_trainable`` converts when a chat model follows them."""
+
+
+def convert_template(
+    template: ChatPromptTemplate | PromptTemplate, roles: Sequence[str]
+) -> TrainablePrompt:
+    """Seed-form messages for a prompt template; messages of ``roles`` become trainable
+    Variables (named by :meth:`TrainablePrompt.label`). A string ``PromptTemplate`` is
+    one human message holding the whole prompt, instructions included: it is trainable
+    when ``roles`` has ``"system"`` or ``"user"``.
 
     Raises:
         ValueError: The template holds something that cannot be trained: a
             ``MessagesPlaceholder``, a non-text message, a mustache/jinja2 template, or a
             partial variable given as a function.
     """
+    if isinstance(template, PromptTemplate):
+        return _convert_string_template(template, roles)
     converted = TrainablePrompt(template=template)
     for index, message in enumerate(template.messages):  # ("placeholder", ...) has a list partial
         if isinstance(message, MessagesPlaceholder):
@@ -193,6 +209,17 @@ def convert_template(template: ChatPromptTemplate, roles: Sequence[str]) -> Trai
             converted.messages.append({"role": role, "content": [variable]})
         else:
             converted.messages.append({"role": role, "content": [text]})
+    converted.label()
+    return converted
+
+
+def _convert_string_template(template: PromptTemplate, roles: Sequence[str]) -> TrainablePrompt:
+    from langchain_core.prompts.chat import HumanMessagePromptTemplate
+
+    as_chat = ChatPromptTemplate.from_messages([HumanMessagePromptTemplate(prompt=template)])
+    trainable = ("user",) if {"system", "user"} & set(roles) else ()
+    converted = convert_template(as_chat, trainable)
+    converted.template = template
     converted.label()
     return converted
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.output_parsers import BaseOutputParser
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.base import RunnableLambda, RunnableSequence
+from langchain_core.runnables.branch import RunnableBranch
 from langchain_core.runnables.configurable import (
     DynamicRunnable,
     RunnableConfigurableAlternatives,
@@ -23,6 +24,7 @@ from afnio_langchain.autodiff import Variable
 from afnio_langchain.loop import is_langgraph_graph
 from afnio_langchain.runnables._children import replace_children
 from afnio_langchain.runnables._convert import (
+    PROMPT_TEMPLATES,
     TrainablePrompt,
     check_text_reply,
     convert_template,
@@ -33,6 +35,7 @@ from afnio_langchain.runnables._convert import (
 from afnio_langchain.runnables._parameters import parameters
 from afnio_langchain.runnables._pipeline import sequence_of
 from afnio_langchain.runnables._prompts_file import load_prompts, prompts_state, save_prompts
+from afnio_langchain.runnables._routing import RoutingLambda, routed, routes_of
 from afnio_langchain.runnables._text_functions import as_differentiable
 from afnio_langchain.runnables._text_lambda import TextLambda
 
@@ -49,11 +52,11 @@ class TrainableChain(RunnableSerializable[Any, Any]):
     Attributes:
         bound: The converted, differentiable chain (what runs).
         original: The chain given to :func:`make_trainable` (left unchanged).
-        prompts: One entry per converted ``ChatPromptTemplate``, in the chain's order.
+        prompts: One entry per converted prompt template, in the chain's order.
 
     Example:
         >>> from langchain_core.output_parsers import StrOutputParser
-        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
         >>> from afnio_langchain import make_trainable
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> template = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
@@ -101,6 +104,9 @@ class TrainableChain(RunnableSerializable[Any, Any]):
         def swap(runnable: Any) -> Any:
             if id(runnable) in exported:
                 return exported[id(runnable)]
+            if type(runnable) is RunnableLambda:
+                routes = routes_of(runnable, swap)
+                return routed(runnable, routes) if routes else runnable
             return replace_children(runnable, swap)
 
         return swap(self.original)
@@ -220,8 +226,9 @@ class _Converter:
         self.roles = roles
         self.backward_model = backward_model
         self.prompts: dict[int, TrainablePrompt] = {}
+        self.routes: dict[int, dict[int, Runnable]] = {}  # id(function) -> its routes
 
-    def prompt_for(self, template: ChatPromptTemplate) -> TrainablePrompt:
+    def prompt_for(self, template: ChatPromptTemplate | PromptTemplate) -> TrainablePrompt:
         # A template used twice trains one set of Variables.
         if id(template) not in self.prompts:
             self.prompts[id(template)] = convert_template(template, self.roles)
@@ -230,9 +237,28 @@ class _Converter:
     def convert(self, runnable: Any) -> Any:
         if isinstance(runnable, RunnableSequence):
             return self.convert_sequence(runnable)
-        return replace_children(runnable, self.convert)
+        if type(runnable) is RunnableLambda:
+            return self.convert_function(runnable, after_step=False)
+        converted = replace_children(runnable, self.convert)
+        if isinstance(converted, RunnableBranch):
+            return _with_text_conditions(converted)
+        return converted
 
-    def convert_pair(self, template: ChatPromptTemplate, model_step: Any) -> Runnable | None:
+    def convert_function(self, function: RunnableLambda, *, after_step: bool) -> Runnable:
+        """A function of the chain: a :class:`RoutingLambda` when it returns chains it
+        closes over that hold prompt + model pairs; else, right after an LLM step, a
+        :class:`TextLambda`; else the function as it is."""
+        if id(function) not in self.routes:
+            self.routes[id(function)] = {}  # a function closing over its own chain: no routes
+            self.routes[id(function)] = routes_of(function, self.convert)
+        routes = self.routes[id(function)]
+        if routes:
+            return RoutingLambda(bound=routed(function, routes), routes=routes)
+        return TextLambda(bound=function) if after_step else function
+
+    def convert_pair(
+        self, template: ChatPromptTemplate | PromptTemplate, model_step: Any
+    ) -> Runnable | None:
         """The trainable step standing for ``template | model_step``; None when
         ``model_step`` is not a chat model. A model with fallbacks or configurable
         alternatives gives the same around one trainable step per model, all sharing
@@ -243,7 +269,9 @@ class _Converter:
             self.prompts.pop(id(template), None)
         return pair
 
-    def _pair(self, template: ChatPromptTemplate, model_step: Any) -> Runnable | None:
+    def _pair(
+        self, template: ChatPromptTemplate | PromptTemplate, model_step: Any
+    ) -> Runnable | None:
         split = split_chat_model(model_step)
         if split is not None:
             chat_model, kwargs, rewrap = split
@@ -278,7 +306,7 @@ class _Converter:
         while i < len(steps):
             step = steps[i]
             pair = None
-            if isinstance(step, ChatPromptTemplate) and i + 1 < len(steps):
+            if isinstance(step, PROMPT_TEMPLATES) and i + 1 < len(steps):
                 pair = self.convert_pair(step, steps[i + 1])
             if pair is None:
                 out.append(self.convert(step))
@@ -298,11 +326,25 @@ class _Converter:
             # others keep getting Variables (a + "\n" + b on two steps' outputs stays in
             # the graph, and a function can hand them to a step of its own).
             while i < len(steps) and type(steps[i]) is RunnableLambda:
-                out.append(TextLambda(bound=steps[i]))
+                out.append(self.convert_function(steps[i], after_step=True))
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence
         return out[0] if len(out) == 1 else sequence_of(out, sequence.name)
+
+
+def _with_text_conditions(branch: RunnableBranch) -> RunnableBranch:
+    """``branch`` whose condition functions get text, as in the original chain
+    (``lambda x: "math" in x["topic"].lower()``): a condition only picks the branch,
+    so nothing it returns needs linking into the graph. The branches still get the
+    Variables."""
+    branches = [
+        (TextLambda(bound=condition) if type(condition) is RunnableLambda else condition, step)
+        for condition, step in branch.branches
+    ]
+    if all(new is old for (new, _), (old, _) in zip(branches, branch.branches)):
+        return branch
+    return branch.model_copy(update={"branches": branches})
 
 
 def _check_parses_text(step: Any) -> None:
@@ -333,9 +375,10 @@ def make_trainable(
 ) -> TrainableChain:
     """Make the prompts of an existing LangChain chain trainable.
 
-    Finds each ``ChatPromptTemplate`` directly followed by a chat model (possibly
-    wrapped by ``bind``, ``with_config`` or ``with_retry``, or with fallbacks or
-    configurable alternatives of its own), anywhere in sequences, parallels,
+    Finds each ``ChatPromptTemplate`` (or string ``PromptTemplate``, trained whole)
+    directly followed by a chat model (possibly wrapped by ``bind``, ``with_config`` or
+    ``with_retry``, or with fallbacks or configurable alternatives of its own), anywhere
+    in sequences, parallels,
     ``RunnablePassthrough.assign``, bindings, fallbacks, branches and configurable
     runnables, and replaces the pair by a :class:`ChatCompletionRunnable`
     whose system messages are trainable Variables. The output parser right after the
@@ -358,7 +401,7 @@ def make_trainable(
 
     Example:
         >>> from langchain_core.output_parsers import StrOutputParser
-        >>> from langchain_core.prompts import ChatPromptTemplate
+        >>> from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
         >>> from afnio_langchain import make_trainable, set_backward_model
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> model = ScriptedChatModel(forward="Paris", feedback="Also name the country.")
@@ -388,7 +431,8 @@ def make_trainable(
     prompts = list(converter.prompts.values())
     if not prompts:
         raise ValueError(
-            "make_trainable found no ChatPromptTemplate directly followed by a chat model "
+            "make_trainable found no prompt template (ChatPromptTemplate or PromptTemplate) "
+            "directly followed by a chat model "
             "in this chain (looked inside sequences, parallels, assigns, bindings, fallbacks, "
             "branches and configurable runnables)"
             + (

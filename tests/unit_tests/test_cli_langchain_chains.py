@@ -69,6 +69,12 @@ APP = textwrap.dedent(
 
         prompt = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{question}")])
         return prompt | model | StrOutputParser() | RunnableLambda(lambda s: s.strip().rstrip("."))
+
+    # A string prompt, as many of LangChain's guides write it.
+    def string_prompt(model):
+        from langchain_core.prompts import PromptTemplate
+
+        return PromptTemplate.from_template(SYSTEM + " Question: {question}") | model | StrOutputParser()
     '''
 )
 
@@ -221,3 +227,28 @@ def test_a_factory_whose_model_parameter_has_another_name_gets_the_model(app, op
     import my_app
 
     assert my_app.received == ["ChatOpenAI"]
+
+
+def test_a_chain_with_a_string_prompt_trains_and_its_prompt_evaluates(app, openai_server, capsys):
+    assert optimize(app, openai_server, "my_app:string_prompt") == 0
+    report = json.loads((app / "run" / "report.json").read_text())
+    assert report["steps"][0]["params"][0]["gradients"] > 0
+    forward = [b for b in openai_server.requests if not required_keys_in(request_text(b))]
+    import my_app
+
+    # One human message, as ChatOpenAI sends a string prompt; the first step used the seed.
+    assert all(len(b["messages"]) == 1 and b["messages"][0]["role"] == "user" for b in forward)
+    assert {"role": "user", "content": my_app.SYSTEM + " Question: What is 1+1?"} in [
+        b["messages"][0] for b in forward
+    ]
+    learned = json.loads((app / "run" / "prompts.json").read_text())["prompts"][0]
+    assert learned["role"] == "prompt (a template: keep {question} as written)"
+    capsys.readouterr()
+    before = openai_server.request_count
+    assert main(["evaluate", "--chain", "my_app:string_prompt", "--data", str(app / "val.jsonl"),
+                 "--metric", "exact_match", "--model", spec(openai_server),
+                 "--prompts", str(app / "run" / "prompts.json")]) == 0
+    (sent,) = openai_server.requests[before:]
+    assert sent["messages"] == [
+        {"role": "user", "content": learned["value"].replace("{question}", "What is 5+5?")}
+    ]

@@ -174,7 +174,7 @@ async def test_async_batch_and_stream_of_a_trainable_chain():
 @pytest.mark.parametrize(
     ("chain", "message"),
     [
-        (RunnableLambda(lambda x: x), "found no ChatPromptTemplate"),
+        (RunnableLambda(lambda x: x), "found no prompt template"),
         (
             ChatPromptTemplate.from_messages([("human", "{q}")]) | ScriptedChatModel(forward="x"),
             "none has a message of roles",

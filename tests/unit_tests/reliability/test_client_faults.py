@@ -250,26 +250,66 @@ def test_dspy_lm_shares_the_retry_policy():
 
 def test_through_a_dspy_lm_the_body_faults_behave_as_dspy_itself_reads_them():
     """docs/reliability.md: DSPy's engine reads a dspy.LM's replies, so a non-JSON 200
-    surfaces at once as its LMProviderError and a 200 with no choices reads as an empty
-    reply, as through a plain dspy.LM (the doc once said both were retried)."""
+    surfaces at once as its LMProviderError, as through a plain dspy.LM."""
     dspy = pytest.importorskip("dspy")
     from dspy.utils import exceptions as dspy_errors
 
     from afnio_langchain.models import as_model_client
 
-    replies = {
-        "html": Reply(body=b"<html>bad gateway</html>"),
-        "no_choices": Reply(body={"id": "x", "object": "chat.completion", "choices": []}),
-    }
-    for fault, reply in replies.items():
-        with StdlibServer(lambda _request, r=reply: r) as server:
-            lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
-            client = as_model_client(lm)
-            client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
-            messages = [{"role": "user", "content": "hi"}]
-            if fault == "html":
-                with pytest.raises(dspy_errors.LMProviderError):
-                    asyncio.run(client.acomplete(messages))
-            else:
-                assert asyncio.run(client.acomplete(messages)).text == ""
-            assert server.count() == 1
+    reply = Reply(body=b"<html>bad gateway</html>")
+    with StdlibServer(lambda _request: reply) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+        client = as_model_client(lm)
+        client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+        with pytest.raises(dspy_errors.LMProviderError):
+            asyncio.run(client.acomplete([{"role": "user", "content": "hi"}]))
+        assert server.count() == 1
+
+
+NO_CHOICES = Reply(body={"id": "x", "object": "chat.completion", "model": MODEL, "choices": []})
+
+
+def test_through_a_dspy_lm_a_reply_without_choices_is_retried_not_read_as_empty():
+    """DSPy reads ``"choices": []`` as an empty answer with finish reason ``stop``; the
+    other paths retry it as malformed, and so must a dspy.LM (an empty forward answer
+    would flow on into the graph as if the model had said nothing)."""
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.models import MalformedReplyError, as_model_client
+
+    with StdlibServer(lambda _request: NO_CHOICES) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+        client = as_model_client(lm)
+        client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+        with track_usage() as usage, pytest.raises(MalformedReplyError, match="without choices"):
+            asyncio.run(client.acomplete([{"role": "user", "content": "hi"}]))
+        assert server.count() == 3
+        assert usage.total().retries == 2
+
+    replies = iter([NO_CHOICES])
+    with StdlibServer(lambda _request: next(replies, Reply(body=completion("Paris.")))) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+        client = as_model_client(lm)
+        client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+        assert asyncio.run(client.acomplete([{"role": "user", "content": "hi"}])).text == "Paris."
+        assert server.count() == 2
+
+
+def test_a_reply_without_choices_in_dspys_cache_is_not_replayed(tmp_path, monkeypatch):
+    """With DSPy's response cache on, the first reply without choices is stored; each
+    retry and each later identical call must reach the server instead of replaying it."""
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.models import as_model_client
+
+    monkeypatch.setattr(dspy, "cache", dspy.clients.Cache(
+        enable_disk_cache=False, enable_memory_cache=True,
+        disk_cache_dir=str(tmp_path), memory_max_entries=100,
+    ))
+    replies = iter([NO_CHOICES])
+    with StdlibServer(lambda _request: next(replies, Reply(body=completion("Paris.")))) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=True)
+        client = as_model_client(lm)
+        client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+        messages = [{"role": "user", "content": "hi"}]
+        assert asyncio.run(client.acomplete(messages)).text == "Paris."
+        assert asyncio.run(client.acomplete(messages)).text == "Paris."
+        assert server.count() == 3

@@ -1,0 +1,111 @@
+"""A chain's routing function, with the chains it picks from made trainable.
+
+LangChain's documented way to route is a function that returns the next chain to run:
+``RunnableLambda(route)``, where ``route(info)`` returns one of the chains it closes over
+and LangChain runs that chain on the same input. ``make_trainable`` converts those
+chains too; :func:`routed` rebuilds the function so that it returns the converted chain
+(or, on export, the exported one) where the original returned the original. Only
+returned chains are swapped: a chain the function invokes itself runs as written.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from afnio_langchain.runnables._text_lambda import TextLambda
+
+
+def routes_of(function: RunnableLambda, convert: Callable[[Any], Any]) -> dict[int, Runnable]:
+    """``id(chain) -> convert(chain)`` for each chain ``function`` closes over that
+    ``convert`` changes (LangChain's own dependency analysis finds them); empty for a
+    generator function, whose output is streamed rather than run."""
+    if _is_generator(function):
+        return {}
+    try:
+        deps = function.deps
+    except Exception:  # noqa: BLE001 - source inspection can fail on builtins
+        return {}
+    changed = {}
+    for dep in deps:
+        new = convert(dep)
+        if new is not dep:
+            changed[id(dep)] = new
+    return changed
+
+
+def _is_generator(function: RunnableLambda) -> bool:
+    funcs = [getattr(function, "func", None), getattr(function, "afunc", None)]
+    return any(
+        inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in funcs if f
+    )
+
+
+def routed(function: RunnableLambda, routes: Mapping[int, Runnable]) -> RunnableLambda:
+    """A copy of ``function`` whose returned chains are looked up in ``routes`` (by
+    ``id``); its other results, its name and the arguments it takes are unchanged.
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.runnables._routing import routed
+        >>> loud, quiet = RunnableLambda(str.upper), RunnableLambda(str.lower)
+        >>> def route(text):
+        ...     return loud if text.endswith("!") else "as is"
+        >>> swapped = routed(RunnableLambda(route), {id(loud): quiet})
+        >>> swapped.invoke("Hi!"), swapped.invoke("Hi"), swapped.name
+        ('hi!', 'as is', 'route')
+    """
+
+    def pick(output: Any) -> Any:
+        return routes.get(id(output), output) if isinstance(output, Runnable) else output
+
+    func, afunc = getattr(function, "func", None), getattr(function, "afunc", None)
+    new_func = new_afunc = None
+    if func is not None:
+
+        @functools.wraps(func)
+        def new_func(*args: Any, **kwargs: Any) -> Any:
+            return pick(func(*args, **kwargs))
+
+    if afunc is not None:
+
+        @functools.wraps(afunc)
+        async def new_afunc(*args: Any, **kwargs: Any) -> Any:
+            return pick(await afunc(*args, **kwargs))
+
+    if new_func is None:
+        return RunnableLambda(new_afunc, name=function.name)  # type: ignore[arg-type]
+    return RunnableLambda(new_func, afunc=new_afunc, name=function.name)
+
+
+class RoutingLambda(TextLambda):
+    """A routing function of the original chain (see the module doc): it gets text, as
+    :class:`TextLambda` gives it, and the chain it returns runs converted. ``routes``
+    holds the converted chains, so their prompts are among the chain's parameters.
+
+    Example:
+        >>> from langchain_core.prompts import PromptTemplate
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> model = ScriptedChatModel(forward="42")
+        >>> maths = PromptTemplate.from_template("Solve: {question}") | model
+        >>> other = PromptTemplate.from_template("Answer: {question}") | model
+        >>> def route(info):
+        ...     return maths if "math" in info["topic"].lower() else other
+        >>> chain = make_trainable({"topic": lambda x: "Math", "question": lambda x: x["q"]}
+        ...                        | RunnableLambda(route))
+        >>> chain.invoke({"q": "6 x 7?"}).data, len(chain.parameters())
+        ('42', 2)
+        >>> model.calls[-1].messages[0].content
+        'Solve: 6 x 7?'
+    """
+
+    routes: dict[int, Runnable]
+
+
+__all__ = ["RoutingLambda", "routed", "routes_of"]
