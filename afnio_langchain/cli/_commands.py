@@ -52,12 +52,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     with setup.model_pool() as pool:
         models = {role: pool.get(text) for role, text in roles.items() if text and role != "forward"}
         chain = setup.build_chain(target_obj, pool, roles["forward"])
-        chain, params = trainable_chain(chain)
+        chain, params = trainable_chain(chain, roles=args.roles)
         setup.check_rows(chain, [train_data, val_data], target, inputs)
         metric = setup.build_metric(args, target, models.get("judge"))
         trainer = setup.make_trainer(
             args, chain, metric, models, target, inputs, price_table, folder,
-            info={"chain": args.chain, "train": str(args.train), "val": str(args.val) if args.val else None,
+            info={"chain": args.chain, "roles": list(args.roles), "train": str(args.train), "val": str(args.val) if args.val else None,
                   "models": {k: str(parse_model_spec(v)) for k, v in roles.items() if v is not None}},
             params=params, evaluate_train=not args.no_eval_train,
         )
@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         judge = pool.get(roles["judge"]) if roles["judge"] and args.metric in setup.JUDGE_NAMES else None
         chain = setup.build_chain(target_obj, pool, roles["forward"])
         if saved is not None:
-            chain, params = trainable_chain(chain)
+            chain, params = trainable_chain(chain, roles=args.roles)
             apply_prompts(params, saved, str(args.prompts), chain=chain)
         setup.check_rows(chain, [data], target, inputs)
         metric = setup.build_metric(args, target, judge)

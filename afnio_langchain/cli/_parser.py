@@ -68,6 +68,29 @@ def _add_training_options(
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in roles if r not in MESSAGE_ROLES]
+    if not roles or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(MESSAGE_ROLES)}; got {text!r}"
+        )
+    return roles
+
+
+def _add_chain_options(p: argparse.ArgumentParser, chain_help: str) -> None:
+    p.add_argument("--chain", required=True, help=chain_help)
+    p.add_argument(
+        "--roles", type=_roles, default=("system",),
+        help="messages of the chain's prompt templates to train, comma-separated: system, "
+        "user, assistant (default system; a PromptTemplate's one message trains with "
+        "system or user)",
+    )
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", required=True, help="exact_match, contains, judge, or module:function")
     p.add_argument("--criteria", help="what a good output is (for --metric judge)")
@@ -105,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     opt = sub.add_parser("optimize", help="train the prompts of a chain on a dataset")
-    opt.add_argument("--chain", required=True, help="module:attribute (or file.py:attribute): a chain, or a function returning one")
+    _add_chain_options(opt, "module:attribute (or file.py:attribute): a chain, or a function returning one")
     opt.add_argument("--train", required=True, type=Path, help="training examples (.jsonl or .csv)")
     val = opt.add_mutually_exclusive_group()
     val.add_argument("--val", type=Path, help="validation examples (.jsonl or .csv)")
@@ -116,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--no-eval-train", action="store_true", help="do not score the whole training set before and after")
 
     ev = sub.add_parser("evaluate", help="score a chain on a dataset")
-    ev.add_argument("--chain", required=True, help="module:attribute (or file.py:attribute)")
+    _add_chain_options(ev, "module:attribute (or file.py:attribute)")
     ev.add_argument("--data", required=True, type=Path, help="examples (.jsonl or .csv)")
     _add_data_options(ev)
     _add_model_options(ev)

@@ -179,26 +179,30 @@ class DSPyLMClient(BaseModelClient):
         if json_schema is not None and "response_format" not in params:
             schema = json_schema if await self._supports_response_schema() else None
         try:
-            response, usage = await self._call(self._request(messages, params, schema), controls)
+            response, usage, called = await self._call(
+                self._request(messages, params, schema), controls
+            )
         except Exception as exc:
             if schema is None or not _refuses_response_format(exc):
                 raise
             self._json_mode = False  # this model refuses the schema: prompt and parse instead
             schema = None
-            response, usage = await self._call(self._request(messages, params, None), controls)
+            response, usage, called = await self._call(
+                self._request(messages, params, None), controls
+            )
         if has_no_choices(response):
-            if not usage and controls.get("cache", getattr(self.lm, "cache", False)):
+            if not called:
                 # DSPy's response cache stores such a reply and would replay it to every
                 # retry: ask the server itself once.
                 request = self._request(messages, params, schema)
-                response, usage = await self._call(request, {**controls, "cache": False})
+                response, usage, called = await self._call(request, {**controls, "cache": False})
             if has_no_choices(response):
                 raise MalformedReplyError(
                     f"the reply of {self._what()} is a chat completion without choices "
                     "(DSPy reads it as an empty answer)"
                 )
         details = usage.get("prompt_tokens_details")
-        reason = getattr(response, "finish_reason", None)
+        reason = provider_finish_reason(response) or getattr(response, "finish_reason", None)
         return Completion(
             text=response_text(response),
             model=self.model_name,
@@ -208,8 +212,7 @@ class DSPyLMClient(BaseModelClient):
             cached_input_tokens=token_count(details.get("cached_tokens"))
             if isinstance(details, dict)
             else 0,
-            # DSPy counts a call's usage only when it did not come from its cache.
-            from_cache=not usage,
+            from_cache=not called,
             finish_reason=reason if isinstance(reason, str) and reason else None,
         )
 
@@ -229,7 +232,12 @@ class DSPyLMClient(BaseModelClient):
             prompt_cache=self.lm.kwargs.get("prompt_cache"),
         )
 
-    async def _call(self, request: Request, controls: dict[str, Any]) -> tuple[Response, dict]:
+    async def _call(
+        self, request: Request, controls: dict[str, Any]
+    ) -> tuple[Response, dict, bool]:
+        """The LM's response, the tokens DSPy counted for it, and whether the call
+        reached the model (DSPy reports usage for every call its cache did not answer,
+        empty when the provider sent none)."""
         lm = self._runner()
         # DSPy adds a call's usage to the active tracker only when it did not come
         # from its cache (dspy/clients/execution.py, finalize); a scope of our own
@@ -237,6 +245,7 @@ class DSPyLMClient(BaseModelClient):
         # dspy.track_usage() scope the user has open.
         try:
             with dspy.track_usage() as tracker:
+                reported = _noting_reports(tracker)
                 if _has_async_path(lm):
                     response = await lm.acall(request, **controls)
                 else:
@@ -249,7 +258,7 @@ class DSPyLMClient(BaseModelClient):
                 f"{type(self.lm).__name__}.acall(Request) returned {type(response).__name__}, "
                 "expected dspy.lm15.Response"
             )
-        return response, tracker.get_total_tokens().get(lm.model, {})
+        return response, tracker.get_total_tokens().get(lm.model, {}), bool(reported)
 
     def _runner(self) -> dspy.BaseLM:
         """The LM to call: a copy without DSPy's own retries when DSPy would retry."""
@@ -259,6 +268,13 @@ class DSPyLMClient(BaseModelClient):
         if hasattr(lm, "_engine_spec") and getattr(lm, "num_retries", 0):
             return lm.copy(num_retries=0)
         return lm
+
+    def _client_timeout(self) -> float | None:
+        """The LM's own ``timeout`` (``dspy.LM(..., timeout=30)``), in seconds."""
+        timeout = self.lm.kwargs.get("timeout")
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+            return float(timeout)
+        return None
 
     async def _supports_response_schema(self) -> bool:
         if self._json_mode is None:
@@ -293,6 +309,33 @@ def to_request(
     if prompt_cache is not None and config.cache is None:
         config = dataclasses.replace(config, cache=prompt_cache)
     return request if config is request.config else dataclasses.replace(request, config=config)
+
+
+def _noting_reports(tracker: Any) -> list[bool]:
+    """A list that gets an item each time DSPy reports a call's usage to ``tracker``:
+    DSPy does so for every call its cache did not answer (``execution.finalize``), even
+    when the provider sent no usage, which the tracker itself does not keep."""
+    reported: list[bool] = []
+    add_usage = tracker.add_usage
+
+    def noting(lm: str, usage_entry: dict[str, Any]) -> None:
+        reported.append(True)
+        add_usage(lm, usage_entry)
+
+    tracker.add_usage = noting
+    return reported
+
+
+def provider_finish_reason(response: Response) -> str | None:
+    """The finish reason the provider sent (``choices[0].finish_reason`` of the body
+    behind ``response``), when it is there. DSPy maps a reason it does not know
+    (``"error"`` from a gateway) to ``"stop"``, which would pass for a complete reply."""
+    body = response.provider_data
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) and reason else None
+    return None
 
 
 def has_no_choices(response: Response) -> bool:

@@ -86,17 +86,34 @@ _TRANSIENT_NAME_MARKERS = (
 JSON_MODE_MARKERS = ("response_format", "json_schema", "json_object", "schema")
 
 
+OTHER_REFUSAL_MARKERS = (
+    "context_length",
+    "context length",
+    "maximum context",
+    "too many tokens",
+    "content_filter",
+    "content_policy",
+    "content management policy",
+    "model_not_found",
+)
+"""Words of a 400 that refuses the request for a reason JSON mode has nothing to do
+with (too long, filtered, no such model): the same request without JSON mode would
+fail the same way, and giving JSON mode up would then last for the client's life."""
+
+
 def refuses_json_mode(exc: BaseException, status: int | None = None) -> bool:
     """True when a failed JSON-mode request looks like the endpoint refusing JSON mode.
 
-    A 400 or 422 is a refusal. A 500 or 501 counts only when its message is about
+    A 400 or 422 is a refusal, unless it names another reason
+    (:data:`OTHER_REFUSAL_MARKERS`: the context length, a content filter). A 500 or 501 counts only when its message is about
     the response format (llama.cpp answers 500 ``response_format type must be one
     of ...``): any other server error is transient and is retried, never taken as a
     reason to give up JSON mode for good.
     """
     code = status if status is not None else status_code_of(exc)
     if code in (400, 422):
-        return True
+        text = str(exc).lower()
+        return not any(marker in text for marker in OTHER_REFUSAL_MARKERS)
     if code in (500, 501):
         text = str(exc).lower()
         return any(marker in text for marker in JSON_MODE_MARKERS)

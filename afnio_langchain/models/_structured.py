@@ -165,8 +165,30 @@ def extract_fields(text: str, keys: Sequence[str], *, numbers: bool = False) -> 
             raise ValueError(
                 f"the value of {key!r} holds U+FFFD (bytes that could not be decoded)"
             )
+        if _SURROGATE.search(value):
+            raise ValueError(f"the value of {key!r} holds a lone surrogate escape (not text)")
+        if _is_reply_again(value, keys):
+            raise ValueError(
+                f"the value of {key!r} is the JSON reply again, encoded as a string; give "
+                "the text itself"
+            )
         out[key] = value
     return out
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate on its own: a JSON ``\\ud800`` escape decodes to one, and no
+text holds one (it cannot even be encoded as UTF-8 to send on)."""
+
+
+def _is_reply_again(value: str, keys: Sequence[str]) -> bool:
+    """Whether ``value`` is itself a JSON object with the reply's keys (a model that
+    encoded its reply twice): written into a prompt, it would be JSON, not the text."""
+    stripped = value.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return False
+    inner = _loads(stripped)
+    return isinstance(inner, dict) and any(k in inner for k in keys)
 
 
 def _json_type(value: Any) -> str:

@@ -115,14 +115,19 @@ def as_differentiable(step: Any, description: str = "") -> RunnableSerializable:
         >>> type(as_differentiable(StrOutputParser())).__name__
         'VariableStrOutputParser'
     """
-    from langchain_core.output_parsers import BaseOutputParser, JsonOutputParser, StrOutputParser
+    from langchain_core.output_parsers import (
+        BaseOutputParser,
+        JsonOutputParser,
+        PydanticOutputParser,
+        StrOutputParser,
+    )
 
 
     if isinstance(step, (TextFunction, VariableStrOutputParser, VariableJsonOutputParser)):
         return step
     if isinstance(step, StrOutputParser):
         return VariableStrOutputParser()
-    if isinstance(step, JsonOutputParser):
+    if isinstance(step, JsonOutputParser) and not isinstance(step, PydanticOutputParser):
         return VariableJsonOutputParser()
     if isinstance(step, BaseOutputParser):
         try:

@@ -218,7 +218,7 @@ def _read_jsonl(file: Path, source: str) -> Iterator[tuple[int, Example]]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\n"))  # a column past the end, not line 2's
             except json.JSONDecodeError as exc:
                 raise DatasetError(source, f"not valid JSON ({exc.msg} at column {exc.colno})", number) from None
             if not isinstance(value, dict):

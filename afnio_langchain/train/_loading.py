@@ -47,6 +47,9 @@ def import_object(spec: str) -> Any:
             raise ChainLoadError(f"cannot import {module_part!r}")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
+        folder = str(file.resolve().parent)  # its sibling modules import, as under python file.py
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:
@@ -190,9 +193,9 @@ def find_parameters(chain: Any) -> list[Variable]:
     )
 
 
-def make_chain_trainable(chain: Any) -> Any:
+def make_chain_trainable(chain: Any, roles: Sequence[str] = ("system",)) -> Any:
     """Convert a plain LangChain chain (prompt | chat model | parser) into a trainable
-    one with ``afnio_langchain.make_trainable``.
+    one with ``afnio_langchain.make_trainable`` (``roles``: the messages it trains).
 
     Raises:
         ChainLoadError: ``make_trainable`` is not available in this version, or the
@@ -213,14 +216,17 @@ def make_chain_trainable(chain: Any) -> Any:
             "version: build it from ChatCompletionRunnable steps with Variable(..., requires_grad=True)"
         )
     try:
-        return make_trainable(chain)
+        return make_trainable(chain, roles=tuple(roles))
     except (TypeError, ValueError) as exc:
-        raise ChainLoadError(f"cannot make the chain trainable: {exc}") from exc
+        hint = " (on the command line: --roles system,user)" if "try roles=" in str(exc) else ""
+        raise ChainLoadError(f"cannot make the chain trainable: {exc}{hint}") from exc
 
 
-def trainable_chain(chain: Any, params: Sequence[Variable] | None = None) -> tuple[Any, list[Variable]]:
+def trainable_chain(
+    chain: Any, params: Sequence[Variable] | None = None, *, roles: Sequence[str] = ("system",)
+) -> tuple[Any, list[Variable]]:
     """``(chain, params)`` ready for training: the given params, else those found in
-    the chain, else those of ``make_trainable(chain)``.
+    the chain, else those of ``make_trainable(chain, roles=roles)``.
 
     Raises:
         ChainLoadError: No trainable Variable anywhere.
@@ -230,7 +236,7 @@ def trainable_chain(chain: Any, params: Sequence[Variable] | None = None) -> tup
     else:
         found = find_parameters(chain)
         if not found:
-            chain = make_chain_trainable(chain)
+            chain = make_chain_trainable(chain, roles)
             found = find_parameters(chain)
     if not found:
         raise ChainLoadError(

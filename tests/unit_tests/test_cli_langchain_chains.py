@@ -70,6 +70,10 @@ APP = textwrap.dedent(
         prompt = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{question}")])
         return prompt | model | StrOutputParser() | RunnableLambda(lambda s: s.strip().rstrip("."))
 
+    # One human message and no system message (ChatPromptTemplate.from_template).
+    def one_message(model):
+        return ChatPromptTemplate.from_template(SYSTEM + " {question}") | model | StrOutputParser()
+
     # A string prompt, as many of LangChain's guides write it.
     def string_prompt(model):
         from langchain_core.prompts import PromptTemplate
@@ -252,3 +256,24 @@ def test_a_chain_with_a_string_prompt_trains_and_its_prompt_evaluates(app, opena
     assert sent["messages"] == [
         {"role": "user", "content": learned["value"].replace("{question}", "What is 5+5?")}
     ]
+
+
+def test_roles_choose_the_messages_a_chain_without_a_system_prompt_trains(app, openai_server, capsys):
+    before = openai_server.request_count
+    assert optimize(app, openai_server, "my_app:one_message", out="refused") == 2
+    err = capsys.readouterr().err
+    assert "none has a message of roles ['system']" in err and "--roles system,user" in err
+    assert openai_server.request_count == before  # refused before any model call
+
+    assert optimize(app, openai_server, "my_app:one_message", "--roles", "system,user") == 0
+    report = json.loads((app / "run" / "report.json").read_text())
+    assert report["config"]["roles"] == ["system", "user"]
+    learned = json.loads((app / "run" / "prompts.json").read_text())["prompts"]
+    assert [p["role"] for p in learned] == ["user prompt (a template: keep {question} as written)"]
+    assert main(["evaluate", "--chain", "my_app:one_message", "--roles", "user", "--data",
+                 str(app / "val.jsonl"), "--metric", "exact_match", "--model", spec(openai_server),
+                 "--prompts", str(app / "run" / "prompts.json")]) == 0
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--chain", "my_app:one_message", "--roles", "tools", "--data",
+              str(app / "val.jsonl"), "--metric", "exact_match"])
+    assert "expected a comma-separated list of system, user, assistant" in capsys.readouterr().err

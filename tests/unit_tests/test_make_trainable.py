@@ -11,16 +11,22 @@ from langchain_core.messages import AIMessage, SystemMessage
 from langchain_core.output_parsers import (
     CommaSeparatedListOutputParser,
     JsonOutputParser,
+    PydanticOutputParser,
     StrOutputParser,
 )
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.runnables.retry import RunnableRetry
+from pydantic import BaseModel
 
 from afnio_langchain import ChatCompletionRunnable, Variable, make_trainable, set_backward_model
 from afnio_langchain.optim import TGD
 from afnio_langchain.runnables import TrainableChain
 from afnio_langchain.testing import ScriptedChatModel
+
+
+class City(BaseModel):
+    city: str
 
 
 def qa_prompt(system: str = "Answer briefly.") -> ChatPromptTemplate:
@@ -202,8 +208,14 @@ async def test_async_batch_and_stream_of_a_trainable_chain():
             qa_prompt() | ScriptedChatModel(forward="x") | CommaSeparatedListOutputParser(),
             "cannot run on Variables",
         ),
+        (  # a JsonOutputParser subclass, but it returns a pydantic object, not text
+            qa_prompt() | ScriptedChatModel(forward='{"city": "Paris"}')
+            | PydanticOutputParser(pydantic_object=City),
+            "PydanticOutputParser does not return text",
+        ),
     ],
-    ids=["no-pair", "no-system", "placeholder", "placeholder-shorthand", "mustache", "list-parser"],
+    ids=["no-pair", "no-system", "placeholder", "placeholder-shorthand", "mustache", "list-parser",
+         "pydantic-parser"],
 )
 def test_chains_that_cannot_be_converted_say_why(chain, message):
     with pytest.raises(ValueError, match=message):

@@ -224,9 +224,13 @@ def test_merged_minibatch_gradients_keep_one_text_per_item(columns):
 
 # -- JSON replies ---------------------------------------------------------------------------
 
-# Values a reply can carry: U+FFFD marks bytes that could not be decoded, which the
-# parser refuses by design (test_structured_and_usage.py checks that refusal).
-decodable_text = st.text(alphabet=st.characters(blacklist_characters="\ufffd"), max_size=60)
+# Values a reply can carry: U+FFFD marks bytes that could not be decoded, and a lone
+# surrogate is no text (UTF-8 cannot carry one); the parser refuses both by design
+# (test_structured_and_usage.py checks those refusals).
+decodable_text = st.text(
+    alphabet=st.characters(blacklist_characters="\ufffd", blacklist_categories=("Cs",)),
+    max_size=60,
+)
 json_values = st.dictionaries(identifiers, decodable_text, min_size=1, max_size=4)
 wrappers = st.sampled_from(
     [

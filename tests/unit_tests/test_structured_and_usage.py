@@ -77,6 +77,15 @@ def test_extract_fields():
         extract_fields('{"var_1": null}', ["var_1"])
     with pytest.raises(ValueError, match="U\\+FFFD"):
         extract_fields('{"var_1": "caf\ufffd"}', ["var_1"])
+    # a JSON escape of half a surrogate pair decodes to no text (it cannot be sent on)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        extract_fields('{"improved_value": "Answer \\ud800 with digits."}', ["improved_value"])
+    assert extract_fields('{"v": "smile \\ud83d\\ude00"}', ["v"]) == {"v": "smile \U0001f600"}
+    # a reply encoded twice would put JSON into the prompt
+    twice = json.dumps({"improved_value": json.dumps({"improved_value": "Answer with digits."})})
+    with pytest.raises(ValueError, match="the JSON reply again"):
+        extract_fields(twice, ["improved_value"])
+    assert extract_fields(json.dumps({"v": '{"name": "x"}'}), ["v"]) == {"v": '{"name": "x"}'}
     # no reply is read under a name it was not given, with or without a wrapper
     with pytest.raises(ValueError):
         extract_fields("  just the feedback  ", ["var_1"])

@@ -57,6 +57,31 @@ def test_malformed_jsonl_rows_are_reported_with_their_line(tmp_path, text, line,
     assert f"line {line}:" in str(info.value)
 
 
+def test_a_cut_off_jsonl_row_names_the_column_where_it_breaks(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"q": "a", "answer": "1"}\n{"q": "y", "answer": \n')
+    with pytest.raises(DatasetError, match=r"line 2: not valid JSON \(Expecting value at column 22\)"):
+        load_dataset(path, required=["q", "answer"])
+
+
+def test_a_chain_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    """``--chain apps/chain.py:build`` runs the file as ``python apps/chain.py`` would:
+    its own folder is on the import path, from any working directory."""
+    from afnio_langchain.train import load_chain
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "helper_for_chain_file.py").write_text('SYSTEM = "Be brief."\n')
+    (apps / "chain.py").write_text(
+        "from helper_for_chain_file import SYSTEM\n"
+        "from langchain_core.runnables import RunnableLambda\n"
+        "chain = RunnableLambda(lambda x: SYSTEM)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.delitem(__import__("sys").modules, "helper_for_chain_file", raising=False)
+    assert load_chain("apps/chain.py:chain").invoke({}) == "Be brief."
+
+
 def test_csv_rows_with_quoted_newlines_keep_the_right_line_numbers(tmp_path):
     path = write(tmp_path, "d.csv", 'q,answer\n"two\nlines",1\nb,2\n')
     data = load_dataset(path)

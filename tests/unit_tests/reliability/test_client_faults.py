@@ -23,7 +23,7 @@ from afnio_langchain.models import RetryPolicy
 from afnio_langchain.train import fit
 
 from ._stdlib_server import Reply, StdlibServer, chat, completion, sse
-from .conftest import KEY, MODEL, make_client
+from .conftest import CLIENTS, KEY, MODEL, make_client
 
 GOOD = json.dumps(completion("The answer.")).encode()
 BODY_FAULTS = {
@@ -313,3 +313,94 @@ def test_a_reply_without_choices_in_dspys_cache_is_not_replayed(tmp_path, monkey
         assert asyncio.run(client.acomplete(messages)).text == "Paris."
         assert asyncio.run(client.acomplete(messages)).text == "Paris."
         assert server.count() == 3
+
+
+def _memory_cache(monkeypatch, tmp_path, dspy):
+    monkeypatch.setattr(dspy, "cache", dspy.clients.Cache(
+        enable_disk_cache=False, enable_memory_cache=True,
+        disk_cache_dir=str(tmp_path), memory_max_entries=100,
+    ))
+
+
+def test_through_a_dspy_lm_a_reply_without_usage_is_a_call_not_a_cache_hit(tmp_path, monkeypatch):
+    """A provider that sends no ``usage`` block still served the call: it counts
+    towards ``max_calls`` budgets. Only DSPy's cache answering is a cache hit."""
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.models import as_model_client
+
+    _memory_cache(monkeypatch, tmp_path, dspy)
+    body = completion("Paris.")
+    del body["usage"]
+    with StdlibServer(lambda _request: Reply(body=body)) as server:
+        for cache in (False, True):
+            lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=cache)
+            client = as_model_client(lm)
+            with track_usage() as usage:
+                for _ in range(2):
+                    assert asyncio.run(client.acomplete([{"role": "user", "content": "hi"}])).text == "Paris."
+            total = usage.total()
+            assert (total.calls, total.cache_hits) == ((2, 0) if not cache else (1, 1)), cache
+        assert server.count() == 3
+
+
+def test_through_a_dspy_lm_the_providers_finish_reason_is_kept(tmp_path):
+    """DSPy maps a finish reason it does not know (a gateway's ``"error"``) to
+    ``"stop"``; the package reads the provider's, so a gradient or proposal that ended
+    that way is re-asked as on the other paths instead of being taken as complete."""
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.models import as_model_client
+
+    reply = Reply(body=completion('{"var_1": "Be brief."}', finish_reason="error"))
+    with StdlibServer(lambda _request: reply) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+        client = as_model_client(lm)
+        completion_ = asyncio.run(client.acomplete([{"role": "user", "content": "hi"}]))
+        assert completion_.finish_reason == "error"
+        question = Variable("2+2?", requires_grad=True)
+        answer = ChatCompletion.apply(client, [{"role": "user", "content": [question]}],
+                                      backward_model=client)
+        with pytest.raises(BackwardError, match="finish reason 'error'"):
+            answer.backward("Wrong.")
+        assert not question.grad
+
+
+def test_through_a_dspy_lm_its_timeout_bounds_a_trickling_reply():
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.models import as_model_client
+
+    body = json.dumps(completion("The answer.")).encode()
+    trickle = Reply(pieces=[body[i : i + 1] for i in range(len(body))], delay=0.03)
+    with StdlibServer(lambda _request: trickle) as server:
+        lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False,
+                     timeout=0.4)
+        client = as_model_client(lm)
+        client.retry = RetryPolicy(3, initial_wait=0.001, max_wait=0.01)
+        assert client.attempt_timeout() == pytest.approx(0.4 * 1.1 + 0.05)
+        began = time.monotonic()
+        with pytest.raises(Exception, match=r"(?i)timed? ?out|deadline"):
+            asyncio.run(client.acomplete([{"role": "user", "content": "hi"}]))
+        assert time.monotonic() - began < 4.0  # three attempts, not the ~7 s trickle
+
+
+@pytest.mark.parametrize("client_kind", CLIENTS)
+def test_a_bad_request_for_another_reason_keeps_json_mode_and_fails_at_once(client_kind):
+    """A 400 that says the request is too long is no refusal of JSON mode: without
+    JSON mode it would fail the same way. It surfaces after one request, and later
+    structured requests still carry the JSON schema."""
+    from afnio_langchain.models import JsonSchema
+
+    too_long = Reply(status=400, body={"error": {
+        "message": "This model's maximum context length is 8192 tokens.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}})
+    replies = iter([too_long])
+    schema = JsonSchema("feedback", {"type": "object", "properties": {"var_1": {"type": "string"}},
+                                     "required": ["var_1"], "additionalProperties": False})
+    with StdlibServer(lambda _request: next(replies, Reply(body=completion('{"var_1": "ok"}')))) as server:
+        client = make_client(client_kind, server)
+        messages = [{"role": "user", "content": "Give feedback."}]
+        with track_usage() as usage, pytest.raises(Exception, match="maximum context length"):
+            asyncio.run(client.acomplete(messages, purpose="backward", json_schema=schema))
+        assert server.count() == 1
+        assert usage.total().failures == 1
+        asyncio.run(client.acomplete(messages, purpose="backward", json_schema=schema))
+        assert server.requests[-1].body["response_format"]["type"] == "json_schema"
