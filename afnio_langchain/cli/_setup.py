@@ -286,7 +286,10 @@ def _clear_run(out: Path) -> None:
 
 
 def _remove_if_empty(out: Path, created: bool) -> None:
-    if created and out.is_dir() and not any(out.iterdir()):
+    """Remove the folder this run created when it holds nothing but the run's lock
+    (``checkpoint.json.lock``, the file ``train.run_lock`` holds)."""
+    lock = f"{CHECKPOINT}.lock"
+    if created and out.is_dir() and all(p.name == lock for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
 
 

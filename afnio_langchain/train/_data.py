@@ -151,7 +151,7 @@ class Dataset(Sequence[Example]):
         raise DatasetError(
             self.source,
             f"cannot tell which key holds the expected output (looked for {', '.join(TARGET_KEYS)}; "
-            f"the first example has: {', '.join(sorted(first))}); name it with target_key",
+            f"the first example has: {', '.join(sorted(first))}); name it with target_key= (--target-key on the command line)",
         )
 
 

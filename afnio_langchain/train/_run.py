@@ -46,7 +46,7 @@ from afnio_langchain.train._accounting import (
 )
 from afnio_langchain.train._checkpoint import TrainingState
 from afnio_langchain.train._evaluation import EvalResult, chain_inputs, run_and_score
-from afnio_langchain.train._run_state import save_state, start_state
+from afnio_langchain.train._run_state import save_spend, save_state, start_state
 
 if TYPE_CHECKING:
     from afnio_langchain.train._trainer import Trainer
@@ -165,6 +165,20 @@ class TrainingRun:
             elapsed_s=self.base_elapsed + (time.monotonic() - self.session_start),
         )
 
+    def _save_spend(self) -> None:
+        """On the way out of an interrupted or failed session: its spend, into the last
+        checkpoint (never masking why the session ended)."""
+        try:
+            save_spend(
+                self.t,
+                usage=self._usage(),
+                eval_usage=merge_usage(self.base_eval, self.eval_usage),
+                elapsed_s=self.base_elapsed + (time.monotonic() - self.session_start),
+                sessions=self.state.sessions,
+            )
+        except Exception:  # noqa: BLE001 - the session's own error is the one to report
+            pass
+
     # -- the loop ----------------------------------------------------------------------
     def execute(self) -> TrainResult:
         t = self.t
@@ -186,6 +200,9 @@ class TrainingRun:
                     self._epoch()
                 if self.state.stage == "final":
                     self._final()
+            except BaseException:
+                self._save_spend()
+                raise
             finally:
                 self.bar.close()
             self._save()

@@ -98,6 +98,27 @@ def save_state(
     return save_checkpoint(trainer.checkpoint_path, state)
 
 
+def save_spend(
+    trainer: Trainer,
+    *,
+    usage: UsageTracker,
+    eval_usage: UsageTracker,
+    elapsed_s: float,
+    sessions: int,
+) -> None:
+    """Write what a session spent (calls, tokens, time) into the run's last checkpoint,
+    its progress left as that checkpoint has it: an interrupted step is redone on
+    resume, but the calls it made were paid for and count towards the budgets."""
+    path = trainer.checkpoint_path
+    if path is None or not Path(path).exists():
+        return
+    state = load_checkpoint(path)
+    state.usage = {"total": usage_pairs(usage), "evaluation": usage_pairs(eval_usage)}
+    state.elapsed_s = elapsed_s
+    state.sessions = sessions
+    save_checkpoint(path, state)
+
+
 def portable_state_dict(optimizer: Optimizer) -> dict[str, Any]:
     """The optimizer's state dict without model-call options (which stay with the
     optimizer built for the resumed run and may hold credentials)."""

@@ -115,6 +115,19 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(project, capsys, monkey
     assert not (project / "run").exists()
 
 
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_folder(project, capsys, loopback):
+    """Interrupted during the first evaluation: the run had taken its folder's lock, and
+    "nothing was written" must hold for the lock file too."""
+    (project / "stopper.py").write_text(
+        "def metric(example, prediction):\n    raise KeyboardInterrupt\n"
+    )
+    args = optimize(project, loopback)
+    args[args.index("--metric") + 1] = "stopper:metric"
+    assert main(args) == 130
+    assert "Interrupted before the first checkpoint; nothing was written." in capsys.readouterr().err
+    assert not (project / "run").exists()
+
+
 def test_ctrl_c_while_the_report_is_written_says_the_run_is_saved(project, capsys, monkeypatch, loopback):
     import afnio_langchain.cli._setup as setup
 
