@@ -290,7 +290,7 @@ def check_resumable(state: TrainingState, fingerprint: Mapping[str, Any], source
         CheckpointError: Naming what differs.
     """
     differences = []
-    for key in sorted(set(state.fingerprint) | set(fingerprint)):
+    for key in sorted(state.fingerprint):  # a key newer than the checkpoint is not checked
         saved, now = state.fingerprint.get(key), fingerprint.get(key)
         if saved != now:
             differences.append(f"{key} (saved {_short(saved)}, now {_short(now)})")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from afnio_langchain.loop import Example
+from afnio_langchain.loop import Example, metric_name
 from afnio_langchain.models import UsageTracker
 from afnio_langchain.optim import Optimizer
 from afnio_langchain.train._accounting import usage_pairs
@@ -41,6 +41,7 @@ def run_fingerprint(
         "batch_size": trainer.batch_size,
         "seed": trainer.seed,
         "shuffle": trainer.shuffle,
+        "metric": metric_name(trainer.metric),  # scores of two metrics do not compare
     }
 
 

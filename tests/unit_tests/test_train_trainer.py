@@ -285,6 +285,29 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         other.fit(examples(3))
 
 
+def test_a_checkpoint_scored_by_another_metric_is_refused_and_an_older_one_resumes(tmp_path):
+    import json
+
+    first, _, _ = run_plan(tmp_path, exact_match, "c.json")
+    first.fit(examples(2))
+
+    def contains_answer(example, prediction):  # another metric: the scores would not compare
+        return exact_match(example, prediction)
+
+    other, _, _ = run_plan(tmp_path, contains_answer, "c.json", resume=True)
+    with pytest.raises(CheckpointError, match='metric \\(saved "exact_match", now "contains_answer"\\)'):
+        other.fit(examples(2))
+
+    # A checkpoint written before the metric was part of a run's identity still resumes.
+    path = tmp_path / "c.json"
+    saved = json.loads(path.read_text())
+    del saved["fingerprint"]["metric"]
+    path.write_text(json.dumps(saved))
+    again, model, _ = run_plan(tmp_path, exact_match, "c.json", resume=True)
+    again.fit(examples(2))
+    assert model.calls == []  # finished: nothing more to run
+
+
 def test_the_checkpoint_is_json_written_after_each_step_and_holds_no_key(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value-123456")
     model = make_model()
