@@ -343,9 +343,13 @@ class TrainingRun:
             self.state.batch += 1  # this step is done (it failed); do not retry it on resume
             self.state.steps_done += 1
             self._save()
+            kept = (
+                "The checkpoint was kept: fix the cause and resume"
+                if self.t.checkpoint_path is not None
+                else "Fix the cause and run again (pass checkpoint_path= to resume instead)"
+            )
             raise TrainingError(
-                f"{self.failed_steps} steps in a row failed; the last one: {reason}. The "
-                "checkpoint was kept: fix the cause and resume"
+                f"{self.failed_steps} steps in a row failed; the last one: {reason}. {kept}"
             )
 
     def _end_epoch(self) -> None:
