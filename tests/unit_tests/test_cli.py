@@ -213,7 +213,10 @@ def test_an_interrupted_optimize_resumes_from_its_checkpoint(project, monkeypatc
     assert main(optimize_args(project, out="reference")) == 0
     reference = json.loads((project / "reference" / "report.json").read_text())
     assert [s["decision"] for s in report["steps"]] == [s["decision"] for s in reference["steps"]]
-    assert report["usage"]["total"]["calls"] == reference["usage"]["total"]["calls"]
+    # Every paid call counts: step 2 is redone, so the forward calls its minibatch (2
+    # items) made before the interrupt are counted twice, as they were paid twice.
+    extra = report["usage"]["total"]["calls"] - reference["usage"]["total"]["calls"]
+    assert 0 < extra <= 2
     assert report["prompts"] == reference["prompts"]
 
 

@@ -34,16 +34,19 @@ def test_lone_surrogates_and_nul_bytes_in_examples_train_and_checkpoint(client, 
         path.read_bytes().decode("utf-8")  # valid UTF-8 on disk
 
 
-def test_a_learned_prompt_with_a_lone_surrogate_is_written_by_the_cli(
+def test_a_proposal_with_a_lone_surrogate_is_refused_and_the_cli_writes_its_report(
     project, server, oracle, capsys  # noqa: F811 - fixture
 ):
+    """A lone surrogate is no text (it reaches a model as U+FFFD), so a proposal holding
+    one is refused like any unusable reply; the run still writes valid UTF-8."""
     oracle.proposal = "Answer \ud800 briefly.\x00"
     assert main(cli_args(project, server, "--epochs", "1")) == 0
-    prompts_file = project / "run" / "prompts.json"
-    saved = json.loads(prompts_file.read_text(encoding="utf-8"))  # valid UTF-8 on disk
-    assert saved["prompts"][0]["value"] == "Answer \ud800 briefly.\x00"
-    printed = capsys.readouterr().out
-    assert "Answer \\ud800 briefly." in printed  # the summary is printed, escaped
+    run = project / "run"
+    saved = json.loads((run / "prompts.json").read_text(encoding="utf-8"))  # valid UTF-8 on disk
+    assert "\ud800" not in saved["prompts"][0]["value"]
+    report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    assert all(not step["decision"].startswith("accepted") for step in report["steps"])
+    (run / "summary.md").read_bytes().decode("utf-8")
 
 
 @pytest.mark.parametrize("where", ["first", "later"])
