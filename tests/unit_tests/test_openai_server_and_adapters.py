@@ -454,7 +454,9 @@ def test_chat_openai_sync_complete_called_repeatedly(openai_server):
 
 
 async def test_concurrent_calls_overlap_and_respect_the_concurrency_limit(openai_server):
-    openai_server.latency = 0.3
+    # 1 s: on a loaded CI runner, opening 8 fresh connections took longer than 0.3 s
+    # (a fresh-clone run saw a peak of 6), so a shorter reply no longer overlapped them all.
+    openai_server.latency = 1.0
     model = openai_model(openai_server)
 
     async def peak_of_a_batch() -> int:
