@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "Using a dspy.LM as a model needs DSPy: pip install 'afnio-langchain[dspy]'"
     ) from exc
 
+from afnio_langchain.models._openai_adapter import seconds_of
 from afnio_langchain.models._protocol import (
     BaseModelClient,
     Completion,
@@ -271,10 +272,7 @@ class DSPyLMClient(BaseModelClient):
 
     def _client_timeout(self) -> float | None:
         """The LM's own ``timeout`` (``dspy.LM(..., timeout=30)``), in seconds."""
-        timeout = self.lm.kwargs.get("timeout")
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
-            return float(timeout)
-        return None
+        return seconds_of(self.lm.kwargs.get("timeout"))
 
     async def _supports_response_schema(self) -> bool:
         if self._json_mode is None:
@@ -326,13 +324,20 @@ def _noting_reports(tracker: Any) -> list[bool]:
     return reported
 
 
+def _provider_choices(response: Response) -> list[Any] | None:
+    """The ``choices`` of the provider's body behind ``response`` (a dict, or an object
+    with the attribute), None when the body does not say."""
+    body = response.provider_data
+    choices = body.get("choices") if isinstance(body, dict) else getattr(body, "choices", None)
+    return choices if isinstance(choices, list) else None
+
+
 def provider_finish_reason(response: Response) -> str | None:
     """The finish reason the provider sent (``choices[0].finish_reason`` of the body
     behind ``response``), when it is there. DSPy maps a reason it does not know
     (``"error"`` from a gateway) to ``"stop"``, which would pass for a complete reply."""
-    body = response.provider_data
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+    choices = _provider_choices(response)
+    if choices and isinstance(choices[0], dict):
         reason = choices[0].get("finish_reason")
         return reason if isinstance(reason, str) and reason else None
     return None
@@ -342,9 +347,7 @@ def has_no_choices(response: Response) -> bool:
     """Whether the provider's body behind ``response`` held no choice at all. DSPy maps
     ``"choices": []`` to an empty assistant message with ``finish_reason="stop"``,
     which would otherwise read as a model that answered nothing."""
-    body = response.provider_data
-    choices = body.get("choices") if isinstance(body, dict) else getattr(body, "choices", None)
-    return isinstance(choices, list) and not choices
+    return _provider_choices(response) == []
 
 
 def response_text(response: Response) -> str:

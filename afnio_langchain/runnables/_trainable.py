@@ -56,7 +56,7 @@ class TrainableChain(RunnableSerializable[Any, Any]):
 
     Example:
         >>> from langchain_core.output_parsers import StrOutputParser
-        >>> from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+        >>> from langchain_core.prompts import ChatPromptTemplate
         >>> from afnio_langchain import make_trainable
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> template = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
@@ -401,7 +401,7 @@ def make_trainable(
 
     Example:
         >>> from langchain_core.output_parsers import StrOutputParser
-        >>> from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+        >>> from langchain_core.prompts import ChatPromptTemplate
         >>> from afnio_langchain import make_trainable, set_backward_model
         >>> from afnio_langchain.testing import ScriptedChatModel
         >>> model = ScriptedChatModel(forward="Paris", feedback="Also name the country.")

@@ -156,13 +156,20 @@ class TrainingRun:
     def _cost(self) -> CostReport:
         return estimate_cost(self._usage(), self.t.prices)
 
+    def _eval_usage_total(self) -> UsageTracker:
+        return merge_usage(self.base_eval, self.eval_usage)
+
+    def _elapsed(self) -> float:
+        """Wall time of the whole run so far, this session included."""
+        return self.base_elapsed + (time.monotonic() - self.session_start)
+
     def _save(self) -> None:
         save_state(
             self.state,
             self.t,
             usage=self._usage(),
-            eval_usage=merge_usage(self.base_eval, self.eval_usage),
-            elapsed_s=self.base_elapsed + (time.monotonic() - self.session_start),
+            eval_usage=self._eval_usage_total(),
+            elapsed_s=self._elapsed(),
         )
 
     def _save_spend(self) -> None:
@@ -172,8 +179,8 @@ class TrainingRun:
             save_spend(
                 self.t,
                 usage=self._usage(),
-                eval_usage=merge_usage(self.base_eval, self.eval_usage),
-                elapsed_s=self.base_elapsed + (time.monotonic() - self.session_start),
+                eval_usage=self._eval_usage_total(),
+                elapsed_s=self._elapsed(),
                 sessions=self.state.sessions,
             )
         except Exception:  # noqa: BLE001 - the session's own error is the one to report
@@ -211,7 +218,7 @@ class TrainingRun:
             params=list(t.params),
             state=self.state,
             usage=self._usage(),
-            eval_usage=merge_usage(self.base_eval, self.eval_usage),
+            eval_usage=self._eval_usage_total(),
             cost=self._cost(),
             wall_time_s=self.state.elapsed_s,
             checkpoint_path=t.checkpoint_path,

@@ -92,7 +92,7 @@ def save_state(
     write it to the trainer's checkpoint (if it has one)."""
     state.values = [p.data for p in trainer.params]
     state.optimizer = portable_state_dict(trainer.optimizer)
-    state.usage = {"total": usage_pairs(usage), "evaluation": usage_pairs(eval_usage)}
+    state.usage = _usage_record(usage, eval_usage)
     state.elapsed_s = elapsed_s
     if trainer.checkpoint_path is None:
         return None
@@ -114,10 +114,15 @@ def save_spend(
     if path is None or not Path(path).exists():
         return
     state = load_checkpoint(path)
-    state.usage = {"total": usage_pairs(usage), "evaluation": usage_pairs(eval_usage)}
+    state.usage = _usage_record(usage, eval_usage)
     state.elapsed_s = elapsed_s
     state.sessions = sessions
     save_checkpoint(path, state)
+
+
+def _usage_record(usage: UsageTracker, eval_usage: UsageTracker) -> dict[str, Any]:
+    """The usage a checkpoint holds: the whole run's, and the evaluations' share."""
+    return {"total": usage_pairs(usage), "evaluation": usage_pairs(eval_usage)}
 
 
 def portable_state_dict(optimizer: Optimizer) -> dict[str, Any]:
