@@ -15,7 +15,11 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.prompts import (
+    ChatPromptTemplate,
+    FewShotChatMessagePromptTemplate,
+    PromptTemplate,
+)
 from langchain_core.prompts.chat import (
     ChatMessagePromptTemplate,
     MessagesPlaceholder,
@@ -73,8 +77,10 @@ class TrainablePrompt:
         """Set the roles of the trainable Variables: what they are, which LLM step they
         belong to (when the chain has several) and which fields they must keep."""
         for index, variable in self.variables.items():
-            role = self.messages[index]["role"]
-            what = "prompt" if isinstance(self.template, PromptTemplate) else ROLE_LABELS[role]
+            if isinstance(self.template, PromptTemplate):
+                what = "prompt"
+            else:  # by the template's own message: few-shot examples shift the positions
+                what = ROLE_LABELS[_role_of(self.template.messages[index])]
             name = what + (f" of LLM step {step}" if step is not None else "")
             kept = self.fields[index]
             if kept:
@@ -163,12 +169,15 @@ def convert_template(
     """Seed-form messages for a prompt template; messages of ``roles`` become trainable
     Variables (named by :meth:`TrainablePrompt.label`). A string ``PromptTemplate`` is
     one human message holding the whole prompt, instructions included: it is trainable
-    when ``roles`` has ``"system"`` or ``"user"``.
+    when ``roles`` has ``"system"`` or ``"user"``. A ``FewShotChatMessagePromptTemplate``
+    with fixed ``examples`` becomes its example messages, kept as written (they are
+    data, not instructions; the template exports as it was).
 
     Raises:
         ValueError: The template holds something that cannot be trained: a
-            ``MessagesPlaceholder``, a non-text message, a mustache/jinja2 template, or a
-            partial variable given as a function.
+            ``MessagesPlaceholder``, a non-text message, a mustache/jinja2 template, a
+            partial variable given as a function, or few-shot examples picked per input
+            (an ``example_selector``).
     """
     if isinstance(template, PromptTemplate):
         return _convert_string_template(template, roles)
@@ -190,6 +199,9 @@ def convert_template(
         converted.defaults[name] = value
     for index, message in enumerate(template.messages):
         where = f"make_trainable: message {index} of the prompt template"
+        if isinstance(message, FewShotChatMessagePromptTemplate):
+            converted.messages.extend(_fixed_examples(message, where))
+            continue
         role = _role_of(message)
         if isinstance(message, BaseMessage):
             if not isinstance(message.content, str):
@@ -211,6 +223,29 @@ def convert_template(
             converted.messages.append({"role": role, "content": [text]})
     converted.label()
     return converted
+
+
+def _fixed_examples(few_shot: FewShotChatMessagePromptTemplate, where: str) -> list[dict]:
+    """The seed-form messages of a few-shot template's fixed examples."""
+    if few_shot.examples is None:
+        raise ValueError(
+            f"{where} is a FewShotChatMessagePromptTemplate with an example_selector: its "
+            "examples are picked per input, which a trainable step cannot hold. Give it "
+            "fixed examples (examples=[...]), or keep the selector outside the trained chain"
+        )
+    if few_shot.input_variables:
+        raise ValueError(
+            f"{where} is a FewShotChatMessagePromptTemplate that takes inputs "
+            f"({', '.join(few_shot.input_variables)}); only examples fixed in the template "
+            "can be part of a trainable step"
+        )
+    messages = []
+    for example in few_shot.format_messages():
+        if not isinstance(example.content, str):
+            raise ValueError(f"{where}: a few-shot example message has non-text content")
+        content = escape_fields(example.content)  # an example's braces are text, not fields
+        messages.append({"role": _role_of(example), "content": [content]})
+    return messages
 
 
 def _convert_string_template(template: PromptTemplate, roles: Sequence[str]) -> TrainablePrompt:
