@@ -3,6 +3,8 @@
 - ``optimize``: train the prompts of a chain on a dataset with a metric, writing a
   checkpoint after every step and a report at the end.
 - ``evaluate``: score a chain (optionally with trained prompts) on a dataset.
+- ``export``: write a run's trained prompts into the chain's own LangChain prompt
+  templates (LangChain's serialization, loadable without this package).
 - ``demo``: optimize the system prompt of a small shipped pipeline on a shipped
   dataset, with the local model by default (offline).
 
@@ -11,7 +13,7 @@ keys, servers, the chain, the metric, the output folder) runs before any model c
 and before anything is written; such an error is one line and exit status 2.
 
 Modules: ``_parser`` (the arguments), ``_setup`` (the checks and steps the commands
-share), ``_commands`` (the three commands), ``_render`` (what is printed), ``_main``
+share), ``_commands`` (optimize, evaluate, demo), ``_export`` (export), ``_render`` (what is printed), ``_main``
 (dispatch, errors and exit statuses).
 
 Example:

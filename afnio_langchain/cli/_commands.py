@@ -1,4 +1,4 @@
-"""The three commands: ``optimize``, ``evaluate`` and ``demo``.
+"""The commands: ``optimize``, ``evaluate``, ``export`` and ``demo``.
 
 Each runs its checks first (arguments, data, metric, keys, servers, the output folder,
 the chain and its template fields against every row), then starts the local model if
@@ -16,6 +16,7 @@ from typing import Any
 
 from afnio_langchain.cli import _render as render
 from afnio_langchain.cli import _setup as setup
+from afnio_langchain.cli._export import cmd_export
 from afnio_langchain.cli._parser import PROG
 from afnio_langchain.cli._setup import CliError
 from afnio_langchain.runnables import read_prompts_file
@@ -146,4 +147,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Any] = {"optimize": cmd_optimize, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS: dict[str, Any] = {
+    "optimize": cmd_optimize, "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo
+}

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Train the prompts of LangChain chains with textual gradients."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{optimize,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{optimize,evaluate,export,demo}")
     sub.required = True
 
     opt = sub.add_parser("optimize", help="train the prompts of a chain on a dataset")
@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=Path, help="a prompts file (prompts.json of optimize, or TrainableChain.save), loaded into the chain first")
     ev.add_argument("--max-concurrency", type=_positive, help="cap on model calls in flight")
     ev.add_argument("--out", type=Path, help="write the per-example results to this JSON file")
+
+    ex = sub.add_parser("export", help="write a run's learned prompts into the chain's LangChain templates (no model is called)")
+    _add_chain_options(ex, "module:attribute (or file.py:attribute): the chain that was trained")
+    ex.add_argument("--prompts", required=True, type=Path, help="the run's prompts file (prompts.json of optimize, or TrainableChain.save)")
+    ex.add_argument("--model", type=_model_spec, help=f"for a chain factory that takes the model: {MODEL_HELP} (default scripted)")
+    ex.add_argument("--out", type=Path, help="write the templates to this JSON file, in LangChain's serialization (langchain_core.load)")
 
     demo = sub.add_parser("demo", help="optimize a small shipped pipeline offline (local model by default)")
     demo.add_argument("--model", type=_model_spec, default="local", help=f"{MODEL_HELP} (default local)")
