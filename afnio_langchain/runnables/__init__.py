@@ -14,6 +14,7 @@ from afnio_langchain.runnables._prompts_file import (
     read_prompts_file,
     save_prompts,
 )
+from afnio_langchain.runnables._routing import UntrainedRouteWarning
 from afnio_langchain.runnables._text_functions import TextFunction, as_differentiable
 from afnio_langchain.runnables._trainable import TrainableChain, make_trainable
 
@@ -23,6 +24,7 @@ __all__ = [
     "PromptsFileError",
     "TextFunction",
     "TrainableChain",
+    "UntrainedRouteWarning",
     "VariableJsonOutputParser",
     "VariableRunnable",
     "VariableStrOutputParser",

@@ -5,17 +5,22 @@ LangChain's documented way to route is a function that returns the next chain to
 and LangChain runs that chain on the same input. ``make_trainable`` converts those
 chains too; :func:`routed` rebuilds the function so that it returns the converted chain
 (or, on export, the exported one) where the original returned the original. Only
-returned chains are swapped: a chain the function invokes itself runs as written.
+returned chains are swapped: a chain the function invokes itself runs as written, and
+:class:`UntrainedRouteWarning` says so the first time a model runs inside the function.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.tracers.context import register_configure_hook
 
 from afnio_langchain.runnables._text_lambda import TextLambda
 
@@ -45,9 +50,73 @@ def _is_generator(function: RunnableLambda) -> bool:
     )
 
 
-def routed(function: RunnableLambda, routes: Mapping[int, Runnable]) -> RunnableLambda:
+class UntrainedRouteWarning(UserWarning):
+    """A routing function ran a chat model itself (``return chain.invoke(x)``) instead of
+    returning the chain: that chain runs as the original wrote it, and its prompts get no
+    feedback. Return the chain, and LangChain runs it (converted) on the same input.
+
+    Example:
+        >>> import warnings
+        >>> from langchain_core.prompts import PromptTemplate
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain import make_trainable
+        >>> from afnio_langchain.runnables import UntrainedRouteWarning
+        >>> from afnio_langchain.testing import ScriptedChatModel
+        >>> maths = PromptTemplate.from_template("Solve: {q}") | ScriptedChatModel(forward="42")
+        >>> def route(info):
+        ...     return maths.invoke(info)  # runs the original chain: it cannot train
+        >>> chain = make_trainable(RunnableLambda(route))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = chain.invoke({"q": "6 x 7?"})
+        >>> [w.category.__name__ for w in caught]
+        ['UntrainedRouteWarning']
+    """
+
+
+class _ModelInRouteBody(BaseCallbackHandler):
+    """Warns, the first time, that a chat model started while a routing function's own
+    body ran. Set in :data:`_WATCHING` only while the body runs: the chain it returns
+    runs after the body has returned."""
+
+    raise_error = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.warned = False
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self._warn()
+
+    def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+        self._warn()
+
+    def _warn(self) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        warnings.warn(
+            f"the routing function {self.name!r} ran a chat model itself: a chain it "
+            "invokes (chain.invoke(x)) runs as written and does not train. Return the "
+            "chain instead, and LangChain runs its trainable version on the same input",
+            UntrainedRouteWarning,
+            stacklevel=2,
+        )
+
+
+_WATCHING: contextvars.ContextVar[_ModelInRouteBody | None] = contextvars.ContextVar(
+    "afnio_route_body", default=None
+)
+register_configure_hook(_WATCHING, inheritable=True)  # LangChain adds it to every run inside
+
+
+def routed(
+    function: RunnableLambda, routes: Mapping[int, Runnable], *, watch: bool = False
+) -> RunnableLambda:
     """A copy of ``function`` whose returned chains are looked up in ``routes`` (by
     ``id``); its other results, its name and the arguments it takes are unchanged.
+    ``watch``: warn (:class:`UntrainedRouteWarning`) when the function runs a chat
+    model itself instead of returning the chain.
 
     Example:
         >>> from langchain_core.runnables import RunnableLambda
@@ -64,18 +133,29 @@ def routed(function: RunnableLambda, routes: Mapping[int, Runnable]) -> Runnable
         return routes.get(id(output), output) if isinstance(output, Runnable) else output
 
     func, afunc = getattr(function, "func", None), getattr(function, "afunc", None)
+    watcher = _ModelInRouteBody(function.name) if watch else None
     new_func = new_afunc = None
     if func is not None:
 
         @functools.wraps(func)
         def new_func(*args: Any, **kwargs: Any) -> Any:
-            return pick(func(*args, **kwargs))
+            token = _WATCHING.set(watcher)
+            try:
+                output = func(*args, **kwargs)
+            finally:
+                _WATCHING.reset(token)
+            return pick(output)
 
     if afunc is not None:
 
         @functools.wraps(afunc)
         async def new_afunc(*args: Any, **kwargs: Any) -> Any:
-            return pick(await afunc(*args, **kwargs))
+            token = _WATCHING.set(watcher)
+            try:
+                output = await afunc(*args, **kwargs)
+            finally:
+                _WATCHING.reset(token)
+            return pick(output)
 
     if new_func is None:
         return RunnableLambda(new_afunc, name=function.name)  # type: ignore[arg-type]
@@ -108,4 +188,4 @@ class RoutingLambda(TextLambda):
     routes: dict[int, Runnable]
 
 
-__all__ = ["RoutingLambda", "routed", "routes_of"]
+__all__ = ["RoutingLambda", "UntrainedRouteWarning", "routed", "routes_of"]

@@ -253,7 +253,7 @@ class _Converter:
             self.routes[id(function)] = routes_of(function, self.convert)
         routes = self.routes[id(function)]
         if routes:
-            return RoutingLambda(bound=routed(function, routes), routes=routes)
+            return RoutingLambda(bound=routed(function, routes, watch=True), routes=routes)
         return TextLambda(bound=function) if after_step else function
 
     def convert_pair(

@@ -239,6 +239,7 @@ EXPECTED_ALL = {
         "PromptsFileError",
         "TextFunction",
         "TrainableChain",
+        "UntrainedRouteWarning",
         "VariableJsonOutputParser",
         "VariableRunnable",
         "VariableStrOutputParser",

@@ -12,6 +12,7 @@ Anthropic's.
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import pytest
 from langchain_core.output_parsers import StrOutputParser
@@ -19,6 +20,7 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableBranch, RunnableLambda
 
 from afnio_langchain import make_trainable
+from afnio_langchain.runnables import UntrainedRouteWarning
 from afnio_langchain.testing import ScriptedChatModel
 
 CLASSIFY = """Given the user question below, classify it as either being about `LangChain`, `Anthropic`, or `Other`.
@@ -173,3 +175,38 @@ def test_a_routing_function_that_returns_text_is_left_as_it_is():
     assert chain.invoke({"q": "6 x 7?"}).data == "42"
     assert chain.invoke({"q": "hello"}) == "no question"
     assert chain.to_langchain().invoke({"q": "hello"}) == "no question"
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_routing_function_that_invokes_its_chain_says_that_chain_does_not_train(run):
+    chain, (anthropic_chain, _, general_chain), model = _routing_app()
+
+    def route(info):  # invokes the chain instead of returning it
+        picked = anthropic_chain if "anthropic" in info["topic"].lower() else general_chain
+        return picked.invoke({"question": info["question"]})
+
+    trainable = make_trainable(
+        {"topic": chain, "question": lambda x: x["question"]} | RunnableLambda(route)
+    )
+    with pytest.warns(UntrainedRouteWarning, match=r"'route' ran a chat model itself.*Return the chain"):
+        if run == "sync":
+            trainable.invoke({"question": "how do I use Anthropic?"})
+        else:
+            asyncio.run(trainable.ainvoke({"question": "how do I use Anthropic?"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per function, not once per call
+        trainable.invoke({"question": "how do I use Anthropic?"})
+        asyncio.run(trainable.ainvoke({"question": "what is LangChain?"}))
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_routing_function_that_returns_its_chain_gives_no_warning(run):
+    original, _ = _with_route_function()
+    chain = make_trainable(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedRouteWarning)
+        if run == "sync":
+            chain.invoke({"question": "how do I use Anthropic?"})
+        else:
+            asyncio.run(chain.ainvoke({"question": "how do I use Anthropic?"}))
+        chain.to_langchain().invoke({"question": "what is LangChain?"})
