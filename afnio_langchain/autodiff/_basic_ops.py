@@ -258,10 +258,17 @@ class TextTransform(Function):
         return make_gradient(items if x.is_batched else items[0], x)
 
 
+def _field_note(keys: list[str], text: str) -> str:
+    if len(keys) == 1:
+        return f'Field "{keys[0]}": {text}'
+    return "Fields " + ", ".join(f'"{k}"' for k in keys) + f": {text}"
+
+
 class ParseJson(Function):
     """Parses the JSON object in a Variable's text into one output Variable per key (in
     key order; values that are not text become JSON text). Feedback on any field goes
-    back to the input, labelled with the field's name.
+    back to the input, labelled with the field's name (one text given to several fields
+    goes back once, labelled with all of them).
 
     Example:
         >>> from afnio_langchain import Variable
@@ -301,14 +308,16 @@ class ParseJson(Function):
     def backward(ctx: FunctionCtx, *grad_outputs: Variable | None) -> tuple:
         (x,) = ctx.saved_variables
         n = len(x.items())
-        notes: list[list[str]] = [[] for _ in range(n)]
+        # Per item: each feedback text once, with the fields it was given on (feedback
+        # on a whole dict output reaches every field with the same text).
+        notes: list[dict[str, list[str]]] = [{} for _ in range(n)]
         for key, grad in zip(ctx.keys, grad_outputs):
             if grad is None:
                 continue
             for i, t in enumerate(grad.items() if grad.is_batched else [grad.data] * n):
                 if str(t):
-                    notes[i].append(f'Field "{key}": {t}')
-        items = ["\n".join(lines) for lines in notes]
+                    notes[i].setdefault(str(t), []).append(key)
+        items = ["\n".join(_field_note(keys, t) for t, keys in item.items()) for item in notes]
         if not any(items):
             return None
         return make_gradient(items if x.is_batched else items[0], x)

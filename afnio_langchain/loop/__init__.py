@@ -32,6 +32,7 @@ from afnio_langchain.loop._metrics import (
     normalize_text,
     optional_reference,
     prediction_text,
+    structured_text,
 )
 from afnio_langchain.loop._step import (
     GATES,
@@ -73,5 +74,6 @@ __all__ = [
     "normalize_text",
     "optional_reference",
     "prediction_text",
+    "structured_text",
     "training_step",
 ]

@@ -16,6 +16,7 @@ method are awaited instead of called (so LM judges run concurrently).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
 import string
@@ -146,13 +147,14 @@ class GraphState(dict):  # type: ignore[type-arg]
     ``evaluate`` hands it to a metric: a plain dict to the metric, whose text
     (:func:`prediction_text`) is its last message's, as LangChain's agent docs read the
     answer (``result["messages"][-1]``). Other dicts with a ``messages`` key (a chain
-    passing a history through) are not read that way.
+    passing a history through) are not read that way: their text is the whole dict's
+    (:func:`structured_text`).
 
     Example:
         >>> from langchain_core.messages import AIMessage, HumanMessage
         >>> from afnio_langchain.loop import GraphState, prediction_text
         >>> state = {"messages": [HumanMessage("Weather in SF?"), AIMessage("Sunny.")]}
-        >>> prediction_text(GraphState(state)), prediction_text(state) == str(state)
+        >>> prediction_text(GraphState(state)), prediction_text(state).startswith('{"messages": ')
         ('Sunny.', True)
     """
 
@@ -174,7 +176,15 @@ def is_langgraph_graph(runnable: Any) -> bool:
 
 def prediction_text(prediction: Any) -> str:
     """The text of a chain output: a Variable's data, a message's content, a str; a
-    :class:`GraphState`'s last message's text."""
+    :class:`GraphState`'s last message's text; a dict (a JSON parser's fields) as
+    :func:`structured_text` writes it.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.loop import prediction_text
+        >>> prediction_text({"city": Variable("Rome"), "age": Variable("42")})
+        '{"age": "42", "city": "Rome"}'
+    """
     if isinstance(prediction, Variable):
         data = prediction.data
         return "\n".join(str(item) for item in data) if isinstance(data, list) else str(data)
@@ -184,6 +194,8 @@ def prediction_text(prediction: Any) -> str:
             prediction = messages[-1]
             if isinstance(prediction, Mapping) and "content" in prediction:
                 return str(prediction["content"])
+    elif isinstance(prediction, Mapping):
+        return structured_text(prediction)
     content = getattr(prediction, "content", None)
     if isinstance(content, str):
         return content
@@ -191,6 +203,32 @@ def prediction_text(prediction: Any) -> str:
         text = getattr(prediction, "text", None)
         return str(text() if callable(text) else text or "")
     return "" if prediction is None else str(prediction)
+
+
+def structured_text(value: Mapping[str, Any]) -> str:
+    """A dict output or target as one comparable text: JSON with sorted keys, each
+    field as text the way a JSON parser's fields hold it (a string as it is, a Variable's
+    text, any other value as JSON), so ``{"age": 42}`` in a dataset matches a parsed
+    reply's ``"42"``.
+
+    Example:
+        >>> from afnio_langchain.loop import structured_text
+        >>> structured_text({"name": "Ada", "age": 36}) == structured_text({"age": "36", "name": "Ada"})
+        True
+    """
+
+    def field(item: Any) -> str:
+        if isinstance(item, Variable):
+            return prediction_text(item)
+        return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, default=str)
+
+    return json.dumps({str(k): field(v) for k, v in value.items()}, ensure_ascii=False, sort_keys=True)
+
+
+def target_text(target: Any) -> str:
+    """An example's target as text: a dict as :func:`structured_text` writes it (to
+    compare with a dict output), anything else as ``str``."""
+    return structured_text(target) if isinstance(target, Mapping) else str(target)
 
 
 def find_target(example: Mapping[str, Any], target_key: str | None = None) -> Any:
@@ -221,7 +259,7 @@ def optional_reference(example: Mapping[str, Any], target_key: str | None = None
         KeyError: ``target_key`` was given and the example lacks it.
     """
     if target_key is not None:
-        return str(find_target(example, target_key))
+        return target_text(find_target(example, target_key))
     return expected_text(example)
 
 
@@ -270,7 +308,7 @@ class ExactMatch:
         return output.strip() == target.strip()
 
     def __call__(self, example: Example, prediction: Any) -> MetricResult:
-        target = str(find_target(example, self.target_key))
+        target = target_text(find_target(example, self.target_key))
         output = prediction_text(prediction)
         if self._same(output, target):
             return MetricResult(1.0)
@@ -301,7 +339,7 @@ class Contains:
         self.normalize = normalize
 
     def __call__(self, example: Example, prediction: Any) -> MetricResult:
-        target = str(find_target(example, self.target_key)).strip()
+        target = target_text(find_target(example, self.target_key)).strip()
         output = prediction_text(prediction)
         flags = re.IGNORECASE if self.normalize else 0
         pattern = r"(?<!\w)" + re.escape(target) + r"(?!\w)"
@@ -350,7 +388,7 @@ def default_feedback(
 def expected_text(example: Mapping[str, Any], target_key: str | None = None) -> str | None:
     """The expected output of an example dict as text, or None when it has none."""
     try:
-        return str(find_target(example, target_key))
+        return target_text(find_target(example, target_key))
     except KeyError:
         return None
 

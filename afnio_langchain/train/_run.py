@@ -312,7 +312,7 @@ class TrainingRun:
         outcome = training_step(
             t.optimizer,
             minibatch,
-            lambda item: [_trainable_output(item.prediction)],
+            lambda item: _trainable_outputs(item.prediction),
             feedback=self.feedback,
             gate=self.gate,
             validate=validate if self.val is not None else None,
@@ -455,15 +455,24 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int
     return order
 
 
-def _trainable_output(prediction: Any) -> Variable:
-    """The chain's output, checked to be a Variable that feedback can flow back from."""
-    fields = [k for k, v in prediction.items() if isinstance(v, Variable)] if isinstance(prediction, dict) else []
-    if fields:
-        raise TrainingError(
-            f"the chain returned a dict (of Variables: {', '.join(map(repr, fields))}), not a "
-            "Variable: feedback needs one output to flow back from; end the chain with the "
-            f"field to train on, e.g. chain | itemgetter({fields[0]!r})"
-        )
+def _trainable_outputs(prediction: Any) -> list[Variable]:
+    """The chain's output Variables that feedback flows back from: the output itself, or
+    every field of a dict output (a JSON parser's, structured output's), each getting
+    the item's feedback (:class:`~afnio_langchain.autodiff.ParseJson` sends one text
+    given to several fields back once)."""
+    if isinstance(prediction, dict):
+        found = [v for v in prediction.values() if isinstance(v, Variable)]
+        if not found:
+            raise TrainingError(
+                f"the chain returned a dict with no Variable in it (keys: "
+                f"{', '.join(map(repr, prediction)) or 'none'}): its values must come from a "
+                "trainable step (a JSON parser after a ChatCompletionRunnable, or a chain from "
+                "make_trainable) so that feedback can flow back to its prompts"
+            )
+        outputs = [v for v in found if v.requires_grad and v.grad_fn is not None]
+        if not outputs:
+            raise TrainingError(_NOT_TRAINABLE)
+        return outputs
     if not isinstance(prediction, Variable):
         raise TrainingError(
             f"the chain returned a {type(prediction).__name__}, not a Variable: its output must "
@@ -471,11 +480,14 @@ def _trainable_output(prediction: Any) -> Variable:
             "so that feedback can flow back to its prompts"
         )
     if not prediction.requires_grad or prediction.grad_fn is None:
-        raise TrainingError(
-            "the chain's output does not depend on any trainable Variable (requires_grad=True), "
-            "so feedback cannot reach a prompt"
-        )
-    return prediction
+        raise TrainingError(_NOT_TRAINABLE)
+    return [prediction]
+
+
+_NOT_TRAINABLE = (
+    "the chain's output does not depend on any trainable Variable (requires_grad=True), "
+    "so feedback cannot reach a prompt"
+)
 
 
 ERRORS_KEPT = 5

@@ -231,6 +231,7 @@ EXPECTED_ALL = {
         "normalize_text",
         "optional_reference",
         "prediction_text",
+        "structured_text",
         "training_step",
     ],
     "afnio_langchain.runnables": [

@@ -511,7 +511,7 @@ def test_a_trainable_chain_has_json_schemas_as_langchain_tools_read_them(parser,
     assert "question" in trainable.get_input_jsonschema()["properties"]
 
 
-def test_fit_on_a_json_chain_names_the_fields_and_trains_on_the_one_picked():
+def test_fit_trains_a_json_chain_on_its_dict_and_on_the_field_picked():
     from afnio_langchain.train import MetricResult, TrainingError, fit
 
     llm = ScriptedChatModel(forward='{"name": "ada", "age": 36}', feedback="Capitalize names.",
@@ -527,11 +527,14 @@ def test_fit_on_a_json_chain_names_the_fields_and_trains_on_the_one_picked():
         return by_field(example, {"name": prediction})
 
     options = dict(target_key="name", optimizer_model=llm, backward_model=llm, epochs=1, batch_size=2, progress=False)
-    with pytest.raises(TrainingError, match=r"dict \(of Variables: 'name', 'age'\).*itemgetter\('name'\)"):
-        fit(prompt | llm | JsonOutputParser(), data, data, metric=by_field, **options)
-    result = fit(prompt | llm | JsonOutputParser() | itemgetter("name"), data, data, metric=by_value, **options)
-    (param,) = result.history["steps"][0]["params"]
-    assert param["gradients"] == 2 and param["new_value"] == "Extract the person; capitalize the name."
+    whole = fit(prompt | llm | JsonOutputParser(), data, data, metric=by_field, **options)
+    picked = fit(prompt | llm | JsonOutputParser() | itemgetter("name"), data, data, metric=by_value, **options)
+    for result in (whole, picked):
+        (param,) = result.history["steps"][0]["params"]
+        assert param["gradients"] == 2 and param["new_value"] == "Extract the person; capitalize the name."
+    with pytest.raises(TrainingError, match="dict with no Variable in it"):
+        fit(prompt | llm | StrOutputParser() | (lambda text: {"count": 1}), data, data,
+            metric=lambda example, prediction: MetricResult(0.0, "Count the names."), **options)
 
 
 # Cases a review of the text-lambda change found (they must keep working as before it).
