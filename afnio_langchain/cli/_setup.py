@@ -203,11 +203,10 @@ def prepare_out(out: Path, args: argparse.Namespace, *, overwrite_finished: bool
         if overwrite_finished:
             return OutFolder(out, resume=False)
         raise CliError(
-            f"{out} already holds a finished run; pass --restart to overwrite it, or choose another --out"
+            f"{out} already holds {state.describe()}; pass --restart to overwrite it, or choose another --out"
         )
     raise CliError(
-        f"{out} holds an interrupted run ({state.steps_done} step(s) done); pass --resume to "
-        "continue it or --restart to start afresh"
+        f"{out} holds {state.describe()}; pass --resume to continue it or --restart to start afresh"
     )
 
 

@@ -150,6 +150,22 @@ class TrainingState(BaseModel):
                 raise ValueError(f"{name!r} must be a list of {n} parameter value(s)")
         return self
 
+    def describe(self) -> str:
+        """The run, for messages about it: how far it went and what it paid.
+
+        Example:
+            >>> from afnio_langchain.train import TrainingState
+            >>> state = TrainingState(fingerprint={}, roles=["system prompt"], initial_values=["a"],
+            ...                       values=["b"], best_values=["b"], best_val=0.75,
+            ...                       stage="finished", steps_done=4)
+            >>> state.describe()
+            'a finished run (4 step(s) done, best validation score 0.750, 0 model call(s) paid)'
+        """
+        run = "a finished run" if self.stage == "finished" else "an interrupted run"
+        best = f", best validation score {self.best_val:.3f}" if self.best_val is not None else ""
+        calls = sum(row.get("calls", 0) for row in self.usage["total"])
+        return f"{run} ({self.steps_done} step(s) done{best}, {calls} model call(s) paid)"
+
     def to_dict(self) -> dict[str, Any]:
         """The state as a JSON-ready dict with format and version."""
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **self.model_dump()}

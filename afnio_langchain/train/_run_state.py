@@ -4,7 +4,8 @@ file, and written back after every step (through :mod:`afnio_langchain.train._ch
 A resumed run must be the same run: the fingerprint (the parameters' roles, hashes of
 the data, batch size, seed and shuffling) is checked against the saved one, the
 optimizer's state and the parameters' values are restored, and a finished run asked
-for more epochs goes on training.
+for more epochs goes on training. Without ``resume``, an existing checkpoint is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def start_state(
 
     Raises:
         CheckpointError: The checkpoint belongs to another run, is malformed, or holds
-            an optimizer state that does not fit.
+            an optimizer state that does not fit; or it exists and ``resume`` is off
+            (an earlier run's prompts and spend are never overwritten).
     """
     fingerprint = run_fingerprint(trainer, train, val)
     path = trainer.checkpoint_path
+    if path is not None and path.exists() and not trainer.resume:
+        raise CheckpointError(_occupied(path))
     if trainer.resume and path is not None and path.exists():
         state = load_checkpoint(path)
         check_resumable(state, fingerprint, str(path))
@@ -77,6 +81,19 @@ def start_state(
         values=list(values),
         best_values=list(values),
         info=trainer.config(),
+    )
+
+
+def _occupied(path: Path) -> str:
+    """Why a run without ``resume`` refuses the existing file at its checkpoint path."""
+    start_over = "use another checkpoint_path, or delete the file, to start afresh"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        return f"{exc}; a new run does not overwrite it: {start_over}"
+    return (
+        f"{path} already holds the checkpoint of {state.describe()}; pass resume=True "
+        f"to continue it, or {start_over}"
     )
 
 

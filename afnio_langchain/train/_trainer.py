@@ -69,7 +69,9 @@ class Trainer:
         target_key: The example key holding the expected output (to leave it out
             of the chain input; default: the usual names).
         input_fn: Builds the chain input from an example (overrides the keys).
-        checkpoint_path: The JSON checkpoint file, written after every step.
+        checkpoint_path: The JSON checkpoint file, written after every step. A file
+            already there is never overwritten: without ``resume``, :meth:`fit` refuses
+            it (use another path, or delete it, to start afresh).
         resume: Continue from ``checkpoint_path`` if it exists.
         max_concurrency: Cap on model calls in flight.
         max_calls: Stop (after the current step) once this many calls were made.
@@ -199,7 +201,8 @@ class Trainer:
 
         Raises:
             TrainingError: The model cannot be reached, or steps keep failing.
-            CheckpointError: The checkpoint belongs to another run or is malformed.
+            CheckpointError: The checkpoint belongs to another run or is malformed, or
+                it exists and ``resume`` is off (checked before any model call).
             ValueError: The examples cannot be turned into chain inputs.
         """
         path = self.checkpoint_path

@@ -1,0 +1,164 @@
+"""When a run may start, resume or overwrite: a checkpoint of an earlier run is never
+overwritten without ``resume`` (``fit`` and the command line refuse before any model
+call). Hermetic: ScriptedChatModel."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+
+import pytest
+
+from afnio_langchain import ChatCompletionRunnable, Variable
+from afnio_langchain.cli import main
+from afnio_langchain.testing import ScriptedChatModel
+from afnio_langchain.train import CheckpointError, Trainer, exact_match, load_checkpoint
+
+TRAIN = [{"question": f"question {i}", "answer": f"answer {i}"} for i in range(1, 7)]
+VAL = TRAIN[:4]
+
+
+def versioned_forward(text: str) -> str:
+    """Answers question i correctly when the system prompt is 'prompt vN' with i < 2N."""
+    i = int(re.search(r"question (\d+)", text).group(1))
+    match = re.search(r"prompt v(\d+)", text)
+    return f"answer {i}" if match and i < int(match.group(1)) * 2 else "wrong"
+
+
+def next_version(text: str) -> str:
+    """The optimizer: 'prompt vN' -> 'prompt vN+1' (stateless, so runs are repeatable)."""
+    version = int(re.search(r"prompt v(\d+)", text).group(1))
+    return f"prompt v{version + 1}"
+
+
+def plan(path, **options):
+    """A run of 2 epochs of 3 steps (6 examples, minibatches of 2) on a fresh model."""
+    model = ScriptedChatModel(forward=versioned_forward, feedback="Answer exactly.",
+                              optimizer=next_version)
+    system = Variable("prompt v0", role="system prompt", requires_grad=True)
+    chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{question}")])
+    options = {"epochs": 2, "batch_size": 2, "seed": 3, "progress": False, **options}
+    trainer = Trainer(chain, exact_match, optimizer_model=model, backward_model=model,
+                      checkpoint_path=path, **options)
+    return trainer, model, system
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k != "params"} for r in records]
+
+
+# ------------------------------------------------ an earlier run is never overwritten
+
+
+def test_fit_refuses_a_finished_run_s_checkpoint_without_resume(tmp_path):
+    path = tmp_path / "run" / "checkpoint.json"
+    first, _, _ = plan(path)
+    done = first.fit(TRAIN, VAL)
+    saved = path.read_bytes()
+
+    again, model, system = plan(path)
+    with pytest.raises(CheckpointError) as info:
+        again.fit(TRAIN, VAL)
+    message = str(info.value)
+    calls = done.usage.total().calls
+    assert message.startswith(f"{path} already holds the checkpoint of a finished run (6 step(s) done, "
+                              f"best validation score {done.best_val:.3f}, {calls} model call(s) paid)")
+    assert "pass resume=True to continue it" in message
+    assert "use another checkpoint_path, or delete the file, to start afresh" in message
+    assert model.calls == [] and system.data == "prompt v0"
+    assert path.read_bytes() == saved  # the earlier run's prompts and spend are kept
+
+
+def test_fit_refuses_an_interrupted_run_s_checkpoint_without_resume(tmp_path):
+    path = tmp_path / "checkpoint.json"
+    seen = {"train": 0, "at": 3}  # the first item of step 2
+
+    def interrupting(example, prediction):
+        if prediction.grad_fn is not None:
+            seen["train"] += 1
+            if seen["train"] == seen["at"]:
+                raise KeyboardInterrupt
+        return exact_match(example, prediction)
+
+    first, _, _ = plan(path)
+    first.metric = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(TRAIN, VAL)
+    saved = path.read_bytes()
+
+    again, model, _ = plan(path)
+    with pytest.raises(CheckpointError, match=r"of an interrupted run \(1 step\(s\) done, .*pass resume=True"):
+        again.fit(TRAIN, VAL)
+    assert model.calls == [] and path.read_bytes() == saved
+    seen["at"] = 0
+    resumed, _, _ = plan(path, resume=True)  # the way on that the message names
+    resumed.metric = interrupting
+    assert resumed.fit(TRAIN, VAL).state.steps_done == 6
+
+
+def test_fit_refuses_to_overwrite_a_file_that_is_no_checkpoint(tmp_path):
+    path = tmp_path / "notes.json"
+    path.write_text('{"my": "notes"}')
+    trainer, model, _ = plan(path)
+    with pytest.raises(CheckpointError, match="not an afnio-langchain training checkpoint; a new run "
+                                              "does not overwrite it: use another checkpoint_path"):
+        trainer.fit(TRAIN, VAL)
+    assert model.calls == [] and path.read_text() == '{"my": "notes"}'
+
+
+@pytest.mark.parametrize("left", ["nothing", "lock file"])
+def test_a_folder_left_before_the_first_checkpoint_starts_a_run(tmp_path, left):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if left == "lock file":
+        (folder / "checkpoint.json.lock").write_text("")
+    trainer, _, _ = plan(folder / "checkpoint.json")
+    assert trainer.fit(TRAIN, VAL).state.steps_done == 6
+
+
+# ------------------------------------------------------------------ the command line
+
+CHAIN_MODULE = textwrap.dedent(
+    '''
+    from afnio_langchain import ChatCompletionRunnable, Variable
+
+    def build(model):
+        system = Variable("Answer the question.", role="system prompt", requires_grad=True)
+        return ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{question}")])
+    '''
+)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A chain factory and some of the examples above, as files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qa_chain.py").write_text(CHAIN_MODULE)
+    for name, rows in (("train.jsonl", TRAIN[:4]), ("val.jsonl", VAL[:2])):
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return tmp_path
+
+
+def optimize(project, *extra, out="run"):
+    """``afnio-langchain optimize`` of 2 epochs of 2 steps with the scripted model."""
+    return main([
+        "optimize", "--chain", str(project / "qa_chain.py") + ":build",
+        "--train", str(project / "train.jsonl"), "--val", str(project / "val.jsonl"),
+        "--metric", "exact_match", "--model", "scripted", "--epochs", "2", "--batch-size", "2",
+        "--out", str(project / out), "--no-progress", *extra,
+    ])
+
+
+def report_of(project, out="run"):
+    return json.loads((project / out / "report.json").read_text())
+
+
+def test_the_command_line_refuses_an_earlier_run_with_what_it_holds(project, capsys):
+    assert optimize(project) == 0
+    state = load_checkpoint(project / "run" / "checkpoint.json")
+    capsys.readouterr()
+    assert optimize(project) == 2
+    err = capsys.readouterr().err
+    assert f"already holds a finished run ({state.steps_done} step(s) done" in err
+    assert "pass --restart to overwrite it" in err
