@@ -199,9 +199,14 @@ def prepare_out(out: Path, args: argparse.Namespace, *, overwrite_finished: bool
         raise CliError(f"{exc}; pass --restart to discard it") from None
     if args.resume:
         return OutFolder(out, resume=True, elapsed_before=state.elapsed_s)
+    if state.stage == "finished" and overwrite_finished:
+        return OutFolder(out, resume=False)
+    if state.stopped_by_budget:
+        raise CliError(
+            f"{out} holds {state.describe()}; pass --resume with a larger --max-calls, "
+            "--max-tokens or --max-cost to continue it, or --restart to start afresh"
+        )
     if state.stage == "finished":
-        if overwrite_finished:
-            return OutFolder(out, resume=False)
         raise CliError(
             f"{out} already holds {state.describe()}; pass --restart to overwrite it, or choose another --out"
         )

@@ -33,6 +33,10 @@ DEFAULT_PRICES: dict[str, tuple[float, ...]] = {
 }
 """List prices at the time of writing, for rough estimates only."""
 
+BUDGET_STOP = "budget: "
+"""How the stop reason of a run that a budget (``max_calls``, ``max_tokens``,
+``max_cost``) stopped begins; a resumed run with a larger budget continues it."""
+
 _FIGURES = tuple(f.name for f in fields(UsageCounts))
 """The counted figures; a row saved before a figure existed reads it as 0."""
 
@@ -154,6 +158,40 @@ def estimate_cost(usage: UsageTracker, prices: Prices | None = None) -> CostRepo
         by_model={k: round(v, 10) for k, v in sorted(by_model.items())},
         unpriced=tuple(sorted(unpriced)),
     )
+
+
+def spent_budget(
+    usage: UsageTracker,
+    prices: Prices | None = None,
+    *,
+    max_calls: int | None = None,
+    max_tokens: int | None = None,
+    max_cost: float | None = None,
+) -> tuple[str, str] | None:
+    """The first budget that ``usage`` has used up (None: that budget is not set), as
+    the option's name and the stop reason; None while every budget has some left.
+
+    Example:
+        >>> from afnio_langchain.models import UsageTracker
+        >>> from afnio_langchain.train._accounting import spent_budget
+        >>> usage = UsageTracker()
+        >>> usage.record("m", "forward", calls=12)
+        >>> spent_budget(usage, max_calls=10)
+        ('max_calls', 'budget: 12 calls >= max_calls 10')
+        >>> spent_budget(usage, max_calls=20) is None
+        True
+    """
+    total = usage.total()
+    tokens = total.input_tokens + total.output_tokens
+    if max_calls is not None and total.calls >= max_calls:
+        return "max_calls", f"{BUDGET_STOP}{total.calls} calls >= max_calls {max_calls}"
+    if max_tokens is not None and tokens >= max_tokens:
+        return "max_tokens", f"{BUDGET_STOP}{tokens} tokens >= max_tokens {max_tokens}"
+    if max_cost is not None:
+        cost = estimate_cost(usage, prices).total
+        if cost >= max_cost:
+            return "max_cost", f"{BUDGET_STOP}${cost:.4f} >= max_cost ${max_cost}"
+    return None
 
 
 def check_prices(prices: Any) -> dict[str, tuple[float, ...]]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from typing_extensions import Required, TypedDict
 
 from afnio_langchain.autodiff import Data, validate_data
+from afnio_langchain.train._accounting import BUDGET_STOP
 from afnio_langchain.train._files import LockHeldError, atomic_write_json, exclusive_lock
 
 CHECKPOINT_FORMAT = "afnio_langchain.checkpoint"
@@ -150,6 +151,12 @@ class TrainingState(BaseModel):
                 raise ValueError(f"{name!r} must be a list of {n} parameter value(s)")
         return self
 
+    @property
+    def stopped_by_budget(self) -> bool:
+        """Whether a budget (``max_calls``, ``max_tokens``, ``max_cost``) stopped the
+        run before its last step; resumed with a larger budget, it goes on."""
+        return self.stopped is not None and self.stopped.startswith(BUDGET_STOP)
+
     def describe(self) -> str:
         """The run, for messages about it: how far it went and what it paid.
 
@@ -161,7 +168,10 @@ class TrainingState(BaseModel):
             >>> state.describe()
             'a finished run (4 step(s) done, best validation score 0.750, 0 model call(s) paid)'
         """
-        run = "a finished run" if self.stage == "finished" else "an interrupted run"
+        if self.stopped_by_budget:
+            run = "a run stopped by its budget"
+        else:
+            run = "a finished run" if self.stage == "finished" else "an interrupted run"
         best = f", best validation score {self.best_val:.3f}" if self.best_val is not None else ""
         calls = sum(row.get("calls", 0) for row in self.usage["total"])
         return f"{run} ({self.steps_done} step(s) done{best}, {calls} model call(s) paid)"

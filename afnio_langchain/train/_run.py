@@ -42,11 +42,18 @@ from afnio_langchain.train._accounting import (
     CostReport,
     estimate_cost,
     merge_usage,
+    spent_budget,
     usage_from_pairs,
 )
 from afnio_langchain.train._checkpoint import TrainingState
 from afnio_langchain.train._evaluation import EvalResult, chain_inputs, run_and_score
-from afnio_langchain.train._run_state import save_spend, save_state, start_state
+from afnio_langchain.train._run_state import (
+    budget_stop,
+    save_spend,
+    save_state,
+    start_state,
+    steps_left,
+)
 
 if TYPE_CHECKING:
     from afnio_langchain.train._trainer import Trainer
@@ -275,7 +282,7 @@ class TrainingRun:
             self._postfix()
             self._check_stop()
             self._save()
-        self._end_epoch()
+        self._end_epoch(partial=state.batch < len(batches) and state.stopped_by_budget)
 
     def _step(self, indices: list[int]) -> None:
         state, t = self.state, self.t
@@ -359,8 +366,13 @@ class TrainingRun:
                 f"{self.failed_steps} steps in a row failed; the last one: {reason}. {kept}"
             )
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, partial: bool = False) -> None:
+        """Record the epoch and move to the next. A ``partial`` epoch (a budget stopped
+        it) is recorded but keeps its position, so that a resumed run with a larger
+        budget runs its remaining steps; its record is then replaced by the whole one."""
         state, t = self.state, self.t
+        if state.history["epochs"] and state.history["epochs"][-1].get("epoch") == state.epoch:
+            state.history["epochs"].pop()  # this epoch's record up to a budget stop
         steps = [s for s in state.history["steps"] if s["epoch"] == state.epoch]
         sized = [(s["train_score"], s.get("size", 0)) for s in steps if s.get("train_score") is not None]
         total = sum(n for _, n in sized)
@@ -382,9 +394,14 @@ class TrainingRun:
                 "rolled_back": sum(1 for s in steps if str(s.get("decision", "")).startswith("rolled back")),
             }
         )
+        if partial:
+            state.stage = "final"
+            self._save()
+            return
         improved = state.best_val is not None and (previous_best is None or state.best_val > previous_best)
         state.stale_epochs = 0 if improved else state.stale_epochs + 1
-        if t.patience is not None and self.val is not None and state.stale_epochs >= t.patience and state.stopped is None:
+        patient = state.stopped is None or state.stopped_by_budget  # a larger budget must not outlast patience
+        if t.patience is not None and self.val is not None and state.stale_epochs >= t.patience and patient:
             state.stopped = f"early stopping: no better validation score for {state.stale_epochs} epoch(s)"
         state.epoch += 1
         state.batch = 0
@@ -397,14 +414,14 @@ class TrainingRun:
         if t.target_score is not None and state.current_val is not None and state.current_val >= t.target_score:
             state.stopped = f"target score reached: validation {state.current_val:.3f} >= {t.target_score}"
             return
-        usage = self._usage().total()
-        if t.max_calls is not None and usage.calls >= t.max_calls:
-            state.stopped = f"budget: {usage.calls} calls >= max_calls {t.max_calls}"
-        elif t.max_tokens is not None and usage.input_tokens + usage.output_tokens >= t.max_tokens:
-            tokens = usage.input_tokens + usage.output_tokens
-            state.stopped = f"budget: {tokens} tokens >= max_tokens {t.max_tokens}"
-        elif t.max_cost is not None and self._cost().total >= t.max_cost:
-            state.stopped = f"budget: ${self._cost().total:.4f} >= max_cost ${t.max_cost}"
+        left = steps_left(state, t, len(self.train))
+        if left <= 0:
+            return  # a budget reached on the last step stopped nothing
+        spent = spent_budget(
+            self._usage(), t.prices, max_calls=t.max_calls, max_tokens=t.max_tokens, max_cost=t.max_cost
+        )
+        if spent is not None:
+            state.stopped = budget_stop(spent, left)
 
     def _final(self) -> None:
         state, t = self.state, self.t

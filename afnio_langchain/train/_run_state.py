@@ -4,12 +4,13 @@ file, and written back after every step (through :mod:`afnio_langchain.train._ch
 A resumed run must be the same run: the fingerprint (the parameters' roles, hashes of
 the data, batch size, seed and shuffling) is checked against the saved one, the
 optimizer's state and the parameters' values are restored, and a finished run asked
-for more epochs goes on training. Without ``resume``, an existing checkpoint is never
-overwritten.
+for more epochs, or one a budget stopped given a larger budget, goes on training.
+Without ``resume``, an existing checkpoint is never overwritten.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from afnio_langchain.loop import Example, metric_name
 from afnio_langchain.models import UsageTracker
 from afnio_langchain.optim import Optimizer
-from afnio_langchain.train._accounting import usage_pairs
+from afnio_langchain.train._accounting import spent_budget, usage_from_pairs, usage_pairs
 from afnio_langchain.train._checkpoint import (
     CheckpointError,
     TrainingState,
@@ -71,7 +72,9 @@ def start_state(
         for p, value in zip(trainer.params, state.values):
             p.data = value
         if state.stage == "finished" and state.epoch <= trainer.epochs and state.stopped is None:
-            state.stage = "training"  # more epochs were asked for than were run
+            _reopen(state)  # more epochs were asked for than were run
+        elif state.stopped_by_budget and state.stage in ("final", "finished"):
+            _resume_budget_stop(state, trainer, steps_left(state, trainer, len(train)))
         return state
     values = [p.data for p in trainer.params]
     return TrainingState(
@@ -91,10 +94,51 @@ def _occupied(path: Path) -> str:
         state = load_checkpoint(path)
     except CheckpointError as exc:
         return f"{exc}; a new run does not overwrite it: {start_over}"
+    larger = " with a larger max_calls, max_tokens or max_cost" if state.stopped_by_budget else ""
     return (
-        f"{path} already holds the checkpoint of {state.describe()}; pass resume=True "
-        f"to continue it, or {start_over}"
+        f"{path} already holds the checkpoint of {state.describe()}; pass resume=True"
+        f"{larger} to continue it, or {start_over}"
     )
+
+
+def steps_left(state: TrainingState, trainer: Trainer, n_train: int) -> int:
+    """The steps of the run's ``trainer.epochs`` not yet done, from ``state``'s position."""
+    n_batches = math.ceil(n_train / trainer.batch_size)
+    return trainer.epochs * n_batches - ((state.epoch - 1) * n_batches + state.batch)
+
+
+def budget_stop(spent: tuple[str, str], steps: int) -> str:
+    """The stop reason of a run whose budget ``spent`` (from ``spent_budget``) is used up
+    with ``steps`` steps left: what was spent, and how to go on."""
+    option, reason = spent
+    return (
+        f"{reason}; the budget is spent with {steps} step(s) left: resume with a larger "
+        f"{option} to run them"
+    )
+
+
+def _resume_budget_stop(state: TrainingState, trainer: Trainer, steps: int) -> None:
+    """A run a budget stopped trains on, from where it stopped, when the resumed run's
+    budgets (counting what was already paid) have some left; else it stays stopped,
+    and its reason says which budget is spent."""
+    if steps <= 0:
+        return
+    spent = spent_budget(
+        usage_from_pairs(state.usage["total"]), trainer.prices,
+        max_calls=trainer.max_calls, max_tokens=trainer.max_tokens, max_cost=trainer.max_cost,
+    )
+    if spent is not None:
+        state.stopped = budget_stop(spent, steps)
+        return
+    _reopen(state)
+
+
+def _reopen(state: TrainingState) -> None:
+    """Back to training a run that had stopped; its final evaluation is redone at the end."""
+    state.stopped = None
+    state.stage = "training"
+    if state.history["epochs"]:
+        state.history["epochs"][-1].pop("final_train_error_examples", None)
 
 
 def save_state(

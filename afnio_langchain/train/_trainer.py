@@ -74,10 +74,13 @@ class Trainer:
             it (use another path, or delete it, to start afresh).
         resume: Continue from ``checkpoint_path`` if it exists.
         max_concurrency: Cap on model calls in flight.
-        max_calls: Stop (after the current step) once this many calls were made.
+        max_calls: Stop (after the current step) once this many calls were made, over
+            every session of the run; a run it stopped, resumed with a larger one,
+            runs its remaining steps.
         max_tokens: Stop (after the current step) once this many tokens (input plus
-            output, every purpose) were used.
-        max_cost: Stop once this many USD were spent (by the price table).
+            output, every purpose) were used; resumable with a larger one likewise.
+        max_cost: Stop once this many USD were spent (by the price table); resumable
+            with a larger one likewise.
         prices: Price table (model -> USD per 1M input, output tokens).
         progress: Show a tqdm progress bar with scores, calls and cost.
         max_failed_steps: Raise :class:`TrainingError` after this many failed

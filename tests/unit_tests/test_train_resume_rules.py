@@ -1,6 +1,7 @@
 """When a run may start, resume or overwrite: a checkpoint of an earlier run is never
 overwritten without ``resume`` (``fit`` and the command line refuse before any model
-call). Hermetic: ScriptedChatModel."""
+call), and a run stopped by a budget goes on when resumed with a larger one, counting
+what was already paid. Hermetic: ScriptedChatModel."""
 
 from __future__ import annotations
 
@@ -117,6 +118,89 @@ def test_a_folder_left_before_the_first_checkpoint_starts_a_run(tmp_path, left):
     assert trainer.fit(TRAIN, VAL).state.steps_done == 6
 
 
+# ------------------------------------------------- a larger budget continues the run
+
+
+@pytest.mark.parametrize(
+    ("budget", "larger"),
+    [({"max_calls": 20}, {"max_calls": 10_000}), ({"max_calls": 20}, {"max_calls": None}),
+     ({"max_tokens": 700}, {"max_tokens": 100_000}),
+     ({"max_cost": 0.0007, "prices": {"scripted": (1.0, 1.0)}},
+      {"max_cost": 1.0, "prices": {"scripted": (1.0, 1.0)}})],
+    ids=["max_calls", "no budget", "max_tokens", "max_cost"],
+)
+def test_a_budget_stopped_run_resumed_with_a_larger_budget_runs_its_remaining_steps(
+    tmp_path, budget, larger
+):
+    reference, ref_model, ref_system = plan(tmp_path / "reference.json")
+    expected = reference.fit(TRAIN, VAL)
+
+    path = tmp_path / "run.json"
+    stopped, first_model, _ = plan(path, **budget)
+    cut = stopped.fit(TRAIN, VAL)
+    option = next(iter(budget))
+    assert cut.stopped.startswith("budget: ") and f"{option} " in cut.stopped
+    assert 1 <= cut.state.steps_done < 3  # stopped inside the first epoch
+
+    resumed, model, system = plan(path, resume=True, **larger)
+    result = resumed.fit(TRAIN, VAL)
+    assert result.stopped is None and result.state.stage == "finished"
+    # The remaining steps ran, those of the stopped epoch included, as in one uninterrupted run.
+    assert [s["step"] for s in result.history["steps"]] == [1, 2, 3, 4, 5, 6]
+    assert strip(result.history["steps"]) == strip(expected.history["steps"])
+    assert result.history["epochs"] == expected.history["epochs"]
+    assert system.data == ref_system.data
+    # No completed step was redone: the two sessions made the reference's optimizer calls.
+    optimizer_calls = len(first_model.calls_of("optimizer")) + len(model.calls_of("optimizer"))
+    assert optimizer_calls == len(ref_model.calls_of("optimizer"))
+    # The budget counts every call paid, in both sessions.
+    assert result.usage.total().calls == len(first_model.calls) + len(model.calls)
+    assert result.state.sessions == 2
+
+
+def test_a_budget_stop_keeps_the_run_s_place_and_says_how_to_go_on(tmp_path):
+    path = tmp_path / "run.json"
+    stopped, _, _ = plan(path, max_calls=20)
+    cut = stopped.fit(TRAIN, VAL)
+    assert re.fullmatch(
+        r"budget: \d+ calls >= max_calls 20; the budget is spent with 4 step\(s\) left: "
+        r"resume with a larger max_calls to run them",
+        cut.stopped,
+    )
+    saved = load_checkpoint(path)
+    assert saved.stage == "finished" and saved.steps_done == 2
+    assert (saved.epoch, saved.batch) == (1, 2)  # the third step of epoch 1 is still to run
+    assert saved.history["epochs"][-1]["epoch"] == 1 and saved.history["epochs"][-1]["steps"] == 2
+
+
+@pytest.mark.parametrize("max_calls", [20, 12])
+def test_a_budget_stopped_run_resumed_with_a_budget_already_spent_stops_at_once(tmp_path, max_calls):
+    path = tmp_path / "run.json"
+    stopped, _, _ = plan(path, max_calls=20)
+    cut = stopped.fit(TRAIN, VAL)
+    paid = cut.usage.total().calls
+    left = 6 - cut.state.steps_done
+
+    again, model, system = plan(path, resume=True, max_calls=max_calls)
+    result = again.fit(TRAIN, VAL)
+    assert model.calls == []  # nothing ran
+    assert result.stopped == (
+        f"budget: {paid} calls >= max_calls {max_calls}; the budget is spent with {left} step(s) "
+        "left: resume with a larger max_calls to run them"
+    )
+    assert result.history == cut.history and system.data == cut.params[0].data
+    assert result.usage.total().calls == paid
+
+
+def test_a_budget_reached_on_the_last_step_stops_nothing(tmp_path):
+    reference, _, _ = plan(tmp_path / "reference.json")
+    expected = reference.fit(TRAIN, VAL)
+    before_final = expected.usage.total().calls - len(TRAIN)  # the final scoring of the training set
+    trainer, _, _ = plan(tmp_path / "run.json", max_calls=before_final)
+    result = trainer.fit(TRAIN, VAL)
+    assert result.stopped is None and result.state.steps_done == 6
+
+
 # ------------------------------------------------------------------ the command line
 
 CHAIN_MODULE = textwrap.dedent(
@@ -152,6 +236,37 @@ def optimize(project, *extra, out="run"):
 
 def report_of(project, out="run"):
     return json.loads((project / out / "report.json").read_text())
+
+
+def test_the_command_line_continues_a_budget_stopped_run_with_a_larger_budget(project, capsys):
+    assert optimize(project, "--max-calls", "12") == 0
+    cut = report_of(project)
+    assert cut["stopped"].startswith("budget: ") and cut["step_counts"]["total"] == 1
+    assert "the budget is spent with 3 step(s) left" in capsys.readouterr().out
+    paid = cut["usage"]["total"]["calls"]
+
+    # Without --resume the run is kept, and the message says how to go on.
+    assert optimize(project, "--max-calls", "100") == 2
+    err = capsys.readouterr().err
+    assert "holds a run stopped by its budget (1 step(s) done" in err
+    assert "pass --resume with a larger --max-calls, --max-tokens or --max-cost to continue it" in err
+    assert report_of(project) == cut
+
+    # The same budget, already spent: nothing runs, the report says so again.
+    assert optimize(project, "--max-calls", "12", "--resume") == 0
+    assert "the budget is spent with 3 step(s) left" in capsys.readouterr().out
+    again = report_of(project)
+    assert again["usage"]["total"]["calls"] == paid and again["step_counts"]["total"] == 1
+
+    # A larger one runs the remaining steps, as an uninterrupted run would.
+    assert optimize(project, "--max-calls", "1000", "--resume") == 0
+    done = report_of(project)
+    assert done["stopped"] is None and [s["step"] for s in done["steps"]] == [1, 2, 3, 4]
+    assert optimize(project, out="reference") == 0
+    reference = report_of(project, "reference")
+    assert [s["decision"] for s in done["steps"]] == [s["decision"] for s in reference["steps"]]
+    assert done["prompts"] == reference["prompts"]
+    assert done["usage"]["total"]["calls"] > paid
 
 
 def test_the_command_line_refuses_an_earlier_run_with_what_it_holds(project, capsys):
