@@ -21,6 +21,7 @@ from afnio_langchain.cli._parser import PROG
 from afnio_langchain.cli._setup import CliError
 from afnio_langchain.runnables import read_prompts_file
 from afnio_langchain.train import (
+    MetricScoreError,
     apply_prompts,
     parse_model_spec,
     split_dataset,
@@ -129,10 +130,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         setup.check_rows(chain, [data], target, inputs)
         metric = setup.build_metric(args, target, judge)
         setup.start_models(pool)
-        result = evaluate(
-            chain, list(data), metric, input_keys=inputs, target_key=target,
-            max_concurrency=args.max_concurrency,
-        )
+        try:
+            result = evaluate(
+                chain, list(data), metric, input_keys=inputs, target_key=target,
+                max_concurrency=args.max_concurrency, progress=not args.no_progress,
+            )
+        except MetricScoreError as exc:
+            line = data.line_numbers[exc.index]
+            raise MetricScoreError(
+                f"{args.data}, line {line}: {exc}", metric=exc.metric, value=exc.value,
+                index=exc.index, example=exc.example,
+            ) from None
         if result.errors:
             pool.check_alive()
     for line in render.evaluation_lines(result, data.line_numbers):

@@ -34,6 +34,7 @@ def _run(argv: Sequence[str] | None) -> int:
         ChainLoadError,
         CheckpointError,
         DatasetError,
+        MetricScoreError,
         ModelSpecError,
         TrainingError,
     )
@@ -56,6 +57,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return 1
     except TrainingError as exc:
         print(redact(f"{PROG}: training failed: {exc}"), file=sys.stderr)
+        return 1
+    except MetricScoreError as exc:  # found while scoring, so after model calls: not a 2
+        print(redact(f"{PROG}: error: {exc}"), file=sys.stderr)
         return 1
     except RunInterrupted:
         return 130

@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=Path, help="a prompts file (prompts.json of optimize, or TrainableChain.save), loaded into the chain first")
     ev.add_argument("--max-concurrency", type=_positive, help="cap on model calls in flight")
     ev.add_argument("--out", type=Path, help="write the per-example results to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ex = sub.add_parser("export", help="write a run's learned prompts into the chain's LangChain templates (no model is called)")
     _add_chain_options(ex, "module:attribute (or file.py:attribute): the chain that was trained")

@@ -17,6 +17,7 @@ from afnio_langchain.train import (
     ChainLoadError,
     CheckpointError,
     Dataset,
+    MetricScoreError,
     ModelPool,
     Trainer,
     TrainingError,
@@ -220,8 +221,10 @@ def make_trainer(
     inputs: list[str] | None, price_table: Any, folder: OutFolder, *, info: dict[str, Any],
     params: Any = None, evaluate_train: bool = True,
 ) -> Trainer:
+    """The run's :class:`Trainer`, with what ``fit`` would find out only after paid
+    calls (no backward model) checked now."""
     try:
-        return Trainer(
+        trainer = Trainer(
             chain, metric,
             optimizer_model=models["optimizer"], backward_model=models["backward"], params=params,
             momentum=args.momentum, constraints=args.constraint, epochs=args.epochs,
@@ -233,6 +236,11 @@ def make_trainer(
         )
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    try:
+        trainer.check_setup()
+    except TrainingError as exc:
+        raise CliError(str(exc)) from None
+    return trainer
 
 
 def train(trainer: Trainer, train_set: Any, val_set: Any, folder: OutFolder, argv: Sequence[str], pool: ModelPool) -> TrainResult:
@@ -260,7 +268,7 @@ def train(trainer: Trainer, train_set: Any, val_set: Any, folder: OutFolder, arg
             print("\nInterrupted before the first checkpoint; nothing was written.", file=sys.stderr)
             _remove_if_empty(out, created)
         raise RunInterrupted() from None
-    except (TrainingError, CheckpointError):
+    except (TrainingError, CheckpointError, MetricScoreError):
         pool.check_alive()
         if not (out / CHECKPOINT).exists():
             _remove_if_empty(out, created)

@@ -112,17 +112,29 @@ def as_metric_result(value: Any) -> MetricResult:
     return MetricResult(float(score), text)
 
 
+async def acall_metric(metric: Metric, example: Example, prediction: Any) -> Any:
+    """Run ``metric`` on one example (awaiting ``ascore`` methods and coroutine results)
+    and return what it returned, not yet normalised (see :func:`as_metric_result`).
+
+    Example:
+        >>> import asyncio
+        >>> from afnio_langchain.loop import acall_metric
+        >>> asyncio.run(acall_metric(lambda example, prediction: (0.5, "Shorter."), {}, "x"))
+        (0.5, 'Shorter.')
+    """
+    method = getattr(metric, "ascore", None)
+    if method is not None and inspect.iscoroutinefunction(method):
+        return await method(example, prediction)
+    value = metric(example, prediction)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
 async def ascore(metric: Metric, example: Example, prediction: Any) -> MetricResult:
     """Run ``metric`` on one example (awaiting ``ascore`` methods and coroutine results)
     and normalise the result."""
-    method = getattr(metric, "ascore", None)
-    if method is not None and inspect.iscoroutinefunction(method):
-        value = await method(example, prediction)
-    else:
-        value = metric(example, prediction)
-        if inspect.isawaitable(value):
-            value = await value
-    return as_metric_result(value)
+    return as_metric_result(await acall_metric(metric, example, prediction))
 
 
 def is_async_metric(metric: Metric) -> bool:

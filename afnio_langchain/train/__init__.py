@@ -55,6 +55,7 @@ from afnio_langchain.train._report import (
     step_counts,
     write_report,
 )
+from afnio_langchain.train._scores import MetricScoreError
 from afnio_langchain.train._trainer import GATES, Trainer, TrainingError, TrainResult, fit
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "LMJudge",
     "Metric",
     "MetricResult",
+    "MetricScoreError",
     "ModelPool",
     "ModelSpecError",
     "ReportFiles",

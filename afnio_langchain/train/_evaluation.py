@@ -2,15 +2,19 @@
 
 Used by the trainer (for minibatches, with grad, and for evaluations, without) and
 on its own (:func:`evaluate`). A failing example (the chain or the metric raised)
-scores 0 and keeps its error; it never stops the others.
+scores 0 and keeps its error; it never stops the others. A metric that returns
+anything but a score from 0 to 1 stops the scoring (:mod:`afnio_langchain.train._scores`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from afnio_langchain._aio import run_sync, start_each
 from afnio_langchain.autodiff import describe_error, enable_grad, no_grad
@@ -19,15 +23,14 @@ from afnio_langchain.loop import (
     Example,
     GraphState,
     Metric,
-    MetricResult,
-    as_metric_result,
-    ascore,
+    acall_metric,
     is_async_metric,
     is_langgraph_graph,
     metric_name,
     prediction_text,
 )
 from afnio_langchain.models import concurrency_limit
+from afnio_langchain.train._scores import checked_result
 
 InputFn = Callable[[Example], Any]
 """Builds the chain's input from an example."""
@@ -227,7 +230,13 @@ def chain_inputs(examples: Sequence[Example], input_fn: InputFn, name: str = "ex
 
 
 async def arun_chain(
-    chain: Any, inputs: list[Any], *, grad: bool, max_concurrency: int | None = None, phase: str = "eval"
+    chain: Any,
+    inputs: list[Any],
+    *,
+    grad: bool,
+    max_concurrency: int | None = None,
+    phase: str = "eval",
+    on_done: Callable[[], Any] | None = None,
 ) -> list[Any]:
     """Run ``chain`` on every input concurrently; failures come back as exceptions.
 
@@ -235,7 +244,7 @@ async def arun_chain(
     ``max_concurrency`` at a time), rather than through ``abatch``, which runs a
     sequence stage by stage: there every stage waits for the slowest item of the stage
     before, so a minibatch takes the sum of the stages' slowest calls instead of its
-    slowest item's path.
+    slowest item's path. ``on_done`` is called as each input finishes (a progress bar).
     """
     config: dict[str, Any] = {
         "run_name": f"afnio_train_{phase}",
@@ -245,10 +254,14 @@ async def arun_chain(
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency is not None else None
 
     async def one(value: Any) -> Any:
-        if slots is None:
-            return await chain.ainvoke(value, config=config)
-        async with slots:
-            return await chain.ainvoke(value, config=config)
+        try:
+            if slots is None:
+                return await chain.ainvoke(value, config=config)
+            async with slots:
+                return await chain.ainvoke(value, config=config)
+        finally:
+            if on_done is not None:
+                on_done()
 
     with enable_grad() if grad else no_grad():
         tasks = await start_each([one(value) for value in inputs])
@@ -256,33 +269,55 @@ async def arun_chain(
 
 
 def score_items(
-    metric: Metric, examples: Sequence[Example], predictions: Sequence[Any]
+    metric: Metric,
+    examples: Sequence[Example],
+    predictions: Sequence[Any],
+    *,
+    numbered: bool = True,
+    on_done: Callable[[], Any] | None = None,
 ) -> list[ItemResult]:
     """Score every prediction. Plain metrics run here, one by one (so an interrupt
-    raised by one stops the run at once); async metrics run concurrently."""
+    raised by one stops the run at once); async metrics run concurrently.
+
+    A metric that raises fails its item; one that returns anything but a score from 0
+    to 1 stops the scoring (``numbered``: the message shows the item's index, which is
+    its position in the set the user passed). ``on_done`` is called as each item is
+    scored.
+
+    Raises:
+        MetricScoreError: The metric returned something other than a score from 0 to 1.
+    """
     results: list[ItemResult | None] = [None] * len(examples)
     pending = []
     for i, prediction in enumerate(predictions):
         if isinstance(prediction, BaseException):
             results[i] = ItemResult(0.0, error=describe_error(prediction))
+            if on_done is not None:
+                on_done()
         else:
             pending.append(i)
     if is_async_metric(metric):
 
+        async def one(i: int) -> Any:
+            try:
+                return await acall_metric(metric, examples[i], predictions[i])
+            finally:
+                if on_done is not None:
+                    on_done()
+
         async def run_all() -> list[Any]:
-            return await asyncio.gather(
-                *(ascore(metric, examples[i], predictions[i]) for i in pending),
-                return_exceptions=True,
-            )
+            return await asyncio.gather(*(one(i) for i in pending), return_exceptions=True)
 
         verdicts = run_sync(run_all) if pending else []
     else:
         verdicts = []
         for i in pending:
             try:
-                verdicts.append(as_metric_result(metric(examples[i], predictions[i])))
+                verdicts.append(metric(examples[i], predictions[i]))
             except Exception as exc:  # a broken metric fails this item, not the run
                 verdicts.append(exc)
+            if on_done is not None:
+                on_done()
     for i, verdict in zip(pending, verdicts):
         output = prediction_text(predictions[i])
         if isinstance(verdict, BaseException):
@@ -293,9 +328,9 @@ def score_items(
                 prediction=predictions[i],
             )
         else:
-            assert isinstance(verdict, MetricResult)
+            result = checked_result(verdict, metric, examples[i], i, numbered=numbered)
             results[i] = ItemResult(
-                verdict.score, verdict.feedback, output=output, prediction=predictions[i]
+                result.score, result.feedback, output=output, prediction=predictions[i]
             )
     return [r for r in results if r is not None]
 
@@ -309,17 +344,36 @@ def run_and_score(
     grad: bool,
     max_concurrency: int | None = None,
     phase: str = "eval",
+    progress: bool = False,
+    desc: str = "evaluating",
 ) -> EvalResult:
-    """Run the chain on ``inputs`` and score the outputs against ``examples``."""
-    predictions = run_sync(
-        lambda: arun_chain(chain, inputs, grad=grad, max_concurrency=max_concurrency, phase=phase)
-    )
-    if is_langgraph_graph(chain):  # an agent: scored on its answer
-        predictions = [
-            GraphState(p) if type(p) is dict and isinstance(p.get("messages"), list) else p
-            for p in predictions
-        ]
-    return EvalResult(tuple(score_items(metric, examples, predictions)))
+    """Run the chain on ``inputs`` and score the outputs against ``examples``; with
+    ``progress``, a tqdm bar (on stderr) counts the examples run, then those scored.
+
+    Raises:
+        MetricScoreError: The metric returned something other than a score from 0 to 1.
+    """
+    with tqdm(
+        total=len(inputs), desc=desc, unit="example", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        predictions = run_sync(
+            lambda: arun_chain(
+                chain, inputs, grad=grad, max_concurrency=max_concurrency, phase=phase,
+                on_done=bar.update,
+            )
+        )
+        if is_langgraph_graph(chain):  # an agent: scored on its answer
+            predictions = [
+                GraphState(p) if type(p) is dict and isinstance(p.get("messages"), list) else p
+                for p in predictions
+            ]
+        bar.reset(total=len(predictions))
+        bar.set_description(f"{desc}: scoring")
+        # In a minibatch the positions are not those of the training set: say no index.
+        items = score_items(
+            metric, examples, predictions, numbered=phase != "train", on_done=bar.update
+        )
+    return EvalResult(tuple(items))
 
 
 def evaluate(
@@ -331,22 +385,37 @@ def evaluate(
     input_keys: Sequence[str] | None = None,
     target_key: str | None = None,
     max_concurrency: int | None = None,
+    progress: bool = True,
 ) -> EvalResult:
     """Score ``chain`` on ``examples`` with ``metric`` (no gradients are kept).
+
+    Args:
+        chain: Any LangChain Runnable (its output is handed to the metric as it is).
+        examples: The examples (dicts).
+        metric: ``metric(example, prediction)``, returning a score from 0 to 1.
+        input_fn: Builds the chain input from an example (overrides the keys).
+        input_keys: Example keys given to the chain (default: all but the target).
+        target_key: The example key holding the expected output.
+        max_concurrency: Cap on model calls in flight.
+        progress: Show a tqdm progress bar (on stderr), as ``fit`` does.
+
+    Raises:
+        MetricScoreError: The metric returned something other than a score from 0 to
+            1 (a metric that raises fails only its example).
 
     Example:
         >>> from langchain_core.runnables import RunnableLambda
         >>> from afnio_langchain.train import evaluate, exact_match
         >>> chain = RunnableLambda(lambda x: x["question"].upper())
         >>> result = evaluate(chain, [{"question": "a", "answer": "A"},
-        ...                           {"question": "b", "answer": "c"}], exact_match)
+        ...                           {"question": "b", "answer": "c"}], exact_match,
+        ...                   progress=False)
         >>> result.score, [item.output for item in result.items]
         (0.5, ['A', 'B'])
     """
     inputs = chain_inputs(examples, input_fn_for(chain, input_fn, input_keys, target_key))
-    if max_concurrency is not None:
-        with concurrency_limit(max_concurrency):
-            return run_and_score(
-                chain, metric, examples, inputs, grad=False, max_concurrency=max_concurrency
-            )
-    return run_and_score(chain, metric, examples, inputs, grad=False)
+    with concurrency_limit(max_concurrency) if max_concurrency is not None else nullcontext():
+        return run_and_score(
+            chain, metric, examples, inputs, grad=False, max_concurrency=max_concurrency,
+            progress=progress,
+        )

@@ -291,13 +291,24 @@ def count_llm_steps(chain: Any) -> int:
         >>> count_llm_steps(step("A.") | (lambda v: {"q": v}) | step("B."))
         2
     """
-    from afnio_langchain.agents import AgentRunnable
+    return max(1, len(llm_steps(chain) or ()))
+
+
+def llm_steps(chain: Any) -> list[Any] | None:
+    """The distinct differentiable LLM steps of the chain (``ChatCompletionRunnable``,
+    ``AgentRunnable``, ``TrainableAgent``) that its LangChain graph shows, the chain
+    itself included; None when LangChain cannot draw the graph."""
+    from afnio_langchain.agents import AgentRunnable, TrainableAgent
     from afnio_langchain.runnables import ChatCompletionRunnable
 
+    kinds = (ChatCompletionRunnable, AgentRunnable, TrainableAgent)
     root = getattr(chain, "bound", chain) if hasattr(chain, "named_prompts") else chain
     try:
-        nodes = root.get_graph().nodes.values()
-    except Exception:  # a graph LangChain cannot draw: assume one call
-        return 1
-    steps = {id(n.data) for n in nodes if isinstance(n.data, (ChatCompletionRunnable, AgentRunnable))}
-    return max(1, len(steps))
+        nodes = [node.data for node in root.get_graph().nodes.values()]
+    except Exception:  # a graph LangChain cannot draw
+        return None
+    found: dict[int, Any] = {}
+    for step in [root, *nodes]:
+        if isinstance(step, kinds):
+            found.setdefault(id(step), step)
+    return list(found.values())

@@ -29,6 +29,7 @@ from afnio_langchain.train._evaluation import (
     run_and_score,
 )
 from afnio_langchain.train._loading import count_llm_steps, trainable_chain
+from afnio_langchain.train._preflight import backward_model_problem
 from afnio_langchain.train._run import TrainingError, TrainingRun, TrainResult
 
 __all__ = ["GATES", "Trainer", "TrainResult", "TrainingError", "fit"]
@@ -42,7 +43,8 @@ class Trainer:
             ``ChatCompletionRunnable`` steps or ``make_trainable``); a plain chain is
             converted with ``make_trainable`` when it has no trainable Variables.
         metric: ``metric(example, prediction) -> float | bool | MetricResult |
-            (score, feedback)`` (see :mod:`afnio_langchain.train._metrics`).
+            (score, feedback)`` (see :mod:`afnio_langchain.train._metrics`), scores
+            from 0 to 1.
         optimizer: An optimizer over the chain's parameters; by default a
             :class:`~afnio_langchain.optim.TGD` with ``optimizer_model``.
         optimizer_model: The model TGD uses to rewrite prompts.
@@ -82,7 +84,8 @@ class Trainer:
         max_cost: Stop once this many USD were spent (by the price table); resumable
             with a larger one likewise.
         prices: Price table (model -> USD per 1M input, output tokens).
-        progress: Show a tqdm progress bar with scores, calls and cost.
+        progress: Show a tqdm progress bar with scores, calls and cost (and one for
+            :meth:`evaluate`).
         max_failed_steps: Raise :class:`TrainingError` after this many failed
             steps in a row (nothing could be run, backpropagated or stepped).
         info: Extra run description kept in the checkpoint and report.
@@ -203,7 +206,11 @@ class Trainer:
         checkpoint when ``resume`` is set and it exists.
 
         Raises:
-            TrainingError: The model cannot be reached, or steps keep failing.
+            TrainingError: No model can write the feedback (checked before any model
+                call, see :meth:`check_setup`), the model cannot be reached, or steps
+                keep failing.
+            MetricScoreError: The metric returned something other than a score from 0
+                to 1 (the last checkpoint is kept).
             CheckpointError: The checkpoint belongs to another run or is malformed, or
                 it exists and ``resume`` is off (checked before any model call).
             ValueError: The examples cannot be turned into chain inputs.
@@ -211,16 +218,37 @@ class Trainer:
         path = self.checkpoint_path
         with run_lock(path) if path is not None else contextlib.nullcontext():
             run = TrainingRun(self, list(train), None if val is None else list(val))
+            if run.state.stage != "finished":  # a finished run only hands its result back
+                self.check_setup()
             return run.execute()
 
+    def check_setup(self) -> None:
+        """Refuse, before any model call, what :meth:`fit` would otherwise find out only
+        after paid calls, where the chain shows it: no model to write the feedback
+        (no ``backward_model``, no scoped or process default, none on the chain's
+        steps). :meth:`fit` calls it; the command line calls it before it writes
+        anything.
+
+        Raises:
+            TrainingError: The message says what to change.
+        """
+        problem = backward_model_problem(self.chain, self.params, self.backward_model)
+        if problem is not None:
+            raise TrainingError(problem)
+
     def evaluate(self, examples: Sequence[Example]) -> EvalResult:
-        """Score the chain, as it is now, on ``examples`` (no gradients kept)."""
+        """Score the chain, as it is now, on ``examples`` (no gradients kept), with a
+        progress bar when ``progress`` is set.
+
+        Raises:
+            MetricScoreError: The metric returned something other than a score from 0 to 1.
+        """
         examples = list(examples)
         inputs = chain_inputs(examples, self.input_fn)
         with self._limits():
             return run_and_score(
                 self.chain, self.metric, examples, inputs, grad=False,
-                max_concurrency=self.max_concurrency,
+                max_concurrency=self.max_concurrency, progress=self.progress,
             )
 
     def estimate_calls(

@@ -489,15 +489,22 @@ def test_estimate_calls_bounds_what_a_run_makes():
 
 
 def test_steps_that_keep_failing_stop_the_run_and_say_how_to_go_on():
-    """No backward model anywhere: every step fails. The run stops after
-    ``max_failed_steps`` with the cause, and without a checkpoint it does not claim one."""
+    """A backward model that fails on every call: every step fails. The run stops
+    after ``max_failed_steps`` with the cause, and without a checkpoint it does not claim
+    one. (With no backward model at all, fit refuses before any call:
+    test_train_upfront_checks.py.)"""
     model = make_model()
     chain, system = make_chain(model, "prompt v0")
-    trainer = trainer_for(model, chain, backward_model=None, batch_size=1, max_failed_steps=2,
+
+    def failing(text):
+        raise ValueError("the feedback model failed")
+
+    broken = make_model(feedback=failing)
+    trainer = trainer_for(model, chain, backward_model=broken, batch_size=1, max_failed_steps=2,
                           evaluate_train=False)
     with pytest.raises(TrainingError) as info:
         trainer.fit(examples(3))
     message = str(info.value)
-    assert "2 steps in a row failed" in message and "needs a model to write feedback" in message
+    assert "2 steps in a row failed" in message and "the feedback model failed" in message
     assert "Fix the cause and run again" in message and "checkpoint was kept" not in message
     assert system.data == "prompt v0"
