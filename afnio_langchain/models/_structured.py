@@ -6,7 +6,8 @@ of the one acceptance rule for gradients and proposals:
   not a stream cut short);
 - it is a JSON object with exactly the requested keys (an unexpected key is never
   mapped onto an asked one);
-- each value is a string, holding no U+FFFD (the mark of undecodable bytes).
+- each value is a string, holding no U+FFFD (the mark of undecodable bytes);
+- a gradient (``purpose="backward"``) holds text: an empty or blank one says nothing.
 
 Anything else is shown back to the model with what was wrong, a bounded number of
 times, then fails with :class:`StructuredOutputError`. The keys read come from the
@@ -131,14 +132,26 @@ def _without_trailing_commas(text: str) -> str:
     return "".join(out)
 
 
-def extract_fields(text: str, keys: Sequence[str], *, numbers: bool = False) -> dict[str, str]:
+def extract_fields(
+    text: str, keys: Sequence[str], *, numbers: bool = False, require_text: bool = False
+) -> dict[str, str]:
     """Read string fields ``keys`` from a reply: a JSON object (code fences, prose
     around it and trailing commas are tolerated) with exactly these keys, each a
     string without U+FFFD. With ``numbers`` (a judge's verdict), a JSON number or
-    boolean is also accepted, as its JSON text (``7``, ``true``).
+    boolean is also accepted, as its JSON text (``7``, ``true``). With
+    ``require_text`` (a gradient), an empty or whitespace-only value is refused.
 
     Raises:
         ValueError: The reply is not such an object; says what is wrong.
+
+    Example:
+        >>> from afnio_langchain.models._structured import extract_fields
+        >>> extract_fields('{"var_1": "Be brief."}', ["var_1"])
+        {'var_1': 'Be brief.'}
+        >>> extract_fields('{"var_1": "  "}', ["var_1"], require_text=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: the value of 'var_1' is empty: give the feedback text
     """
     try:
         data = parse_json_object(text)
@@ -161,6 +174,8 @@ def extract_fields(text: str, keys: Sequence[str], *, numbers: bool = False) -> 
             value = json.dumps(value)
         if not isinstance(value, str):
             raise ValueError(f"the value of {key!r} must be a string, got {_json_type(value)}")
+        if require_text and not value.strip():
+            raise ValueError(f"the value of {key!r} is empty: give the feedback text")
         if "\ufffd" in value:
             raise ValueError(
                 f"the value of {key!r} holds U+FFFD (bytes that could not be decoded)"
@@ -230,7 +245,8 @@ async def request_fields(
     only when it is complete and a JSON object with exactly these keys and string
     values (see the module doc); an unusable reply is shown back to the model with
     what was wrong, up to ``attempts`` calls in all. A judge's verdict
-    (``purpose="judge"``) may give a score as a JSON number.
+    (``purpose="judge"``) may give a score as a JSON number; a gradient
+    (``purpose="backward"``) must not be blank.
 
     Raises:
         StructuredOutputError: Every attempt was unusable; says ``where`` and what came back.
@@ -240,6 +256,7 @@ async def request_fields(
     conversation = list(messages)
     replies: list[str] = []
     reason = ""
+    numbers, require_text = purpose == "judge", purpose == "backward"
     for _ in range(max(1, attempts)):
         completion = await client.acomplete(
             conversation, purpose=purpose, json_schema=schema, **params
@@ -249,7 +266,9 @@ async def request_fields(
             problem = incomplete_reason(completion)
             if problem is not None:
                 raise ValueError(problem)
-            return extract_fields(completion.text, keys, numbers=purpose == "judge")
+            return extract_fields(
+                completion.text, keys, numbers=numbers, require_text=require_text
+            )
         except ValueError as exc:
             reason = str(exc)
             conversation = [

@@ -35,7 +35,8 @@ def kind_of(request: Request) -> str:
 class Oracle:
     """A cooperative model: answers every request well, except that replies queued for
     a kind of request (``forward``, ``backward``, ``optimizer``) are sent first, in order.
-    A queued ``str`` is the reply's text; a queued :class:`Reply` is sent as it is."""
+    A queued ``str`` is the reply's text; a queued :class:`Reply` is sent as it is; a
+    queued callable is called with the request and its :class:`Reply` sent."""
 
     def __init__(self) -> None:
         self.queued: dict[str, list[Any]] = {"forward": [], "backward": [], "optimizer": []}
@@ -56,6 +57,8 @@ class Oracle:
         kind = kind_of(request)
         queued = self.queued.get(kind)
         item = queued.pop(0) if queued else self.good(request, kind)
+        if callable(item):
+            item = item(request)
         if isinstance(item, Reply):
             return item
         if request.streaming:

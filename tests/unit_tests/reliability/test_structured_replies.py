@@ -37,9 +37,9 @@ def structured_requests(server, kind: str):
     return [r for r in server.requests if kind_of(r) == kind]
 
 
-@pytest.mark.parametrize("shape", sorted(BAD_VALUES))
-def test_a_gradient_that_is_not_a_string_is_reasked(client, oracle, server, shape):
-    bad = json.dumps({"var_1": BAD_VALUES[shape]})
+def reasked_once(client, oracle, server, bad: str):
+    """Run a backward whose first gradient reply is ``bad``; check that it was shown
+    back to the model in one re-ask, whose good reply became the gradient. The re-ask."""
     oracle.queue("backward", bad)
     system = forward_and_backward(client)
     assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
@@ -47,6 +47,12 @@ def test_a_gradient_that_is_not_a_string_is_reasked(client, oracle, server, shap
     assert len(asks) == 2
     shown_back = [m["content"] for m in asks[1].messages if m["role"] == "assistant"]
     assert shown_back == [bad]  # the unusable reply is shown to the model
+    return asks[1]
+
+
+@pytest.mark.parametrize("shape", sorted(BAD_VALUES))
+def test_a_gradient_that_is_not_a_string_is_reasked(client, oracle, server, shape):
+    reasked_once(client, oracle, server, json.dumps({"var_1": BAD_VALUES[shape]}))
 
 
 def test_an_unexpected_key_is_never_mapped_onto_the_asked_one(client, oracle, server):

@@ -1,0 +1,67 @@
+"""Replies that arrived but are not what they look like: a blank gradient, a backward
+whose structured replies never became usable (counted as a failure), a forward reply
+that is not the model's answer (a content filter, a refusal, tool calls alone), a
+streamed reply cut by ``max_tokens`` and a stream whose reply is an error event.
+Through the ``openai`` client and ``ChatOpenAI`` (and a ``dspy.LM`` where it reads the
+reply), against the stdlib server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from afnio_langchain import Variable, track_usage
+from afnio_langchain.autodiff import BackwardError, ChatCompletion
+
+from ._stdlib_server import Reply, Request, chat
+from .test_structured_replies import forward_and_backward, reasked_once
+
+BLANK = {"empty": "", "whitespace": " \n\t "}
+
+
+def _system() -> Variable:
+    return Variable("Answer briefly.", role="system prompt", requires_grad=True)
+
+
+def _messages(system: Variable) -> list[dict]:
+    return [{"role": "system", "content": [system]}, {"role": "user", "content": "{q}"}]
+
+
+# -- 1. a blank gradient is not a gradient ------------------------------------------------
+
+
+@pytest.mark.parametrize("blank", sorted(BLANK))
+def test_a_blank_gradient_is_reasked(client, oracle, server, blank):
+    reask = reasked_once(client, oracle, server, json.dumps({"var_1": BLANK[blank]}))
+    assert "is empty" in reask.last_user  # says what was wrong, as for any unusable reply
+
+
+def test_a_gradient_that_stays_blank_fails_the_backward_and_attaches_nothing(
+    client, oracle, server
+):
+    oracle.queue("backward", *[json.dumps({"var_1": "   "})] * 10)
+    system = _system()
+    with track_usage() as usage, pytest.raises(BackwardError) as caught:
+        forward_and_backward(client, system)
+    assert "ChatCompletionBackward0" in str(caught.value) and "is empty" in str(caught.value)
+    assert system.grad == []  # no empty gradient, nothing committed
+    assert usage.by_purpose()["backward"].calls == 3
+
+
+def test_a_blank_gradient_in_a_minibatch_fails_only_its_item_in_best_effort(
+    client, oracle, server
+):
+    system = _system()
+    out = ChatCompletion.apply(
+        client, _messages(system), inputs={"q": ["2+2?", "3+3?"]}, backward_model=client
+    )
+
+    def blank_for_item_one(request: Request) -> Reply:
+        var_1 = "" if "3+3?" in request.text else "Feedback var_1: be more specific."
+        return chat(json.dumps({"var_1": var_1}))
+
+    oracle.queue("backward", *[blank_for_item_one] * 10)
+    report = out.backward("Too short.", best_effort=True)
+    assert [(f.node, f.item) for f in report.failures] == [("ChatCompletionBackward0", 1)]
+    assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
