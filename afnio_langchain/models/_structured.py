@@ -10,8 +10,9 @@ of the one acceptance rule for gradients and proposals:
 - a gradient (``purpose="backward"``) holds text: an empty or blank one says nothing.
 
 Anything else is shown back to the model with what was wrong, a bounded number of
-times, then fails with :class:`StructuredOutputError`. The keys read come from the
-caller's ``fields`` only: text in a request (data) never decides them.
+times, then fails with :class:`StructuredOutputError` (counted as a failure of that
+purpose in usage). The keys read come from the caller's ``fields`` only: text in a
+request (data) never decides them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from afnio_langchain.models._protocol import Completion, JsonSchema, Message, ModelClient
 from afnio_langchain.models._secrets import excerpt, redact
+from afnio_langchain.models._usage import record_usage
 
 JSON_INSTRUCTION = "Reply with only a JSON object with exactly these keys: {keys}."
 _KEYS_LINE = re.compile(r"Reply with only a JSON object with exactly these keys: (.+?)\.\s*$", re.M)
@@ -249,7 +251,9 @@ async def request_fields(
     (``purpose="backward"``) must not be blank.
 
     Raises:
-        StructuredOutputError: Every attempt was unusable; says ``where`` and what came back.
+        StructuredOutputError: Every attempt was unusable; says ``where`` and what came
+            back. Usage counts it as one failure of ``purpose``: each attempt was an
+            answered call, but the request as a whole failed for good.
     """
     keys = list(fields)
     schema = fields_schema(schema_name, fields)
@@ -258,9 +262,13 @@ async def request_fields(
     reason = ""
     numbers, require_text = purpose == "judge", purpose == "backward"
     for _ in range(max(1, attempts)):
-        completion = await client.acomplete(
-            conversation, purpose=purpose, json_schema=schema, **params
-        )
+        try:
+            completion = await client.acomplete(
+                conversation, purpose=purpose, json_schema=schema, **params
+            )
+        except StructuredOutputError:  # a client that parses replies itself (DSPy's adapter)
+            _count_failure(client, purpose)
+            raise
         replies.append(completion.text)
         try:
             problem = incomplete_reason(completion)
@@ -279,7 +287,14 @@ async def request_fields(
                     "content": f"That reply could not be used: {reason}. {json_instruction(keys)}",
                 },
             ]
+    _count_failure(client, purpose)
     raise StructuredOutputError(where, reason, replies)
+
+
+def _count_failure(client: ModelClient, purpose: str) -> None:
+    """A structured request that failed for good, in usage: the client counted each of
+    its calls as answered, and only this module knows that none was usable."""
+    record_usage(getattr(client, "model_name", "unknown"), purpose, calls=0, failures=1)
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

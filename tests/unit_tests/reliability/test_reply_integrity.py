@@ -11,10 +11,16 @@ import json
 
 import pytest
 
-from afnio_langchain import Variable, track_usage
+from afnio_langchain import Variable, get_usage, track_usage
+from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import BackwardError, ChatCompletion
+from afnio_langchain.models import (
+    StructuredOutputError,
+    request_fields,
+)
 
 from ._stdlib_server import Reply, Request, chat
+from .conftest import KEY, MODEL
 from .test_structured_replies import forward_and_backward, reasked_once
 
 BLANK = {"empty": "", "whitespace": " \n\t "}
@@ -46,7 +52,8 @@ def test_a_gradient_that_stays_blank_fails_the_backward_and_attaches_nothing(
         forward_and_backward(client, system)
     assert "ChatCompletionBackward0" in str(caught.value) and "is empty" in str(caught.value)
     assert system.grad == []  # no empty gradient, nothing committed
-    assert usage.by_purpose()["backward"].calls == 3
+    counts = usage.by_purpose()["backward"]
+    assert (counts.calls, counts.failures) == (3, 1)
 
 
 def test_a_blank_gradient_in_a_minibatch_fails_only_its_item_in_best_effort(
@@ -65,3 +72,33 @@ def test_a_blank_gradient_in_a_minibatch_fails_only_its_item_in_best_effort(
     report = out.backward("Too short.", best_effort=True)
     assert [(f.node, f.item) for f in report.failures] == [("ChatCompletionBackward0", 1)]
     assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
+
+
+# -- 2. a backward StructuredOutputError is a failure in usage --------------------------------
+
+
+def test_a_backward_structured_output_error_counts_one_failure(client, oracle, server):
+    oracle.queue("backward", *[json.dumps({"var_1": None})] * 10)
+    before = get_usage().by_purpose().get("backward")
+    failures_before = before.failures if before is not None else 0
+    with track_usage() as usage, pytest.raises(BackwardError):
+        forward_and_backward(client)
+    counts = usage.by_purpose()["backward"]
+    assert (counts.calls, counts.retries, counts.failures) == (3, 0, 1)
+    assert get_usage().by_purpose()["backward"].failures == failures_before + 1
+    assert usage.by_purpose()["forward"].failures == 0
+
+
+def test_a_dspy_adapter_reply_that_holds_no_fields_counts_one_failure(server, oracle):
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.dspy._protocol import AdapterProtocolClient
+
+    lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+    client = AdapterProtocolClient(lm)
+    ask = [{"role": "user", "content": "How should the instructions change?"}]
+    oracle.queue("backward", "No fields here.")  # not in DSPy's adapter format
+    with track_usage() as usage, pytest.raises(StructuredOutputError):
+        run_sync(lambda: request_fields(client, ask, {"var_1": "feedback"},
+                                        purpose="backward", where="example"))
+    counts = usage.by_purpose()["backward"]
+    assert (counts.calls, counts.failures) == (1, 1)
