@@ -53,6 +53,7 @@ from afnio_langchain.autodiff._minibatch import (
     cut_off_items,
     describe_error,
     failed_items,
+    unfinished_items,
 )
 from afnio_langchain.autodiff._prompts import (
     PROMPT_TAGS,
@@ -126,6 +127,7 @@ __all__ = [
     "stream_text_to",
     "tag_attribute",
     "to_fstring",
+    "unfinished_items",
     "use_backward_model",
     "validate_data",
 ]

@@ -22,8 +22,8 @@ from afnio_langchain.autodiff._minibatch import (
     MinibatchError,
     describe_error,
     gather_items,
-    mark_cut_off_items,
     mark_failed_items,
+    mark_incomplete_items,
 )
 from afnio_langchain.autodiff._variable import Variable
 from afnio_langchain.models import resolve_call_model
@@ -250,10 +250,8 @@ class ChatCompletion(LLMFunction):
             output.data = texts
         else:
             output = Variable(texts if conversation.batched else texts[0], output_role)
-        if len(replies) > 1 or getattr(replies[0], "cut_off", False):
-            mark_cut_off_items(
-                output, [i for i, r in enumerate(replies) if getattr(r, "cut_off", False)]
-            )
+        if len(replies) > 1 or not getattr(replies[0], "complete", True):
+            mark_incomplete_items(output, replies)
         if errors:
             mark_failed_items(output, errors)
             listed = "; ".join(f"item {i}: {describe_error(e)}" for i, e in sorted(errors.items()))

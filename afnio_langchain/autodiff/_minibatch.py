@@ -186,6 +186,59 @@ def cut_off_items(variable: Variable) -> list[int]:
     return list(_CUT_OFF.get(variable, []))
 
 
+_UNFINISHED: weakref.WeakKeyDictionary[Variable, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def mark_unfinished_items(output: Variable, items: dict[int, str]) -> None:
+    """Record which items of ``output`` are not the model's answer, and why."""
+    if items:
+        _UNFINISHED[output] = dict(sorted(items.items()))
+
+
+def mark_incomplete_items(output: Variable, replies: Sequence[Any]) -> None:
+    """Record the items of ``output`` whose reply (a ``Completion``; text or None
+    say nothing) is not complete: cut short by the token limit (:func:`cut_off_items`)
+    or not the model's answer (:func:`unfinished_items`)."""
+    cut: list[int] = []
+    unfinished: dict[int, str] = {}
+    for i, reply in enumerate(replies):
+        if getattr(reply, "complete", True):
+            continue
+        if reply.cut_off:
+            cut.append(i)
+        elif (why := reply.unfinished) is not None:
+            unfinished[i] = why
+    mark_cut_off_items(output, cut)
+    mark_unfinished_items(output, unfinished)
+
+
+def unfinished_items(variable: Variable) -> dict[int, str]:
+    """The items of an op's output whose reply is not the model's answer, with why: a
+    finish reason that is neither the model's own stop nor the token limit
+    (``"content_filter"``, ``"tool_calls"``...), a ``"refusal"``, or tool calls and
+    no text (``"tool_calls"``). They are kept as they came (often empty text), as
+    cut-off replies are (:func:`cut_off_items`); this says which they are.
+
+    Example:
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.autodiff import ChatCompletion, unfinished_items
+        >>> from afnio_langchain.models import Completion
+        >>> class Filtered:  # a model whose filter stops every reply about secrets
+        ...     model_name = "filtered"
+        ...     async def acomplete(self, messages, *, purpose="forward", json_schema=None, **p):
+        ...         if "secret" in messages[-1]["content"]:
+        ...             return Completion("", self.model_name, finish_reason="content_filter")
+        ...         return Completion("ok", self.model_name, finish_reason="stop")
+        >>> out = ChatCompletion.apply(Filtered(), [{"role": "user", "content": "{q}"}],
+        ...                            inputs={"q": ["hello", "the secret"]})
+        >>> out.data, unfinished_items(out)
+        (['ok', ''], {1: 'content_filter'})
+    """
+    if not isinstance(variable, Variable):
+        raise TypeError(f"unfinished_items takes a Variable, got {type(variable).__name__}")
+    return dict(_UNFINISHED.get(variable, {}))
+
+
 # -- backward: best-effort passes collect item failures instead of raising --------------
 
 _ITEM_FAILURES: contextvars.ContextVar[list[tuple[int, BaseException]] | None] = (
@@ -229,6 +282,9 @@ __all__ = [
     "cut_off_items",
     "mark_cut_off_items",
     "mark_failed_items",
+    "mark_incomplete_items",
+    "mark_unfinished_items",
     "record_item_failures",
     "tolerating_item_failures",
+    "unfinished_items",
 ]

@@ -94,6 +94,7 @@ async def cached_completion(
         model=str(info.get("model") or model),
         from_cache=True,
         finish_reason=info.get("finish_reason"),
+        unanswered=info.get("unanswered"),
     )
 
 
@@ -105,4 +106,6 @@ async def store_completion(cache: BaseCache, key: tuple[str, str], completion: C
         "output_tokens": completion.output_tokens,
         "finish_reason": completion.finish_reason,
     }
+    if completion.unanswered is not None:
+        info["unanswered"] = completion.unanswered
     await cache.aupdate(*key, [Generation(text=completion.text, generation_info=info)])

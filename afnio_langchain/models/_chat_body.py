@@ -94,20 +94,48 @@ def clean_usage(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def completion_from(body: dict[str, Any], default_model: str) -> Completion:
-    """A :class:`Completion` from a body :func:`parse_chat_body` accepted."""
+    """A :class:`Completion` from a body :func:`parse_chat_body` accepted.
+
+    Example:
+        >>> from afnio_langchain.models._chat_body import completion_from
+        >>> message = {"role": "assistant", "content": None, "refusal": "I can't help."}
+        >>> reply = completion_from({"choices": [{"message": message, "finish_reason": "stop"}]}, "m")
+        >>> reply.text, reply.unfinished
+        ('', 'refusal')
+    """
     choice = body["choices"][0]  # a dict with a message dict: parse_chat_body checked
+    message = choice["message"]
+    content = message.get("content")
+    refusal = message.get("refusal")
     usage = body.get("usage")
     if not isinstance(usage, dict):
         usage = _NO_USAGE
     return Completion(
-        text=choice["message"].get("content") or "",
+        text=content or "",
         model=str(body.get("model") or default_model),
         input_tokens=token_count(usage.get("prompt_tokens")),
         output_tokens=token_count(usage.get("completion_tokens")),
         finish_reason=_finish_reason(choice.get("finish_reason")),
         raw=body,
         cached_input_tokens=token_count(_field(usage.get("prompt_tokens_details"), "cached_tokens")),
+        unanswered=unanswered(message, refusal) if refusal or not content else None,
     )
+
+
+def unanswered(message: dict[str, Any], refusal: Any) -> str | None:
+    """Why an OpenAI-style reply ``message`` holds no answer (a :class:`Completion`'s
+    ``unanswered``): ``"refusal"``, ``"tool_calls"`` (tool calls and no text), or None.
+
+    Example:
+        >>> from afnio_langchain.models._chat_body import unanswered
+        >>> unanswered({"content": None, "tool_calls": [{"id": "call_1"}]}, None)
+        'tool_calls'
+    """
+    if refusal:
+        return "refusal"
+    if not message.get("content") and message.get("tool_calls"):
+        return "tool_calls"
+    return None
 
 
 _NO_USAGE: dict[str, Any] = {}

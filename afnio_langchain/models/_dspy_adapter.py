@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "Using a dspy.LM as a model needs DSPy: pip install 'afnio-langchain[dspy]'"
     ) from exc
 
+from afnio_langchain.models._chat_body import unanswered
 from afnio_langchain.models._openai_adapter import seconds_of
 from afnio_langchain.models._protocol import (
     BaseModelClient,
@@ -204,8 +205,9 @@ class DSPyLMClient(BaseModelClient):
                 )
         details = usage.get("prompt_tokens_details")
         reason = provider_finish_reason(response) or getattr(response, "finish_reason", None)
+        text = response_text(response)
         return Completion(
-            text=response_text(response),
+            text=text,
             model=self.model_name,
             input_tokens=token_count(usage.get("prompt_tokens")),
             output_tokens=token_count(usage.get("completion_tokens")),
@@ -215,6 +217,7 @@ class DSPyLMClient(BaseModelClient):
             else 0,
             from_cache=not called,
             finish_reason=reason if isinstance(reason, str) and reason else None,
+            unanswered=provider_unanswered(response, text),
         )
 
     def _request(
@@ -341,6 +344,19 @@ def provider_finish_reason(response: Response) -> str | None:
         reason = choices[0].get("finish_reason")
         return reason if isinstance(reason, str) and reason else None
     return None
+
+
+def provider_unanswered(response: Response, text: str) -> str | None:
+    """Why the provider's reply behind ``response`` holds no answer (a
+    :class:`~afnio_langchain.models.Completion`'s ``unanswered``: ``"refusal"``, or
+    ``"tool_calls"`` and no text), read from its body's first message; None when it
+    is an answer, or the body does not say."""
+    choices = _provider_choices(response)
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        return None
+    refusal = message.get("refusal")
+    return unanswered(message, refusal) if refusal or not text else None
 
 
 def has_no_choices(response: Response) -> bool:

@@ -224,6 +224,27 @@ def finish_reason_of(reply: BaseMessage) -> str | None:
     return None
 
 
+def unanswered_reply(reply: BaseMessage, refusal: Any) -> str | None:
+    """Why a LangChain reply holds no answer (a :class:`Completion`'s ``unanswered``):
+    ``"refusal"`` (langchain-openai keeps OpenAI's in ``additional_kwargs["refusal"]``),
+    ``"tool_calls"`` (tool calls and no text), or None.
+
+    Example:
+        >>> from langchain_core.messages import AIMessage
+        >>> from afnio_langchain.models._langchain_adapter import unanswered_reply
+        >>> call = {"name": "search", "args": {"q": "x"}, "id": "call_1"}
+        >>> unanswered_reply(AIMessage("", tool_calls=[call]), None)
+        'tool_calls'
+    """
+    if refusal:
+        return "refusal"
+    if not message_text(reply) and (
+        getattr(reply, "tool_calls", None) or getattr(reply, "invalid_tool_calls", None)
+    ):
+        return "tool_calls"
+    return None
+
+
 class _StreamChecks:
     """Checks each streamed chat-completion reply before langchain-openai reads it (a
     non-streamed reply is checked where it is read: ``_lean_completions``).
@@ -503,6 +524,7 @@ class LangChainChatModelClient(BaseModelClient):
                 f"after {len(text)} characters)"
             )
         input_tokens, output_tokens, cached_input_tokens = reply_token_counts(reply)
+        refusal = reply.additional_kwargs.get("refusal")
         return Completion(
             text=text,
             model=str(metadata.get("model_name") or self.model_name),
@@ -512,6 +534,7 @@ class LangChainChatModelClient(BaseModelClient):
             cached_input_tokens=cached_input_tokens,
             from_cache=from_cache,
             finish_reason=finish_reason_of(reply),
+            unanswered=unanswered_reply(reply, refusal) if refusal or not text else None,
         )
 
 

@@ -67,7 +67,10 @@ class Completion:
     """One model reply, with the figures needed for usage counting.
 
     ``finish_reason`` is what the provider said ended the reply (``"stop"``,
-    ``"length"``...), None when it does not say.
+    ``"length"``...), None when it does not say. ``unanswered`` is set by an adapter
+    when the reply holds no answer although its finish reason does not say so:
+    ``"refusal"`` (OpenAI's ``message.refusal``) or ``"tool_calls"`` (tool calls and no
+    text); :attr:`unfinished` says either.
 
     Example:
         >>> from afnio_langchain.models import Completion, as_model_client
@@ -78,6 +81,10 @@ class Completion:
         ('Paris', 'scripted', 3, 1)
         >>> Completion("The answer is", "m", finish_reason="length").cut_off
         True
+        >>> Completion("", "m", finish_reason="content_filter").unfinished
+        'content_filter'
+        >>> Completion("", "m", finish_reason="stop", unanswered="refusal").unfinished
+        'refusal'
     """
 
     text: str
@@ -90,6 +97,8 @@ class Completion:
     from_cache: bool = field(default=False, repr=False)
     """True when an LLM cache answered: no model call was made."""
     finish_reason: str | None = None
+    unanswered: str | None = field(default=None, repr=False)
+    """``"refusal"`` or ``"tool_calls"`` when the reply holds no answer (see above)."""
 
     @property
     def cut_off(self) -> bool:
@@ -99,8 +108,27 @@ class Completion:
     @property
     def complete(self) -> bool:
         """Whether the model ended the reply itself (or the provider does not say):
-        not cut by ``max_tokens``, a content filter or anything else."""
+        not cut by ``max_tokens``, a content filter or anything else, and an answer
+        (not a refusal, not tool calls alone)."""
+        if self.unanswered is not None:
+            return False
         return self.finish_reason is None or self.finish_reason.lower() in COMPLETE_REASONS
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the reply is not the model's answer, None when it is, or when the token
+        limit cut it (:attr:`cut_off`): :attr:`unanswered`, else the provider's finish
+        reason when it is neither complete nor cut-off (``"content_filter"``,
+        ``"tool_calls"``...)."""
+        if self.unanswered is not None:
+            return self.unanswered
+        reason = self.finish_reason
+        if reason is None:
+            return None
+        lowered = reason.lower()
+        if lowered in COMPLETE_REASONS or lowered in CUT_OFF_REASONS:
+            return None
+        return reason
 
 
 _UNBUILT: Any = object()

@@ -221,10 +221,13 @@ def _json_type(value: Any) -> str:
 
 
 def incomplete_reason(completion: Completion) -> str | None:
-    """Why a reply is not complete (None when it is): cut by the token limit, or ended
-    for another reason than the model's own stop."""
+    """Why a reply is not complete (None when it is): cut by the token limit, no
+    answer at all (a refusal, tool calls alone), or ended for another reason than the
+    model's own stop."""
     if completion.cut_off:
         return "the reply was cut off by the token limit (max_tokens) before it ended"
+    if completion.unanswered is not None:
+        return f"the reply holds no answer ({completion.unanswered})"
     if not completion.complete:
         return f"the reply did not end normally (finish reason {completion.finish_reason!r})"
     return None

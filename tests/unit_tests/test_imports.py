@@ -189,6 +189,7 @@ EXPECTED_ALL = {
         "stream_text_to",
         "tag_attribute",
         "to_fstring",
+        "unfinished_items",
         "use_backward_model",
         "validate_data",
     ],

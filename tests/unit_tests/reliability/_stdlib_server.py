@@ -97,8 +97,11 @@ def completion(
     finish_reason: str | None = "stop",
     usage: Any = None,
     model: str = "test-model",
+    refusal: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A chat-completion body."""
+    """A chat-completion body; with ``refusal`` or ``tool_calls``, its message carries
+    them as OpenAI sends them (``message.refusal``, ``message.tool_calls``)."""
     body: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -112,10 +115,20 @@ def completion(
             }
         ],
     }
+    message = body["choices"][0]["message"]
+    if refusal is not None:
+        message["refusal"] = refusal
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
     body["usage"] = (
         {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15} if usage is None else usage
     )
     return body
+
+
+def tool_call(name: str = "search", arguments: str = '{"q": "weather"}') -> dict[str, Any]:
+    """One entry of ``message.tool_calls``."""
+    return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def chat(text: str, **options: Any) -> Reply:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 
 from afnio_langchain import Variable, get_usage, track_usage
 from afnio_langchain._aio import run_sync
-from afnio_langchain.autodiff import BackwardError, ChatCompletion
+from afnio_langchain.autodiff import BackwardError, ChatCompletion, cut_off_items, unfinished_items
 from afnio_langchain.models import (
     StructuredOutputError,
+    as_model_client,
     request_fields,
 )
 
-from ._stdlib_server import Reply, Request, chat
-from .conftest import KEY, MODEL
-from .test_structured_replies import forward_and_backward, reasked_once
+from ._stdlib_server import Reply, Request, chat, completion, tool_call
+from .conftest import KEY, MODEL, make_client
+from .test_structured_replies import forward_and_backward, reasked_once, structured_requests
 
 BLANK = {"empty": "", "whitespace": " \n\t "}
 
@@ -102,3 +104,89 @@ def test_a_dspy_adapter_reply_that_holds_no_fields_counts_one_failure(server, or
                                         purpose="backward", where="example"))
     counts = usage.by_purpose()["backward"]
     assert (counts.calls, counts.failures) == (1, 1)
+
+
+# -- 3. forward replies that are not the model's answer are kept and marked -------------------
+
+NOT_ANSWERS = {
+    "content_filter": (
+        lambda: chat("I was saying that the", finish_reason="content_filter"),
+        "I was saying that the",
+    ),
+    "refusal": (
+        lambda: Reply(body=completion(None, refusal="I can't help with that.")),
+        "",
+    ),
+    "tool_calls": (
+        lambda: Reply(body=completion(None, finish_reason="tool_calls", tool_calls=[tool_call()])),
+        "",
+    ),
+    "tool_calls, finish stop": (
+        lambda: Reply(body=completion(None, tool_calls=[tool_call()])),
+        "",
+    ),
+}
+
+
+def _reason(case: str) -> str:
+    return case.split(",")[0]
+
+
+@pytest.mark.parametrize("case", sorted(NOT_ANSWERS))
+def test_a_forward_reply_that_is_not_an_answer_is_kept_and_marked(client, oracle, server, case):
+    reply, text = NOT_ANSWERS[case]
+    oracle.queue("forward", reply())
+    out = ChatCompletion.apply(client, _messages(_system()), inputs={"q": "2+2?"})
+    assert out.data == text  # kept as it came
+    assert unfinished_items(out) == {0: _reason(case)}
+    assert cut_off_items(out) == []
+
+
+@pytest.mark.parametrize("case", sorted(NOT_ANSWERS))
+def test_an_observed_chatopenai_call_marks_it_too(oracle, server, case):
+    """A model with a callback runs through LangChain's run (not the fast path): the
+    reply message (``additional_kwargs["refusal"]``, ``tool_calls``) says it."""
+    client = make_client("chatopenai", server, callbacks=[BaseCallbackHandler()])
+    reply, text = NOT_ANSWERS[case]
+    oracle.queue("forward", reply())
+    out = ChatCompletion.apply(client, _messages(_system()), inputs={"q": "2+2?"})
+    assert (out.data, unfinished_items(out)) == (text, {0: _reason(case)})
+
+
+def test_only_the_items_that_are_not_answers_are_marked_in_a_minibatch(client, server):
+    def by_question(request: Request) -> Reply:
+        if "refuse" in request.last_user:
+            return Reply(body=completion(None, refusal="No."))
+        if "filter" in request.last_user:
+            return chat("Par", finish_reason="content_filter")
+        if "cut" in request.last_user:
+            return chat("The answer is", finish_reason="length")
+        return chat("Fine.")
+
+    server.handler = by_question
+    questions = ["ok", "refuse", "ok", "filter", "cut"]
+    out = ChatCompletion.apply(client, _messages(_system()), inputs={"q": questions})
+    assert out.data == ["Fine.", "", "Fine.", "Par", "The answer is"]
+    assert unfinished_items(out) == {1: "refusal", 3: "content_filter"}
+    assert cut_off_items(out) == [4]
+
+
+def test_an_ordinary_reply_is_not_marked(client, oracle, server):
+    out = ChatCompletion.apply(client, _messages(_system()), inputs={"q": ["2+2?", "3+3?"]})
+    assert out.data == ["The answer.", "The answer."]
+    assert unfinished_items(out) == {} and cut_off_items(out) == []
+
+
+def test_a_dspy_forward_refusal_is_kept_and_marked(oracle, server):
+    dspy = pytest.importorskip("dspy")
+    oracle.queue("forward", Reply(body=completion(None, refusal="I can't help with that.")))
+    lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+    out = ChatCompletion.apply(as_model_client(lm), _messages(_system()), inputs={"q": "2+2?"})
+    assert (out.data, unfinished_items(out)) == ("", {0: "refusal"})
+
+
+def test_a_refusal_is_never_a_gradient(client, oracle, server):
+    oracle.queue("backward", Reply(body=completion(None, refusal="I can't help with that.")))
+    system = forward_and_backward(client)
+    assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
+    assert len(structured_requests(server, "backward")) == 2
