@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,17 +59,8 @@ async def _complete_all(
     text on as soon as it has it (``_forward_streams``)."""
     sink = _STREAM_SINK.get()
     if sink is not None and not conversation.batched and hasattr(client, "astream"):
-
-        async def streamed() -> str:
-            chunks = []
-            async for chunk in client.astream(
-                conversation.items[0], purpose="forward", **completion_args
-            ):
-                chunks.append(chunk)
-                sink(chunk)
-            return "".join(chunks)
-
-        return await gather_items([streamed()])
+        reply = _streamed_reply(client, conversation.items[0], completion_args, sink)
+        return await gather_items([reply])
 
     if not conversation.batched:  # one call: no task to start, no items to gather
         try:
@@ -92,6 +84,27 @@ async def _complete_all(
         return reply
 
     return await gather_items([one(i) for i in range(conversation.size)])
+
+
+async def _streamed_reply(
+    client: Any, messages: list[dict[str, str]], completion_args: dict[str, Any], sink: TextSink
+) -> Any:
+    """One reply streamed to ``sink``: the whole reply as a Completion where the client
+    ends its stream with one (``astream_reply``), so that it is marked as ``invoke``'s
+    is; else the text."""
+    read = getattr(client, "astream_reply", None) or client.astream
+    chunks: list[str] = []
+    reply = None
+    async for piece in read(messages, purpose="forward", **completion_args):
+        if isinstance(piece, str):
+            chunks.append(piece)
+            sink(piece)
+        else:
+            reply = piece
+    text = "".join(chunks)
+    if reply is None:
+        return text
+    return reply if reply.text == text else dataclasses.replace(reply, text=text)
 
 
 class _Streamed:

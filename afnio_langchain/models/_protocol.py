@@ -8,6 +8,7 @@ LangChain chat model, an ``openai`` client or a ``dspy.LM``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -397,6 +398,31 @@ class BaseModelClient(abc.ABC):
         """Stream the reply's text, under the same retry policy and deadline as
         :meth:`acomplete`: failures before the first text chunk are retried; after
         it (text already shown) they surface. Usage is counted once the stream ends."""
+        async with contextlib.aclosing(
+            self.astream_reply(messages, purpose=purpose, **params)
+        ) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    yield piece
+
+    async def astream_reply(
+        self, messages: Sequence[Message], *, purpose: str = "forward", **params: Any
+    ) -> AsyncIterator[str | Completion]:
+        """:meth:`astream`, ending with the whole reply as a :class:`Completion` (its
+        finish reason, counts and marks: :attr:`~Completion.cut_off`,
+        :attr:`~Completion.unfinished`), where the adapter gave one.
+
+        Example:
+            >>> from afnio_langchain._aio import run_sync
+            >>> from afnio_langchain.models import as_model_client
+            >>> from afnio_langchain.testing import ScriptedChatModel
+            >>> client = as_model_client(ScriptedChatModel(forward="Paris"))
+            >>> async def read():
+            ...     return [p async for p in client.astream_reply([{"role": "user", "content": "?"}])]
+            >>> *chunks, reply = run_sync(read)
+            >>> "".join(chunks), type(reply).__name__, reply.text
+            ('Paris', 'Completion', 'Paris')
+        """
         messages = self._checked(messages, purpose)
         params = {**params, "purpose": purpose}
         seconds = self.attempt_timeout()
@@ -444,6 +470,7 @@ class BaseModelClient(abc.ABC):
                             cached_input_tokens=total.cached_input_tokens,
                             cut_off=int(total.cut_off),
                         )
+                        yield total
                     elif chunk:
                         yield chunk
             except BaseException as exc:

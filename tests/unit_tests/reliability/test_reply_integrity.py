@@ -12,7 +12,7 @@ import json
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
-from afnio_langchain import Variable, get_usage, track_usage
+from afnio_langchain import ChatCompletionRunnable, Variable, get_usage, track_usage
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import BackwardError, ChatCompletion, cut_off_items, unfinished_items
 from afnio_langchain.models import (
@@ -21,7 +21,7 @@ from afnio_langchain.models import (
     request_fields,
 )
 
-from ._stdlib_server import Reply, Request, chat, completion, tool_call
+from ._stdlib_server import Reply, Request, chat, completion, sse, tool_call
 from .conftest import KEY, MODEL, make_client
 from .test_structured_replies import forward_and_backward, reasked_once, structured_requests
 
@@ -190,3 +190,56 @@ def test_a_refusal_is_never_a_gradient(client, oracle, server):
     system = forward_and_backward(client)
     assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
     assert len(structured_requests(server, "backward")) == 2
+
+
+# -- 4. a streamed reply keeps invoke's marks -------------------------------------------------
+
+
+def _streamed_or_not(text: str, finish_reason: str):
+    def reply(request: Request) -> Reply:
+        if request.streaming:
+            return sse([text[i : i + 4] for i in range(0, len(text), 4)], finish_reason=finish_reason)
+        return chat(text, finish_reason=finish_reason)
+
+    return reply
+
+
+def _step(client) -> ChatCompletionRunnable:
+    return ChatCompletionRunnable(model=client, messages=[("system", _system()), ("user", "{q}")])
+
+
+@pytest.mark.parametrize("way", ["invoke", "stream", "astream"])
+async def test_a_streamed_reply_cut_by_max_tokens_is_marked_as_invoke_marks_it(
+    client, oracle, server, way
+):
+    cut = "The answer is four, because two"
+    oracle.queue("forward", _streamed_or_not(cut, "length"))
+    step = _step(client)
+    with track_usage() as usage:
+        if way == "invoke":
+            out = await step.ainvoke({"q": "2+2?"})
+        elif way == "stream":
+            import asyncio
+
+            out = (await asyncio.to_thread(lambda: list(step.stream({"q": "2+2?"}))))[-1]
+        else:
+            out = [chunk async for chunk in step.astream({"q": "2+2?"})][-1]
+    assert isinstance(out, Variable) and out.data == cut
+    assert cut_off_items(out) == [0]
+    assert unfinished_items(out) == {}
+    assert usage.by_purpose()["forward"].cut_off == 1
+
+
+@pytest.mark.parametrize("way", ["invoke", "astream"])
+async def test_a_streamed_content_filtered_reply_is_marked_as_invoke_marks_it(
+    client, oracle, server, way
+):
+    oracle.queue("forward", _streamed_or_not("I was saying", "content_filter"))
+    step = _step(client)
+    if way == "invoke":
+        out = await step.ainvoke({"q": "2+2?"})
+    else:
+        out = [chunk async for chunk in step.astream({"q": "2+2?"})][-1]
+    assert (out.data, unfinished_items(out), cut_off_items(out)) == (
+        "I was saying", {0: "content_filter"}, []
+    )
