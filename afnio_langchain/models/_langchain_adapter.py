@@ -224,6 +224,24 @@ def finish_reason_of(reply: BaseMessage) -> str | None:
     return None
 
 
+def is_stream_error_event(exc: BaseException) -> bool:
+    """Whether ``exc`` is the error an openai stream raises for an error event in a
+    reply that began as HTTP 200 (``data: {"error": {...}}``, or ``event: error``): a
+    bare ``openai.APIError``, with no status, no connection failure behind it.
+
+    Example:
+        >>> import openai
+        >>> from afnio_langchain.models._langchain_adapter import is_stream_error_event
+        >>> request = openai.AsyncOpenAI(api_key="sk-test")._build_request(
+        ...     openai._models.FinalRequestOptions(method="post", url="/chat/completions"))
+        >>> is_stream_error_event(openai.APIError("overloaded", request, body=None))
+        True
+        >>> is_stream_error_event(openai.APIConnectionError(request=request))
+        False
+    """
+    return type(exc) is openai.APIError
+
+
 def unanswered_reply(reply: BaseMessage, refusal: Any) -> str | None:
     """Why a LangChain reply holds no answer (a :class:`Completion`'s ``unanswered``):
     ``"refusal"`` (langchain-openai keeps OpenAI's in ``additional_kwargs["refusal"]``),
@@ -479,6 +497,8 @@ class LangChainChatModelClient(BaseModelClient):
             except openai.LengthFinishReasonError as exc:  # JSON mode and max_tokens: cut
                 return self._cut_completion(exc)
             except Exception as exc:
+                if is_stream_error_event(exc):  # a streaming model's reply was an error
+                    raise self._stream_error(exc) from exc
                 if mode == "prompt" or not refuses_json_mode(exc):
                     raise
                 mode = self._step_down_json_mode(mode)  # this endpoint refuses that mode
@@ -507,10 +527,26 @@ class LangChainChatModelClient(BaseModelClient):
         runnable = model.bind(**params) if params else model
         merged: BaseMessage | None = None
         chunks = runnable.astream(to_langchain_messages(messages), config=_with_redaction(config))
-        async for chunk in chunks:
-            merged = chunk if merged is None else merged + chunk  # type: ignore[operator]
-            yield message_text(chunk), None
+        try:
+            async for chunk in chunks:
+                merged = chunk if merged is None else merged + chunk  # type: ignore[operator]
+                yield message_text(chunk), None
+        except openai.APIError as exc:
+            if not is_stream_error_event(exc):
+                raise
+            shown = len(message_text(merged)) if merged is not None else 0
+            raise self._stream_error(exc, shown) from exc
         yield "", self._completion(merged if merged is not None else AIMessage(content=""))
+
+    def _stream_error(self, exc: BaseException, shown: int = 0) -> MalformedReplyError:
+        """An error event in a streamed reply, as a transient :class:`MalformedReplyError`
+        (retried before any text was shown; after, it surfaces: the text so far is
+        not the whole reply)."""
+        after = f" after {shown} characters" if shown else ""
+        return MalformedReplyError(
+            f"the streamed reply of {self._what()} is an error event{after}: "
+            f"{excerpt(str(exc))!r}"
+        )
 
     def _completion(self, reply: BaseMessage) -> Completion:
         """The reply as a :class:`Completion`; a langchain-openai reply without a

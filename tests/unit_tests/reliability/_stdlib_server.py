@@ -162,12 +162,16 @@ def sse(
     delay: float = 0.0,
     finish_reason: str = "stop",
     usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    error_event: bool = False,
 ) -> Reply:
     """A streamed reply: one chunk per piece; with ``finish``, a last chunk carrying the
     finish reason; with ``usage``, then a chunk with no choices carrying it (what OpenAI
     sends for ``stream_options={"include_usage": true}``); with ``done``, the closing
     ``[DONE]``. Without both, the stream just ends (cleanly, as a dropped upstream looks
-    to the client)."""
+    to the client). With ``error``, the pieces are followed by an error event
+    (``data: {"error": ...}``, after an ``event: error`` line with ``error_event``) and
+    the stream ends there, as a provider failing mid-reply ends it."""
 
     def chunk_event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
@@ -185,6 +189,10 @@ def sse(
 
     events = [event({"role": "assistant", "content": ""}, None)]
     events += [event({"content": piece}, None) for piece in pieces]
+    if error is not None:
+        line = b"event: error\n" if error_event else b""
+        events.append(line + b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+        return Reply(pieces=events, delay=delay, content_type="text/event-stream")
     if finish:
         events.append(event({}, finish_reason))
     if usage is not None:

@@ -16,16 +16,18 @@ from afnio_langchain import ChatCompletionRunnable, Variable, get_usage, track_u
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import BackwardError, ChatCompletion, cut_off_items, unfinished_items
 from afnio_langchain.models import (
+    MalformedReplyError,
     StructuredOutputError,
     as_model_client,
     request_fields,
 )
 
 from ._stdlib_server import Reply, Request, chat, completion, sse, tool_call
-from .conftest import KEY, MODEL, make_client
+from .conftest import FAST, KEY, MODEL, make_client
 from .test_structured_replies import forward_and_backward, reasked_once, structured_requests
 
 BLANK = {"empty": "", "whitespace": " \n\t "}
+OVERLOADED = {"message": "overloaded", "type": "server_error"}
 
 
 def _system() -> Variable:
@@ -243,3 +245,57 @@ async def test_a_streamed_content_filtered_reply_is_marked_as_invoke_marks_it(
     assert (out.data, unfinished_items(out), cut_off_items(out)) == (
         "I was saying", {0: "content_filter"}, []
     )
+
+
+# -- 5. an error event in a stream -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event_line", [False, True], ids=["data error", "event: error"])
+async def test_an_error_event_before_any_text_is_retried(oracle, server, event_line):
+    client = make_client("chatopenai", server)
+    oracle.queue("forward", sse([], error=OVERLOADED, error_event=event_line))
+    with track_usage() as usage:
+        chunks = [c async for c in client.astream([{"role": "user", "content": "2+2?"}])]
+    assert "".join(chunks) == "The answer."
+    assert server.count() == 2
+    assert usage.by_purpose()["forward"].retries == 1
+
+
+@pytest.mark.parametrize("event_line", [False, True], ids=["data error", "event: error"])
+def test_an_error_event_in_a_streaming_models_reply_is_retried(oracle, server, event_line):
+    """``ChatOpenAI(streaming=True)`` streams every call: the error event is read by
+    ``invoke`` as well, and a structured reply is retried the same way."""
+    client = make_client("chatopenai", server, streaming=True)
+    oracle.queue("forward", sse(["The ans"], error=OVERLOADED, error_event=event_line))
+    oracle.queue("backward", sse([], error=OVERLOADED, error_event=event_line))
+    system = forward_and_backward(client)
+    assert [g.data for g in system.grad] == ["Feedback var_1: be more specific."]
+    assert server.count() == 4
+
+
+@pytest.mark.parametrize("event_line", [False, True], ids=["data error", "event: error"])
+async def test_an_error_event_after_text_surfaces_and_is_never_the_reply(
+    oracle, server, event_line
+):
+    client = make_client("chatopenai", server)
+    oracle.queue("forward", sse(["The ans"], error=OVERLOADED, error_event=event_line))
+    step = _step(client)
+    seen: list = []
+    with track_usage() as usage, pytest.raises(MalformedReplyError, match="error event"):
+        async for chunk in step.astream({"q": "2+2?"}):
+            seen.append(chunk)
+    assert "".join(seen) == "The ans"  # shown as it came; no output Variable follows
+    assert not any(isinstance(chunk, Variable) for chunk in seen)
+    assert server.count() == 1  # text was shown: not retried
+    assert usage.by_purpose()["forward"].failures == 1
+
+
+def test_an_error_event_that_persists_surfaces_masked_after_the_retries(oracle, server):
+    client = make_client("chatopenai", server, retry=FAST, streaming=True)
+    leaked = {"message": f"upstream rejected key {KEY}", "type": "server_error"}
+    oracle.queue("forward", *[sse([], error=leaked)] * 5)
+    with pytest.raises(MalformedReplyError) as caught:
+        ChatCompletion.apply(client, _messages(_system()), inputs={"q": "2+2?"})
+    assert "error event" in str(caught.value) and "upstream rejected key" in str(caught.value)
+    assert KEY not in str(caught.value) and KEY[:12] not in str(caught.value)
+    assert server.count() == FAST.max_attempts
