@@ -106,12 +106,18 @@ class AdapterProtocolClient:
                 f"{type(exc).__name__}",
                 [reply.text],
             ) from None
+        # The reply's marks go with the fields: a cut-off or refused reply whose text
+        # the adapter still parsed is then refused by the acceptance rule, as elsewhere.
         return Completion(
             json.dumps(fields, ensure_ascii=False),
             reply.model,
             input_tokens=reply.input_tokens,
             output_tokens=reply.output_tokens,
             raw=reply.raw,
+            cached_input_tokens=reply.cached_input_tokens,
+            from_cache=reply.from_cache,
+            finish_reason=reply.finish_reason,
+            unanswered=reply.unanswered,
         )
 
     def complete(self, messages: Sequence[Message], **kwargs: Any) -> Completion:

@@ -100,12 +100,35 @@ def test_a_dspy_adapter_reply_that_holds_no_fields_counts_one_failure(server, or
     lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
     client = AdapterProtocolClient(lm)
     ask = [{"role": "user", "content": "How should the instructions change?"}]
-    oracle.queue("backward", "No fields here.")  # not in DSPy's adapter format
+    # DSPy's adapter asks in its own format, without a response_format: the oracle
+    # takes such a request for a forward one.
+    oracle.queue("forward", "No fields here.")  # not in DSPy's adapter format
     with track_usage() as usage, pytest.raises(StructuredOutputError):
         run_sync(lambda: request_fields(client, ask, {"var_1": "feedback"},
                                         purpose="backward", where="example"))
     counts = usage.by_purpose()["backward"]
     assert (counts.calls, counts.failures) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "said"),
+    [("length", "cut off by the token limit"), ("content_filter", "content_filter")],
+)
+def test_a_dspy_adapter_reply_that_was_cut_is_never_a_gradient(server, oracle, finish_reason, said):
+    dspy = pytest.importorskip("dspy")
+    from afnio_langchain.dspy._protocol import AdapterProtocolClient
+
+    lm = dspy.LM(f"openai/{MODEL}", api_base=server.base_url, api_key=KEY, cache=False)
+    client = AdapterProtocolClient(lm)
+    ask = [{"role": "user", "content": "How should the instructions change?"}]
+    # DSPy's ChatAdapter can still read its fields from a reply the token limit or a
+    # content filter ended: the reply's finish reason is what says it is not whole.
+    cut = "[[ ## var_1 ## ]]\nName the capital\n\n[[ ## completed ## ]]"
+    oracle.queue("forward", *[chat(cut, finish_reason=finish_reason)] * 3)  # (see above)
+    with track_usage() as usage, pytest.raises(StructuredOutputError, match=said):
+        run_sync(lambda: request_fields(client, ask, {"var_1": "feedback"},
+                                        purpose="backward", where="example"))
+    assert usage.by_purpose()["backward"].failures == 1
 
 
 # -- 3. forward replies that are not the model's answer are kept and marked -------------------
