@@ -201,13 +201,37 @@ def _json_schema(response_format: Mapping[str, Any] | None) -> JsonSchema | None
     )
 
 
+def finish_reason_of(completion: Completion) -> str:
+    """The lm15 finish reason of a model client's reply: ``"length"`` for one the token
+    limit cut, ``"content_filter"`` for a filtered or refused one, ``"tool_call"`` for
+    tool calls alone, else ``"stop"``, so that DSPy sees what ended the reply (it warns
+    of a truncated one).
+
+    Example:
+        >>> from afnio_langchain.dspy._lm import finish_reason_of
+        >>> from afnio_langchain.models import Completion
+        >>> [finish_reason_of(Completion("", "m", finish_reason=r))
+        ...  for r in ("length", "content_filter", "stop", None)]
+        ['length', 'content_filter', 'stop', 'stop']
+    """
+    if completion.cut_off:
+        return "length"
+    why = completion.unfinished
+    if why in ("content_filter", "refusal"):
+        return "content_filter"
+    if why == "tool_calls":
+        return "tool_call"
+    return "stop"
+
+
 def completion_to_response(completion: Completion, model: str) -> lm15.Response:
-    """A model client's reply as a ``dspy.lm15.Response`` (text and token counts)."""
+    """A model client's reply as a ``dspy.lm15.Response`` (text, token counts and what
+    ended it: :func:`finish_reason_of`)."""
     return lm15.Response(
         id=None,
         model=completion.model or model,
         message=lm15.Message.assistant(lm15.TextPart(completion.text)),
-        finish_reason="stop",
+        finish_reason=finish_reason_of(completion),
         usage=lm15.Usage(
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,

@@ -126,6 +126,23 @@ def test_dspy_sees_the_prompt_tokens_the_provider_served_from_its_cache():
     assert ours.by_purpose()["forward"].cached_input_tokens == 5
 
 
+@pytest.mark.parametrize(
+    ("reason", "seen"),
+    [("length", "length"), ("content_filter", "content_filter"), ("stop", "stop")],
+)
+def test_dspy_sees_what_ended_the_reply(reason, seen, caplog):
+    class EndingClient(RecordingClient):
+        async def _agenerate(self, messages, json_schema, params) -> Completion:
+            return Completion(self.reply, self.model_name, 7, 3, finish_reason=reason)
+
+    lm = as_dspy_lm(EndingClient())
+    with dspy.context(lm=lm), caplog.at_level("WARNING"):
+        dspy.Predict("question -> answer")(question="q")
+    assert lm.history[-1]["response"].finish_reason == seen
+    # DSPy's own warning for a reply the token limit cut (dspy.clients.lm).
+    assert ("truncated" in caplog.text) == (reason == "length")
+
+
 def test_calls_are_not_served_from_dspys_cache_by_default():
     chat = ScriptedChatModel(forward=["one", "two"])
     lm = as_dspy_lm(chat)
