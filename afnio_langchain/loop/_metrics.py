@@ -57,12 +57,10 @@ class MetricResult:
     feedback: str | None = None
 
     def __post_init__(self) -> None:
-        score = self.score
-        if isinstance(score, bool):
-            score = float(score)
-        if not isinstance(score, (int, float)) or not math.isfinite(score):
+        score = number_of(self.score)
+        if score is None or not math.isfinite(score):
             raise TypeError(f"a metric score must be a finite number or bool, got {self.score!r}")
-        object.__setattr__(self, "score", float(score))
+        object.__setattr__(self, "score", score)
         if self.feedback is not None and not isinstance(self.feedback, str):
             raise TypeError(f"metric feedback must be a str or None, got {type(self.feedback).__name__}")
 
@@ -72,6 +70,28 @@ _EXPECTED = (
     "(and 'feedback'), or an object with those attributes (dspy.Prediction(score=..., "
     "feedback=...))"
 )
+
+
+def number_of(value: Any) -> float | None:
+    """``value`` as a float when it is a number: a bool, an int or float, or any other
+    numeric scalar (NumPy's ``np.bool_``, ``np.int64``, ``np.float32``, a 0-d array, a
+    ``Decimal``: what converts with ``float()`` and is not text); else None.
+
+    Example:
+        >>> from afnio_langchain.loop._metrics import number_of
+        >>> number_of(True), number_of(3), number_of("0.5")
+        (1.0, 3.0, None)
+    """
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    if isinstance(value, (str, bytes, bytearray)) or not (
+        hasattr(value, "__float__") or hasattr(value, "__index__")
+    ):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def as_metric_result(value: Any) -> MetricResult:
@@ -90,7 +110,7 @@ def as_metric_result(value: Any) -> MetricResult:
     if isinstance(value, MetricResult):
         return value
     feedback: Any = None
-    if isinstance(value, bool) or (isinstance(value, (int, float))):
+    if isinstance(value, (bool, int, float)):
         score = value
     elif isinstance(value, tuple) and len(value) == 2:
         score, feedback = value
@@ -100,16 +120,17 @@ def as_metric_result(value: Any) -> MetricResult:
         score, feedback = value["score"], value.get("feedback")
     elif not isinstance(value, (str, bytes, tuple, list)) and hasattr(value, "score"):
         score, feedback = value.score, getattr(value, "feedback", None)
+    elif number_of(value) is not None:  # NumPy's scalars; after the shapes that carry feedback
+        score = value
     else:
         raise TypeError(
             f"the metric returned {type(value).__name__} ({value!r:.100}); expected {_EXPECTED}"
         )
-    if isinstance(score, bool):
-        score = float(score)
-    if not isinstance(score, (int, float)) or not math.isfinite(float(score)):
+    number = number_of(score)
+    if number is None or not math.isfinite(number):
         raise TypeError(f"the metric's score must be a number or a bool (finite), got {score!r:.100}")
     text = None if feedback is None else str(feedback).strip() or None
-    return MetricResult(float(score), text)
+    return MetricResult(number, text)
 
 
 async def acall_metric(metric: Metric, example: Example, prediction: Any) -> Any:

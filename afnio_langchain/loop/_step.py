@@ -21,6 +21,7 @@ from typing import Any
 from afnio_langchain._aio import run_sync
 from afnio_langchain.autodiff import Variable, describe_error, run_backward
 from afnio_langchain.loop._metrics import MetricResult, feedback_text
+from afnio_langchain.models import unrecoverable_cause
 from afnio_langchain.optim import Optimizer, StepReport
 
 GATES = ("improve", "no_worse", "off")
@@ -249,6 +250,11 @@ def training_step(
         current: The validation score of the parameters before the step.
         max_concurrency: Cap on backward calls in flight (None: the enclosing limit).
 
+    Raises:
+        Exception: A backward pass or the optimizer failed in a way no later step can
+            avoid (:func:`~afnio_langchain.models.is_unrecoverable`: a rejected key, a
+            model that does not exist); other failures fail only the step.
+
     Returns:
         The :class:`StepOutcome`; on ``rolled_back`` the parameters hold their values
         from before the step again. Gradients are cleared either way.
@@ -310,6 +316,9 @@ def training_step(
     try:
         optimizer.step()
     except Exception as exc:  # nothing was written (optimizers write only when all succeed)
+        cause = unrecoverable_cause(exc)
+        if cause is not None:  # a rejected key or a missing model: no later step can do better
+            raise cause from (None if cause is exc else exc)
         outcome.status, outcome.decision = FAILED, f"failed: the optimizer step failed: {describe_error(exc)}"
         return outcome
     finally:
@@ -344,5 +353,8 @@ async def _backward_each(
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, Exception):
                 raise outcome
+            cause = unrecoverable_cause(outcome)
+            if cause is not None:  # the model's own error (LMAuthError...), as DSPy raises it
+                raise cause
             failures.append(describe_error(outcome))
     return failures

@@ -34,7 +34,9 @@ from afnio_langchain.models._retry import (
     ReplyTimeoutError,
     RetryPolicy,
     is_transient,
+    is_unrecoverable,
     status_code_of,
+    unrecoverable_cause,
 )
 from afnio_langchain.models._secrets import is_secret_field, redact, redact_value
 from afnio_langchain.models._structured import (
@@ -82,6 +84,7 @@ __all__ = [
     "is_openai_client",
     "is_secret_field",
     "is_transient",
+    "is_unrecoverable",
     "json_instruction",
     "local_model_available",
     "message_text",
@@ -96,4 +99,5 @@ __all__ = [
     "resolve_call_model",
     "status_code_of",
     "track_usage",
+    "unrecoverable_cause",
 ]

@@ -42,6 +42,8 @@ from afnio_langchain.models._retry import RetryPolicy, refuses_json_mode, status
 from afnio_langchain.models._secrets import register_secrets_of
 from afnio_langchain.models._usage import token_count
 
+_DEFAULT_RETRY = RetryPolicy()
+
 INSTALL_HINT = "pip install 'afnio-langchain[dspy]'"
 
 # Purposes whose replies must never come from DSPy's response cache: a critique or a
@@ -103,7 +105,9 @@ class DSPyLMClient(BaseModelClient):
       :class:`RetryPolicy` does the retrying, so each call runs on
       ``lm.copy(num_retries=0)``, a shallow copy made at call time that shares the
       LM's engines, connection pools and cache; the call's history entry is copied
-      back to ``lm.history``.
+      back to ``lm.history``. Without a ``retry`` of its own, the policy takes the
+      LM's ``num_retries`` as it is at call time: ``num_retries + 1`` requests per
+      call (a server's ``retry-after`` honoured), as DSPy would make.
     - **JSON**: when a schema is asked for and the LM says it supports response
       schemas (``lm.supports_response_schema``), it is sent as
       ``Config.response_format``; a model that refuses it is asked again by prompt
@@ -155,6 +159,23 @@ class DSPyLMClient(BaseModelClient):
         self.lm = lm
         self.model_name = str(lm.model)
         self._json_mode: bool | None = None if json_mode == "auto" else bool(json_mode)
+        self._retry = retry  # None: the LM's own num_retries, read at each call
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy: the one given, else ``lm.num_retries + 1`` attempts."""
+        if self._retry is not None:
+            return self._retry
+        retries = getattr(self.lm, "num_retries", None)
+        if not hasattr(self.lm, "_engine_spec") or not isinstance(retries, int) or retries < 0:
+            return _DEFAULT_RETRY  # an LM DSPy does not retry itself
+        if retries + 1 != _DEFAULT_RETRY.max_attempts:
+            return dataclasses.replace(_DEFAULT_RETRY, max_attempts=retries + 1)
+        return _DEFAULT_RETRY
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self._retry = policy
 
     caches_itself = True  # DSPy's response cache (the LM's cache setting)
 

@@ -68,6 +68,59 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in name for name in names for marker in _TRANSIENT_NAME_MARKERS)
 
 
+UNRECOVERABLE_STATUS = frozenset({401, 403, 404})
+"""A rejected key, a forbidden model, a model or endpoint that does not exist."""
+
+_UNRECOVERABLE_NAME_MARKERS = (
+    "AuthenticationError",
+    "PermissionDenied",
+    "LMAuthError",
+    "LMBillingError",
+    "LMConfigurationError",
+    "LMNotConfiguredError",
+    "LMUnsupportedModelError",
+)
+
+
+def is_unrecoverable(exc: BaseException) -> bool:
+    """Whether :func:`unrecoverable_cause` finds a cause in ``exc``."""
+    return unrecoverable_cause(exc) is not None
+
+
+def unrecoverable_cause(exc: BaseException) -> BaseException | None:
+    """The error in ``exc`` (itself, or one of its causes: a ``BackwardError`` from
+    such a failure, a minibatch's item errors) that no retry and no later call can get
+    past: the model rejects the key (401), forbids the call (403), does not exist (404),
+    or is not configured (DSPy's ``LMAuthError``, ``LMNotConfiguredError``...); None
+    when there is none.
+
+    Example:
+        >>> from afnio_langchain.models import is_unrecoverable
+        >>> class AuthenticationError(Exception):
+        ...     status_code = 401
+        >>> is_unrecoverable(RuntimeError("backward failed")), is_unrecoverable(AuthenticationError())
+        (False, True)
+    """
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        code = status_code_of(error)
+        if code is not None:
+            if code in UNRECOVERABLE_STATUS:
+                return error
+        elif any(m in cls.__name__ for cls in type(error).__mro__ for m in _UNRECOVERABLE_NAME_MARKERS):
+            return error
+        pending.append(error.__cause__)
+        items = getattr(error, "errors", None)  # a MinibatchError's item errors
+        if isinstance(items, dict):
+            pending.extend(e for e in items.values() if isinstance(e, BaseException))
+    return None
+
+
 # Class-name markers for errors that carry no ``status_code``. Besides httpx/openai
 # names, these cover DSPy's retryable errors exactly (``dspy.utils.exceptions.
 # is_retryable_lm_error``: LMRateLimitError, LMServerError, LMTimeoutError,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from afnio_langchain.autodiff import Variable
+from afnio_langchain.autodiff import Variable, describe_error
 from afnio_langchain.loop import (
     Example,
     FeedbackPolicy,
@@ -37,7 +37,7 @@ from afnio_langchain.loop import (
     metric_name,
     training_step,
 )
-from afnio_langchain.models import UsageTracker, track_usage
+from afnio_langchain.models import UsageTracker, is_unrecoverable, track_usage
 from afnio_langchain.train._accounting import (
     CostReport,
     estimate_cost,
@@ -316,15 +316,23 @@ class TrainingRun:
             validated.append(val)
             return Validation(val.score, val.errors)
 
-        outcome = training_step(
-            t.optimizer,
-            minibatch,
-            lambda item: _trainable_outputs(item.prediction),
-            feedback=self.feedback,
-            gate=self.gate,
-            validate=validate if self.val is not None else None,
-            current=state.current_val,
-        )
+        try:
+            outcome = training_step(
+                t.optimizer,
+                minibatch,
+                lambda item: _trainable_outputs(item.prediction),
+                feedback=self.feedback,
+                gate=self.gate,
+                validate=validate if self.val is not None else None,
+                current=state.current_val,
+            )
+        except Exception as exc:
+            if not is_unrecoverable(exc):
+                raise
+            raise TrainingError(
+                f"a model the step needs cannot be used: {describe_error(exc)}; no retry or "
+                "later step can fix this: check its API key, its name and your access to it"
+            ) from exc
         self._record(record, outcome, validated[0] if validated else None)
 
     def _record(self, record: dict[str, Any], outcome: StepOutcome, val: EvalResult | None) -> None:

@@ -373,6 +373,31 @@ def test_is_transient_agrees_with_dspy_classification(error):
     assert is_transient(error) == dspy_errors.is_retryable_lm_error(public)
 
 
+@pytest.mark.parametrize(("num_retries", "failures", "requests", "ok"),
+                         [(0, 1, 1, False), (1, 1, 2, True), (5, 5, 6, True), (5, 6, 6, False)])
+async def test_the_lms_num_retries_is_how_often_a_call_is_retried(num_retries, failures, requests, ok):
+    # dspy.LM's docs: num_retries is "the number of times to retry a request if it fails
+    # transiently"; the package retries in its place, as many times.
+    busy = [dspy_errors.LMRateLimitError("slow down", retry_after=0.001)] * failures
+    engine = RecordingEngine([*busy, "hi"])
+    client = as_model_client(make_lm(engine, cache=False, num_retries=num_retries))
+    if ok:
+        assert (await client.acomplete(CHAT)).text == "hi"
+    else:
+        with pytest.raises(dspy_errors.LMRateLimitError):
+            await client.acomplete(CHAT)
+    assert len(engine.requests) == requests
+
+
+def test_a_retry_policy_given_to_the_client_wins_over_num_retries():
+    lm = make_lm(RecordingEngine(), cache=False, num_retries=0)
+    assert DSPyLMClient(lm, retry=RetryPolicy(max_attempts=3)).retry.max_attempts == 3
+    client = DSPyLMClient(lm)
+    assert client.retry.max_attempts == 1
+    lm.num_retries = 2  # read at each call, as DSPy reads it
+    assert client.retry.max_attempts == 3
+
+
 def test_retry_after_hint_of_dspy_errors_is_honoured():
     assert retry_after_seconds(dspy_errors.LMRateLimitError("r", retry_after=2.5)) == 2.5
     assert retry_after_seconds(dspy_errors.LMRateLimitError("r")) is None

@@ -107,6 +107,25 @@ def test_copro_gepa_and_miprov2_calls_as_written_are_accepted():
         assert optimizer.last_report.best_score == 1.0, name
 
 
+@pytest.mark.parametrize("score", ["np.bool_", "np.int64", "np.float32"])
+def test_a_metric_returning_a_numpy_scalar_scores_as_dspy_evaluate_reads_it(score):
+    # Metrics built on NumPy or pandas comparisons return NumPy scalars; dspy.Evaluate
+    # and DSPy's optimizers only add and compare scores, so these work there.
+    np = pytest.importorskip("numpy")
+    convert = {"np.bool_": np.bool_, "np.int64": np.int64, "np.float32": np.float32}[score]
+
+    def numpy_exact(gold, pred, trace=None):
+        return convert(np.array([gold.capital]) == np.array([pred.capital])).all()
+
+    data = examples(("France", "Paris"), ("Japan", "Tokyo"))
+    optimizer = TextualGradientDescent(numpy_exact, backward_model=coach(), num_threads=1)
+    with dspy.context(lm=capital_lm()):
+        optimized = optimizer.compile(dspy.Predict("country -> capital"), trainset=data)
+    report = optimizer.last_report
+    assert (report.initial_errors, report.failed_examples) == (0, 0)
+    assert optimized.signature.instructions == REWRITE and report.best_score == 1.0
+
+
 def test_num_trials_limits_the_candidates_like_max_steps():
     data = examples(("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"))
     optimizer = TextualGradientDescent(exact, backward_model=coach(), batch_size=1, num_threads=1)

@@ -120,6 +120,7 @@ EXPECTED_ALL = {
         "is_openai_client",
         "is_secret_field",
         "is_transient",
+        "is_unrecoverable",
         "json_instruction",
         "local_model_available",
         "message_text",
@@ -134,6 +135,7 @@ EXPECTED_ALL = {
         "resolve_call_model",
         "status_code_of",
         "track_usage",
+        "unrecoverable_cause",
     ],
     "afnio_langchain.autodiff": [
         "DEFAULT_OUTPUT_ROLE",
