@@ -14,6 +14,11 @@ linked back into the graph:
   the input, saying which function the text went through;
 * anything else (a number, a bool, None, an object) -> as the function returned it.
 
+Right after the chat model (no parser between) the function gets an ``AIMessage``
+instead, as in the original chain, its ``content`` the :class:`LinkedText`. A
+``RunnableGenerator`` there (:class:`TextGenerator`) gets the stream's ``str`` chunks
+(``AIMessageChunk`` s right after the model); what it yields stays out of the graph.
+
 Only a single Variable, or a dict, list or tuple of them, is given as text; a minibatch
 Variable (a list input) passes through as a Variable, as before. Functions elsewhere in
 a chain (after a parallel of several steps, say) keep getting Variables, so
@@ -25,7 +30,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
+from langchain_core.runnables.base import RunnableGenerator
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import TextTransform, Variable
@@ -65,12 +72,24 @@ def _as_text(value: Any) -> tuple[Any, Variable | None]:
     return value, None
 
 
+def _as_message(value: Any) -> tuple[Any, Variable | None]:
+    """``value`` as the ``AIMessage`` a chat model returns, its ``content`` the
+    :class:`LinkedText` of the Variable (a minibatch Variable passes through)."""
+    if not isinstance(value, Variable) or value.is_batched:
+        return _as_text(value)
+    message = AIMessage(content="")
+    message.content = LinkedText.of(value)  # after validation, which would make it a str
+    return message, value
+
+
 def _relinked(result: Any, source: Variable | None, label: str) -> Any:
     """``result`` with every :class:`LinkedText` in it (and in its dicts, lists and
     tuples) replaced by its Variable, and, with a ``source``, every other string by a
     Variable made from ``source`` by ``TextTransform`` (``label`` names the function)."""
     if isinstance(result, LinkedText):
         return result.variable
+    if isinstance(result, AIMessage) and isinstance(result.content, LinkedText):
+        return result.content.variable  # the message it was given: the step's Variable
     if source is not None and _is_new_text(result):
         # A plain string op (TextTransform has no aforward): run here, also from ainvoke.
         return TextTransform.apply(source, lambda _text: result, label)
@@ -106,6 +125,9 @@ class TextLambda(RunnableSerializable[Any, Any]):
     """
 
     bound: RunnableLambda
+    as_message: bool = False
+    """Give it the chat model's ``AIMessage`` (a function right after the model, with no
+    parser between); its ``content`` is the text as :class:`LinkedText`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -124,12 +146,15 @@ class TextLambda(RunnableSerializable[Any, Any]):
         name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
         return name if name and name != "<lambda>" else "a function of the chain"
 
+    def _given(self, input: Any) -> tuple[Any, Variable | None]:
+        return _as_message(input) if self.as_message else _as_text(input)
+
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        text, source = _as_text(input)
+        text, source = self._given(input)
         return _relinked(self.bound.invoke(text, config, **kwargs), source, self._label())
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        text, source = _as_text(input)
+        text, source = self._given(input)
         return _relinked(await self.bound.ainvoke(text, config, **kwargs), source, self._label())
 
     def transform(
@@ -143,4 +168,99 @@ class TextLambda(RunnableSerializable[Any, Any]):
         yield await self.ainvoke(whole_input([chunk async for chunk in input]), config, **kwargs)
 
 
-__all__ = ["LinkedText", "TextLambda"]
+def _texts(chunks: Iterator[Any]) -> Iterator[Any]:
+    """The ``str`` chunks a generator gets in the original chain, from a differentiable
+    step's stream: its text chunks, not the Variable that ends it (the Variable's text
+    when no text chunk came before it: ``invoke``)."""
+    streamed = False
+    for chunk in chunks:
+        if isinstance(chunk, Variable):
+            if not streamed:
+                yield chunk.data if chunk.is_batched else str(chunk.data)
+            continue
+        streamed = streamed or isinstance(chunk, str)
+        yield str(chunk) if isinstance(chunk, str) else chunk
+
+
+async def _atexts(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    streamed = False
+    async for chunk in chunks:
+        if isinstance(chunk, Variable):
+            if not streamed:
+                yield chunk.data if chunk.is_batched else str(chunk.data)
+            continue
+        streamed = streamed or isinstance(chunk, str)
+        yield str(chunk) if isinstance(chunk, str) else chunk
+
+
+class TextGenerator(RunnableSerializable[Any, Any]):
+    """Runs a ``RunnableGenerator`` of the original chain (LangChain's streaming guide's
+    ``def split_into_list(input: Iterator[str]) -> Iterator[list[str]]``) on the ``str``
+    chunks it gets there; ``make_trainable`` puts it around a generator right after an
+    LLM step's parser. What it yields is what the original yields: plain values, out of
+    the graph (feedback on them does not reach the prompt).
+
+    Example:
+        >>> from langchain_core.runnables import RunnableGenerator
+        >>> from afnio_langchain import Variable
+        >>> from afnio_langchain.runnables._text_lambda import TextGenerator
+        >>> def words(chunks):
+        ...     for chunk in chunks:
+        ...         yield from ([w] for w in chunk.split())
+        >>> TextGenerator(bound=RunnableGenerator(words)).invoke(Variable("lion tiger", role="a"))
+        ['lion', 'tiger']
+    """
+
+    bound: RunnableGenerator
+    as_message: bool = False
+    """Give it ``AIMessageChunk`` s, as a chat model streams them (no parser between)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        return self.bound.get_name(suffix, name=name)
+
+    @property
+    def config_specs(self) -> list[Any]:
+        return self.bound.config_specs
+
+    def _chunk(self, text: Any) -> Any:
+        return AIMessageChunk(content=text) if self.as_message and isinstance(text, str) else text
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self.bound.invoke(self._chunk(next(_texts(iter([input])))), config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        text = self._chunk(next(_texts(iter([input]))))
+        return await self.bound.ainvoke(text, config, **kwargs)
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield from self.bound.transform(map(self._chunk, _texts(input)), config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        chunks = (self._chunk(text) async for text in _atexts(input))
+        async for chunk in self.bound.atransform(chunks, config, **kwargs):
+            yield chunk
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.transform(iter([input]), config, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async def single() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(single(), config, **kwargs):
+            yield chunk
+
+
+__all__ = ["LinkedText", "TextGenerator", "TextLambda"]

@@ -9,7 +9,12 @@ from typing import Any
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.base import RunnableLambda, RunnableSequence
+from langchain_core.runnables.base import (
+    RunnableBindingBase,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableSequence,
+)
 from langchain_core.runnables.branch import RunnableBranch
 from langchain_core.runnables.configurable import (
     DynamicRunnable,
@@ -22,6 +27,7 @@ from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import Variable
 from afnio_langchain.loop import is_langgraph_graph
+from afnio_langchain.runnables._chat import ChatCompletionRunnable
 from afnio_langchain.runnables._children import replace_children
 from afnio_langchain.runnables._convert import (
     PROMPT_TEMPLATES,
@@ -37,7 +43,7 @@ from afnio_langchain.runnables._pipeline import sequence_of
 from afnio_langchain.runnables._prompts_file import load_prompts, prompts_state, save_prompts
 from afnio_langchain.runnables._routing import RoutingLambda, routed, routes_of
 from afnio_langchain.runnables._text_functions import as_differentiable
-from afnio_langchain.runnables._text_lambda import TextLambda
+from afnio_langchain.runnables._text_lambda import TextGenerator, TextLambda
 
 
 class TrainableChain(RunnableSerializable[Any, Any]):
@@ -308,29 +314,62 @@ class _Converter:
             pair = None
             if isinstance(step, PROMPT_TEMPLATES) and i + 1 < len(steps):
                 pair = self.convert_pair(step, steps[i + 1])
-            if pair is None:
-                out.append(self.convert(step))
+            if pair is not None:
+                i += 2
+            else:
+                pair = self.convert(step)
                 i += 1
-                continue
+                if not _returns_reply(pair):
+                    out.append(pair)
+                    continue
+                # (prompt | model).with_retry(), .with_fallbacks([...]), .with_config(...):
+                # its output is the step's Variable, as for the pair itself.
             out.append(pair)
-            i += 2
             if i < len(steps) and is_refusal_check(steps[i]):
                 # Left out while training (the export keeps it): a refusal or a filtered
                 # reply comes back as empty text, which the parser after it rejects.
                 i += 1
                 _check_parses_text(steps[i] if i < len(steps) else None)
-            if i < len(steps) and isinstance(steps[i], BaseOutputParser):
+            parsed = i < len(steps) and isinstance(steps[i], BaseOutputParser)
+            if parsed:
                 out.append(_differentiable_parser(steps[i]))
                 i += 1
-            # The functions right after the step get its text, as in the original chain;
-            # others keep getting Variables (a + "\n" + b on two steps' outputs stays in
-            # the graph, and a function can hand them to a step of its own).
-            while i < len(steps) and type(steps[i]) is RunnableLambda:
-                out.append(self.convert_function(steps[i], after_step=True))
+            # The functions right after the step get what they get in the original chain:
+            # the model's message (no parser between) or the parser's text, the first of
+            # them; others keep getting Variables (a + "\n" + b on two steps' outputs
+            # stays in the graph, and a function can hand them to a step of its own).
+            first = True
+            while i < len(steps) and type(steps[i]) in (RunnableLambda, RunnableGenerator):
+                if type(steps[i]) is RunnableGenerator:
+                    out.append(TextGenerator(bound=steps[i], as_message=first and not parsed))
+                else:
+                    function = self.convert_function(steps[i], after_step=True)
+                    if first and not parsed and isinstance(function, TextLambda):
+                        function = function.model_copy(update={"as_message": True})
+                    out.append(function)
+                first = False
                 i += 1
         if all(new is old for new, old in zip(out, steps)) and len(out) == len(steps):
             return sequence
         return out[0] if len(out) == 1 else sequence_of(out, sequence.name)
+
+
+def _returns_reply(step: Any) -> bool:
+    """Whether converted ``step`` returns a trainable step's reply Variable, as a pair
+    does: a pair inside bindings (``with_retry``, ``with_config``), fallbacks or
+    configurable alternatives, or a sequence ending in one."""
+    if isinstance(step, ChatCompletionRunnable):
+        return True
+    if isinstance(step, RunnableBindingBase):
+        return _returns_reply(step.bound)
+    if isinstance(step, RunnableWithFallbacks):
+        return all(_returns_reply(s) for s in (step.runnable, *step.fallbacks))
+    if isinstance(step, RunnableConfigurableAlternatives):
+        options = [step.default, *step.alternatives.values()]
+        return all(isinstance(s, Runnable) and _returns_reply(s) for s in options)
+    if isinstance(step, RunnableSequence):
+        return _returns_reply(step.steps[-1])
+    return False
 
 
 def _with_text_conditions(branch: RunnableBranch) -> RunnableBranch:
