@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from langchain_core.output_parsers import JsonOutputParser
+from langchain_core.outputs import Generation
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 
 from afnio_langchain._signed_calls import arun_method, run_method
@@ -38,7 +40,76 @@ class _TextStream:
         return [Variable("".join(self._texts), role="text")]
 
 
-class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
+class _JsonStream:
+    """A JSON parser's stream, as LangChain's ``JsonOutputParser`` streams: after each
+    text chunk, the object parsed so far (a plain dict of partial values, yielded when
+    it changes), then the dict of Variables that ``invoke`` returns, built once from the
+    step's Variable (or, for a stream of plain text or message chunks, its whole text)."""
+
+    def __init__(self, to_text: Any, parse: Any) -> None:
+        self._to_text = to_text
+        self._parse = parse
+        self._partial = JsonOutputParser()
+        self._texts: list[str] = []
+        self._last: Any = None
+        self._ended = False
+
+    def feed(self, chunk: Any) -> list[Any]:
+        if isinstance(chunk, Variable):
+            self._ended = True
+            return [self._parse(chunk)]
+        self._texts.append(chunk if isinstance(chunk, str) else self._to_text(chunk))
+        self._ended = False
+        text = "".join(self._texts)
+        parsed = self._partial.parse_result([Generation(text=text)], partial=True)
+        if parsed is None or parsed == self._last:
+            return []
+        self._last = parsed
+        return [parsed]
+
+    def finish(self) -> list[Any]:
+        if self._ended or not self._texts:
+            return []
+        return [self._parse("".join(self._texts))]
+
+
+class _StreamingParser:
+    """A parser's ``transform``/``atransform``: each input chunk goes through the
+    parser's stream (``_new_stream()``: ``feed`` per chunk, then ``finish``), in a
+    ``parser`` run as LangChain's parsers stream."""
+
+    def _new_stream(self) -> Any:
+        raise NotImplementedError
+
+    def _pass(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        stream = self._new_stream()
+        for chunk in chunks:
+            yield from stream.feed(chunk)
+        yield from stream.finish()
+
+    async def _apass(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        stream = self._new_stream()
+        async for chunk in chunks:
+            for out in stream.feed(chunk):
+                yield out
+        for out in stream.finish():
+            yield out
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        yield from self._transform_stream_with_config(input, self._pass, config, run_type="parser")
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self._atransform_stream_with_config(
+            input, self._apass, config, run_type="parser"
+        ):
+            yield chunk
+
+
+class VariableStrOutputParser(_StreamingParser, RunnableSerializable[Any, Variable]):
     """``StrOutputParser`` for Variables: the reply Variable passes on unchanged (so the
     graph stays connected); text and chat messages become non-trainable Variables.
     When streaming, text chunks pass through as they arrive, then the Variable.
@@ -74,32 +145,8 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
             arun_method, input, config, run_type="parser", method=self._parse
         )
 
-    def _pass(self, chunks: Iterator[Any]) -> Iterator[Any]:
-        stream = _TextStream(self._parse)
-        for chunk in chunks:
-            yield from stream.feed(chunk)
-        yield from stream.finish()
-
-    async def _apass(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        stream = _TextStream(self._parse)
-        async for chunk in chunks:
-            for out in stream.feed(chunk):
-                yield out
-        for out in stream.finish():
-            yield out
-
-    def transform(
-        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
-        yield from self._transform_stream_with_config(input, self._pass, config, run_type="parser")
-
-    async def atransform(
-        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async for chunk in self._atransform_stream_with_config(
-            input, self._apass, config, run_type="parser"
-        ):
-            yield chunk
+    def _new_stream(self) -> _TextStream:
+        return _TextStream(self._parse)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield self.invoke(input, config, **kwargs)
@@ -110,10 +157,12 @@ class VariableStrOutputParser(RunnableSerializable[Any, Variable]):
         yield await self.ainvoke(input, config, **kwargs)
 
 
-class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
+class VariableJsonOutputParser(_StreamingParser, RunnableSerializable[Any, dict[str, Variable]]):
     """``JsonOutputParser`` for Variables: the JSON object in the text becomes a dict
     with one Variable per key (values that are not text become JSON text). Feedback on
     any field goes back to the input, labelled with the field's name.
+    When streaming, it gives what ``JsonOutputParser`` gives, plain dicts of the object
+    parsed so far as the text arrives, then the dict of Variables that ``invoke`` returns.
 
     Example:
         >>> from afnio_langchain import Variable
@@ -152,3 +201,9 @@ class VariableJsonOutputParser(RunnableSerializable[Any, dict[str, Variable]]):
         return await self._acall_with_config(
             arun_method, input, config, run_type="parser", method=self._parse
         )
+
+    def _text(self, chunk: Any) -> str:
+        return as_variable(chunk, "text", self.get_name()).data
+
+    def _new_stream(self) -> _JsonStream:
+        return _JsonStream(self._text, self._parse)

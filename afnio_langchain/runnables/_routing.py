@@ -15,14 +15,15 @@ import contextvars
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.tracers.context import register_configure_hook
 
-from afnio_langchain.runnables._text_lambda import TextLambda
+from afnio_langchain.runnables._chunks import whole_input
+from afnio_langchain.runnables._text_lambda import TextLambda, _as_text, _relinked
 
 
 def routes_of(function: RunnableLambda, convert: Callable[[Any], Any]) -> dict[int, Runnable]:
@@ -109,6 +110,19 @@ _WATCHING: contextvars.ContextVar[_ModelInRouteBody | None] = contextvars.Contex
 )
 register_configure_hook(_WATCHING, inheritable=True)  # LangChain adds it to every run inside
 
+# Set by RoutingLambda's stream while its function runs: gets True when the function
+# returned a chain (whose chunks then stream as they are), False for any other result.
+_RETURNED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "afnio_route_returned", default=None
+)
+_END = object()
+
+
+def _note(output: Any) -> None:
+    returned = _RETURNED.get()
+    if returned is not None:
+        returned.append(isinstance(output, Runnable))
+
 
 def routed(
     function: RunnableLambda, routes: Mapping[int, Runnable], *, watch: bool = False
@@ -144,6 +158,7 @@ def routed(
                 output = func(*args, **kwargs)
             finally:
                 _WATCHING.reset(token)
+            _note(output)
             return pick(output)
 
     if afunc is not None:
@@ -155,6 +170,7 @@ def routed(
                 output = await afunc(*args, **kwargs)
             finally:
                 _WATCHING.reset(token)
+            _note(output)
             return pick(output)
 
     if new_func is None:
@@ -186,6 +202,59 @@ class RoutingLambda(TextLambda):
     """
 
     routes: dict[int, Runnable]
+
+    def _streamed(self, chunk: Any, returned: list[bool], source: Any) -> Any:
+        # The returned chain's chunks pass as it streams them (text, then its Variable);
+        # another result is linked back into the graph, as invoke does.
+        return chunk if returned and returned[0] else _relinked(chunk, source, self._label())
+
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        """Streams as ``RunnableLambda`` does: the chunks of the (converted) chain the
+        function returns, as they arrive."""
+        text, source = _as_text(whole_input(list(input)))
+        returned: list[bool] = []
+        chunks = iter(self.bound.stream(text, config, **kwargs))
+        token = _RETURNED.set(returned)  # the function runs on the first chunk
+        try:
+            first = next(chunks, _END)
+        finally:
+            _RETURNED.reset(token)
+        if first is _END:
+            return
+        yield self._streamed(first, returned, source)
+        for chunk in chunks:
+            yield self._streamed(chunk, returned, source)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        text, source = _as_text(whole_input([chunk async for chunk in input]))
+        returned: list[bool] = []
+        chunks = aiter(self.bound.astream(text, config, **kwargs))
+        token = _RETURNED.set(returned)
+        try:
+            first = await anext(chunks, _END)
+        finally:
+            _RETURNED.reset(token)
+        if first is _END:
+            return
+        yield self._streamed(first, returned, source)
+        async for chunk in chunks:
+            yield self._streamed(chunk, returned, source)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.transform(iter([input]), config, **kwargs)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):
+            yield chunk
 
 
 __all__ = ["RoutingLambda", "UntrainedRouteWarning", "routed", "routes_of"]
