@@ -319,8 +319,8 @@ class _Converter:
             else:
                 pair = self.convert(step)
                 i += 1
-                if not _returns_reply(pair):
-                    out.append(pair)
+                if pair is step or not _returns_reply(pair):  # (a step of the user's own
+                    out.append(pair)  # keeps its output: what follows gets its Variable)
                     continue
                 # (prompt | model).with_retry(), .with_fallbacks([...]), .with_config(...):
                 # its output is the step's Variable, as for the pair itself.
