@@ -22,7 +22,7 @@ from afnio_langchain.autodiff import (
     stream_text_to,
 )
 from afnio_langchain.runnables._base import VariableRunnable
-from afnio_langchain.runnables._chunks import TextChunk, whole_input
+from afnio_langchain.runnables._chunks import StreamsThroughTransform, TextChunk, whole_input
 from afnio_langchain.runnables._coerce import as_variables
 from afnio_langchain.runnables._messages import normalize_messages
 from afnio_langchain.runnables._pipeline import pipe
@@ -30,7 +30,7 @@ from afnio_langchain.runnables._pipeline import pipe
 _DONE = object()
 
 
-class ChatCompletionRunnable(VariableRunnable):
+class ChatCompletionRunnable(StreamsThroughTransform, VariableRunnable):
     """A differentiable LLM step for LCEL pipelines.
 
     The input is a dict of Variables or strings (strings become non-trainable
@@ -270,10 +270,6 @@ class ChatCompletionRunnable(VariableRunnable):
     ) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._transform, config, run_type="chain")
 
-    def stream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
 
     async def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -283,11 +279,3 @@ class ChatCompletionRunnable(VariableRunnable):
         ):
             yield chunk
 
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
-            yield chunk

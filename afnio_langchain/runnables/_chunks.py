@@ -10,9 +10,10 @@ Variables of its steps, as its ``invoke`` returns them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.utils import AddableDict
 
 from afnio_langchain.autodiff import Variable
@@ -97,3 +98,30 @@ def _added(whole: Any, chunk: Any) -> Any:
 
 
 __all__ = ["TextChunk", "whole_input"]
+
+
+class StreamsThroughTransform:
+    """``stream``/``astream`` of one input for a runnable whose ``transform`` and
+    ``atransform`` do the streaming (LangChain's own ``stream`` would buffer the input).
+
+    Example:
+        >>> from langchain_core.runnables import RunnableLambda
+        >>> from afnio_langchain.runnables._chunks import StreamsThroughTransform
+        >>> class Upper(StreamsThroughTransform):
+        ...     def transform(self, chunks, config=None, **kwargs):
+        ...         yield from (c.upper() for c in chunks)
+        >>> list(Upper().stream("hi"))
+        ['HI']
+    """
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.transform(iter([input]), config, **kwargs)  # type: ignore[attr-defined]
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async def one() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self.atransform(one(), config, **kwargs):  # type: ignore[attr-defined]
+            yield chunk

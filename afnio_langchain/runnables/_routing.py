@@ -22,7 +22,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.tracers.context import register_configure_hook
 
-from afnio_langchain.runnables._chunks import whole_input
+from afnio_langchain.runnables._chunks import StreamsThroughTransform, whole_input
 from afnio_langchain.runnables._text_lambda import TextLambda, _as_text, _relinked
 
 
@@ -178,7 +178,7 @@ def routed(
     return RunnableLambda(new_func, afunc=new_afunc, name=function.name)
 
 
-class RoutingLambda(TextLambda):
+class RoutingLambda(StreamsThroughTransform, TextLambda):
     """A routing function of the original chain (see the module doc): it gets text, as
     :class:`TextLambda` gives it, and the chain it returns runs converted. ``routes``
     holds the converted chains, so their prompts are among the chain's parameters.
@@ -244,17 +244,7 @@ class RoutingLambda(TextLambda):
         async for chunk in chunks:
             yield self._streamed(chunk, returned, source)
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
 
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async def one() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(one(), config, **kwargs):
-            yield chunk
 
 
 __all__ = ["RoutingLambda", "UntrainedRouteWarning", "routed", "routes_of"]

@@ -36,7 +36,7 @@ from langchain_core.runnables.base import RunnableGenerator
 from pydantic import ConfigDict
 
 from afnio_langchain.autodiff import TextTransform, Variable
-from afnio_langchain.runnables._chunks import whole_input
+from afnio_langchain.runnables._chunks import StreamsThroughTransform, whole_input
 
 
 class LinkedText(str):
@@ -104,7 +104,27 @@ def _is_new_text(result: Any) -> bool:
     return isinstance(result, str) and not isinstance(result, LinkedText)
 
 
-class TextLambda(RunnableSerializable[Any, Any]):
+class _ChainFunction(RunnableSerializable[Any, Any]):
+    """A function of the original chain, run as it runs there: named, configured and
+    never serialized as its ``bound`` function is."""
+
+    bound: Any
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
+        return self.bound.get_name(suffix, name=name)
+
+    @property
+    def config_specs(self) -> list[Any]:
+        return self.bound.config_specs
+
+
+class TextLambda(_ChainFunction):
     """Runs a ``RunnableLambda`` of the original chain on text (see the module doc);
     ``make_trainable`` puts it around the chain's functions right after an LLM step.
 
@@ -129,18 +149,6 @@ class TextLambda(RunnableSerializable[Any, Any]):
     """Give it the chat model's ``AIMessage`` (a function right after the model, with no
     parser between); its ``content`` is the text as :class:`LinkedText`."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
-
-    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
-        return self.bound.get_name(suffix, name=name)
-
-    @property
-    def config_specs(self) -> list[Any]:
-        return self.bound.config_specs
 
     def _label(self) -> str:
         name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
@@ -168,32 +176,39 @@ class TextLambda(RunnableSerializable[Any, Any]):
         yield await self.ainvoke(whole_input([chunk async for chunk in input]), config, **kwargs)
 
 
-def _texts(chunks: Iterator[Any]) -> Iterator[Any]:
+_SKIP: Any = object()
+
+
+class _GeneratorInput:
     """The ``str`` chunks a generator gets in the original chain, from a differentiable
-    step's stream: its text chunks, not the Variable that ends it (the Variable's text
-    when no text chunk came before it: ``invoke``)."""
-    streamed = False
-    for chunk in chunks:
+    step's stream, one chunk at a time: its text chunks, not the Variable that ends it
+    (the Variable's text when no text chunk came before it: ``invoke``)."""
+
+    def __init__(self) -> None:
+        self.streamed = False
+
+    def __call__(self, chunk: Any) -> Any:
         if isinstance(chunk, Variable):
-            if not streamed:
-                yield chunk.data if chunk.is_batched else str(chunk.data)
-            continue
-        streamed = streamed or isinstance(chunk, str)
-        yield str(chunk) if isinstance(chunk, str) else chunk
+            if self.streamed:
+                return _SKIP
+            return chunk.data if chunk.is_batched else str(chunk.data)
+        self.streamed = self.streamed or isinstance(chunk, str)
+        return str(chunk) if isinstance(chunk, str) else chunk
+
+
+def _texts(chunks: Iterator[Any]) -> Iterator[Any]:
+    pick = _GeneratorInput()
+    return (value for value in map(pick, chunks) if value is not _SKIP)
 
 
 async def _atexts(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    streamed = False
+    pick = _GeneratorInput()
     async for chunk in chunks:
-        if isinstance(chunk, Variable):
-            if not streamed:
-                yield chunk.data if chunk.is_batched else str(chunk.data)
-            continue
-        streamed = streamed or isinstance(chunk, str)
-        yield str(chunk) if isinstance(chunk, str) else chunk
+        if (value := pick(chunk)) is not _SKIP:
+            yield value
 
 
-class TextGenerator(RunnableSerializable[Any, Any]):
+class TextGenerator(StreamsThroughTransform, _ChainFunction):
     """Runs a ``RunnableGenerator`` of the original chain (LangChain's streaming guide's
     ``def split_into_list(input: Iterator[str]) -> Iterator[list[str]]``) on the ``str``
     chunks it gets there; ``make_trainable`` puts it around a generator right after an
@@ -215,18 +230,6 @@ class TextGenerator(RunnableSerializable[Any, Any]):
     as_message: bool = False
     """Give it ``AIMessageChunk`` s, as a chat model streams them (no parser between)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
-
-    def get_name(self, suffix: str | None = None, *, name: str | None = None) -> str:
-        return self.bound.get_name(suffix, name=name)
-
-    @property
-    def config_specs(self) -> list[Any]:
-        return self.bound.config_specs
 
     def _chunk(self, text: Any) -> Any:
         return AIMessageChunk(content=text) if self.as_message and isinstance(text, str) else text
@@ -250,17 +253,7 @@ class TextGenerator(RunnableSerializable[Any, Any]):
         async for chunk in self.bound.atransform(chunks, config, **kwargs):
             yield chunk
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.transform(iter([input]), config, **kwargs)
 
-    async def astream(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        async def single() -> AsyncIterator[Any]:
-            yield input
-
-        async for chunk in self.atransform(single(), config, **kwargs):
-            yield chunk
 
 
 __all__ = ["LinkedText", "TextGenerator", "TextLambda"]
