@@ -40,7 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         written = _serialized(templates)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, {"format": FORMAT, "templates": written})
-    for line in _learned_lines(chain):
+    for line in _learned_lines(chain, templates):
         print(line)
     if args.out is not None:
         print(f"templates: {args.out} (langchain_core.load.load(data['templates']['prompt_0']))")
@@ -83,19 +83,21 @@ def _not_serializable(data: Any) -> str | None:
     return None
 
 
-def _learned_lines(chain: TrainableChain) -> list[str]:
-    """Each trained message as the template text LangChain takes (braces escaped)."""
+def _learned_lines(chain: TrainableChain, templates: dict[str, Any]) -> list[str]:
+    """Each trained message as the template text LangChain takes (braces escaped), read
+    from ``templates`` (the exported ones, by ``prompt_K``)."""
+    from langchain_core.prompts import PromptTemplate
+
     named = chain.named_prompts()
     lines = []
     for k, prompt in enumerate(chain.prompts):
-        exported = prompt.export()
+        exported = templates[f"prompt_{k}"]
         for index in prompt.variables:
             key = f"prompt_{k}.message_{index}"
-            text = (
-                exported.template
-                if hasattr(exported, "template")
-                else exported.messages[index].prompt.template
-            )
+            if isinstance(exported, PromptTemplate):
+                text = exported.template
+            else:
+                text = exported.messages[index].prompt.template
             lines.append(f"{key} ({named[key].role}):")
             lines.extend("    " + line for line in text.splitlines() or [""])
     return lines

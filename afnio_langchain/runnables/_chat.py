@@ -270,7 +270,6 @@ class ChatCompletionRunnable(StreamsThroughTransform, VariableRunnable):
     ) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._transform, config, run_type="chain")
 
-
     async def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -73,13 +74,33 @@ class _JsonStream:
         return [self._parse("".join(self._texts))]
 
 
-class _StreamingParser:
-    """A parser's ``transform``/``atransform``: each input chunk goes through the
-    parser's stream (``_new_stream()``: ``feed`` per chunk, then ``finish``), in a
-    ``parser`` run as LangChain's parsers stream."""
+class _VariableParser(abc.ABC):
+    """What the parsers for Variables share: ``invoke``/``ainvoke`` run ``_parse`` in a
+    ``parser`` run, and ``transform``/``atransform`` pass each input chunk through the
+    parser's stream (``_new_stream()``: ``feed`` per chunk, then ``finish``), as
+    LangChain's parsers run and stream."""
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    @abc.abstractmethod
+    def _parse(self, value: Any) -> Any:
+        """The parsed output of a whole input."""
+
+    @abc.abstractmethod
     def _new_stream(self) -> Any:
-        raise NotImplementedError
+        """A fresh stream state (``feed(chunk)`` and ``finish()``, each a list to yield)."""
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(  # type: ignore[attr-defined]
+            run_method, input, config, run_type="parser", method=self._parse
+        )
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self._acall_with_config(  # type: ignore[attr-defined]
+            arun_method, input, config, run_type="parser", method=self._parse
+        )
 
     def _pass(self, chunks: Iterator[Any]) -> Iterator[Any]:
         stream = self._new_stream()
@@ -109,7 +130,7 @@ class _StreamingParser:
             yield chunk
 
 
-class VariableStrOutputParser(_StreamingParser, RunnableSerializable[Any, Variable]):
+class VariableStrOutputParser(_VariableParser, RunnableSerializable[Any, Variable]):
     """``StrOutputParser`` for Variables: the reply Variable passes on unchanged (so the
     graph stays connected); text and chat messages become non-trainable Variables.
     When streaming, text chunks pass through as they arrive, then the Variable.
@@ -124,26 +145,12 @@ class VariableStrOutputParser(_StreamingParser, RunnableSerializable[Any, Variab
         'plain text'
     """
 
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
-
     @property
     def OutputType(self) -> type[Variable]:  # noqa: N802
         return Variable
 
     def _parse(self, value: Any) -> Variable:
         return as_variable(value, "text", self.get_name())
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Variable:
-        return self._call_with_config(run_method, input, config, run_type="parser", method=self._parse)
-
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Variable:
-        return await self._acall_with_config(
-            arun_method, input, config, run_type="parser", method=self._parse
-        )
 
     def _new_stream(self) -> _TextStream:
         return _TextStream(self._parse)
@@ -157,7 +164,7 @@ class VariableStrOutputParser(_StreamingParser, RunnableSerializable[Any, Variab
         yield await self.ainvoke(input, config, **kwargs)
 
 
-class VariableJsonOutputParser(_StreamingParser, RunnableSerializable[Any, dict[str, Variable]]):
+class VariableJsonOutputParser(_VariableParser, RunnableSerializable[Any, dict[str, Variable]]):
     """``JsonOutputParser`` for Variables: the JSON object in the text becomes a dict
     with one Variable per key (values that are not text become JSON text). Feedback on
     any field goes back to the input, labelled with the field's name.
@@ -176,10 +183,6 @@ class VariableJsonOutputParser(_StreamingParser, RunnableSerializable[Any, dict[
         'Field "answer": Should be 43.'
     """
 
-    @classmethod
-    def is_lc_serializable(cls) -> bool:
-        return False
-
     def _parse(self, value: Any) -> dict[str, Variable]:
         from afnio_langchain.models import parse_json_object
 
@@ -189,18 +192,6 @@ class VariableJsonOutputParser(_StreamingParser, RunnableSerializable[Any, dict[
         for item in variable.items():
             keys.update(dict.fromkeys(parse_json_object(str(item))))
         return dict(zip(keys, outputs))
-
-    def invoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> dict[str, Variable]:
-        return self._call_with_config(run_method, input, config, run_type="parser", method=self._parse)
-
-    async def ainvoke(
-        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> dict[str, Variable]:
-        return await self._acall_with_config(
-            arun_method, input, config, run_type="parser", method=self._parse
-        )
 
     def _text(self, chunk: Any) -> str:
         return as_variable(chunk, "text", self.get_name()).data

@@ -245,6 +245,4 @@ class RoutingLambda(StreamsThroughTransform, TextLambda):
             yield self._streamed(chunk, returned, source)
 
 
-
-
 __all__ = ["RoutingLambda", "UntrainedRouteWarning", "routed", "routes_of"]

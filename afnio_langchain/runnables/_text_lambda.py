@@ -149,7 +149,6 @@ class TextLambda(_ChainFunction):
     """Give it the chat model's ``AIMessage`` (a function right after the model, with no
     parser between); its ``content`` is the text as :class:`LinkedText`."""
 
-
     def _label(self) -> str:
         name = getattr(getattr(self.bound, "func", None), "__name__", "") or ""
         return name if name and name != "<lambda>" else "a function of the chain"
@@ -230,7 +229,6 @@ class TextGenerator(StreamsThroughTransform, _ChainFunction):
     as_message: bool = False
     """Give it ``AIMessageChunk`` s, as a chat model streams them (no parser between)."""
 
-
     def _chunk(self, text: Any) -> Any:
         return AIMessageChunk(content=text) if self.as_message and isinstance(text, str) else text
 
@@ -252,8 +250,6 @@ class TextGenerator(StreamsThroughTransform, _ChainFunction):
         chunks = (self._chunk(text) async for text in _atexts(input))
         async for chunk in self.bound.atransform(chunks, config, **kwargs):
             yield chunk
-
-
 
 
 __all__ = ["LinkedText", "TextGenerator", "TextLambda"]
