@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextvars
 import inspect
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
@@ -85,11 +87,8 @@ def _main_thread_loop() -> asyncio.AbstractEventLoop | None:
     global _MAIN_LOOP
     if threading.get_ident() != threading.main_thread().ident:
         return None
-    try:
-        asyncio.get_running_loop()
+    if asyncio.events._get_running_loop() is not None:  # no RuntimeError raised per call
         return None
-    except RuntimeError:
-        pass
     if _MAIN_LOOP is None or _MAIN_LOOP.is_closed():
         _MAIN_LOOP = asyncio.new_event_loop()
     return _MAIN_LOOP
@@ -101,12 +100,13 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> 
     as ``asyncio.run`` does, so none keeps running into the next sync call."""
     task = loop.create_task(coro, context=contextvars.copy_context())
     try:
-        # One pass over the ready callbacks first: the task's first step, then the stop.
-        # A coroutine that never waits (a model client answering from memory) is then
-        # done in one loop iteration, where run_until_complete takes two and a done
-        # callback. HTTP calls, LangChain chat models and LangChain's cache all wait.
-        loop.call_soon(loop.stop)
-        loop.run_forever()
+        # One pass over the ready callbacks first: the task's first step. A coroutine
+        # that never waits (a model client answering from memory) is then done without
+        # a loop iteration (no poll for I/O), where run_until_complete takes two and a
+        # done callback. HTTP calls, LangChain chat models and LangChain's cache wait.
+        if not _run_ready_once(loop):
+            loop.call_soon(loop.stop)
+            loop.run_forever()
         if task.done():
             return task.result()
         return loop.run_until_complete(task)
@@ -119,6 +119,45 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> 
         if left:
             loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         raise
+
+
+def _run_ready_once(loop: asyncio.AbstractEventLoop) -> bool:
+    """Run the callbacks ready on ``loop`` (not running) once, as one iteration of
+    ``run_forever`` runs them, without its poll for I/O and its timers: the loop is
+    marked running in this thread, with its async-generator hooks, meanwhile. False,
+    with nothing run, for a loop other than asyncio's own (uvloop) or in debug mode:
+    then ``run_forever`` does it.
+
+    ``run_forever`` costs more per call than the rest of a sync chat op's own
+    bookkeeping (``benchmarks/overhead.py``, ``forward_sync``); what it does beyond this
+    (timers, I/O events) is done by the ``run_until_complete`` that follows whenever
+    the task is not done after this pass.
+    """
+    ready = getattr(loop, "_ready", None)
+    if (
+        type(ready) is not collections.deque
+        or not isinstance(loop, asyncio.BaseEventLoop)
+        or loop.get_debug()
+    ):
+        return False
+    loop._check_closed()  # type: ignore[attr-defined]
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(
+        firstiter=loop._asyncgen_firstiter_hook,  # type: ignore[attr-defined]
+        finalizer=loop._asyncgen_finalizer_hook,  # type: ignore[attr-defined]
+    )
+    loop._thread_id = threading.get_ident()  # type: ignore[attr-defined]
+    asyncio.events._set_running_loop(loop)
+    try:
+        for _ in range(len(ready)):  # what was ready now: later callbacks wait, as there
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+    finally:
+        asyncio.events._set_running_loop(None)
+        loop._thread_id = None  # type: ignore[attr-defined]
+        sys.set_asyncgen_hooks(*hooks)
+    return True
 
 
 CLOSING_TASK_NAME = "afnio-close-pool"

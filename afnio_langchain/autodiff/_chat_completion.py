@@ -247,12 +247,15 @@ class ChatCompletion(LLMFunction):
         replies, errors = await _complete_all(client, conversation, completion_args, streamed)
         if streamed is not None:
             await streamed.upstream_recorded()  # our inputs are in the graph before we are
-        received = [None if r is None else getattr(r, "text", r) for r in replies]
-        if errors and policy == "raise":
-            if not conversation.batched:
-                raise errors[0]
-            raise MinibatchError("ChatCompletion forward", received, errors)
-        texts = [placeholder if text is None else text for text in received]
+        if errors:
+            received = [None if r is None else getattr(r, "text", r) for r in replies]
+            if policy == "raise":
+                if not conversation.batched:
+                    raise errors[0]
+                raise MinibatchError("ChatCompletion forward", received, errors)
+            texts = [placeholder if text is None else text for text in received]
+        else:  # the usual forward: every item answered
+            texts = [getattr(r, "text", r) for r in replies]
         ctx.conversation = conversation
         ctx.responses = tuple(texts)  # a tuple of str: the collector stops tracking it
         ctx.failed_items = frozenset(errors) if errors else _NO_FAILED_ITEMS

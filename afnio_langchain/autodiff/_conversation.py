@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from afnio_langchain.autodiff._templating import fill
+from afnio_langchain.autodiff._templating import MissingInputError, fill
 from afnio_langchain.autodiff._variable import Variable, make_gradient
 from afnio_langchain.models import Message
 
@@ -192,6 +192,10 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
         ValueError: Unknown role, or minibatch inputs of different lengths.
         MissingInputError: A template names an input that was not given.
     """
+    if type(messages) is list and (inputs is None or type(inputs) is dict):
+        single = _single_conversation(messages, inputs)
+        if single is not None:
+            return single
     checked = _check_messages(messages)
     values = _check_inputs(inputs)
     slots = [
@@ -212,6 +216,59 @@ def build_conversation(messages: Any, inputs: Any = None) -> Conversation:
         return Conversation([_render(checked, values, 0)], False, slots)  # positional: cheaper
     items = [_render(checked, values, i) for i in range(size)]
     return Conversation(items, True, slots)
+
+
+def _single_conversation(messages: list, inputs: dict[str, Any] | None) -> Conversation | None:
+    """The usual call of :func:`build_conversation` in one pass: text inputs (str, or
+    Variables holding one str), and messages whose parts are str or Variables holding
+    one str. None for anything else, a minibatch or an error included: the general
+    path then checks, renders and raises with its messages. It is read once per chat
+    op, so the pass over messages and inputs is done once, not four times."""
+    if not messages:
+        return None
+    values: dict[str, str] = {}
+    input_slots: list[Slot] = []
+    if inputs:
+        for name, value in inputs.items():
+            kind = type(value)
+            if kind is str and type(name) is str:
+                values[name] = value
+            elif kind is Variable and type(value._data) is str and type(name) is str:
+                values[name] = value._data
+                input_slots.append(Slot(value))
+            else:
+                return None
+    slots: list[Slot] = []
+    rendered: list[Message] = []
+    for message in messages:
+        if type(message) is not dict:
+            return None
+        role = message.get("role")
+        content = message.get("content")
+        if role not in ROLES or type(content) is not list or not content:
+            return None
+        texts = []
+        for part in content:
+            kind = type(part)
+            if kind is str:
+                text = part
+            elif kind is Variable and type(part._data) is str:
+                text = part._data
+                slots.append(Slot(part))
+            else:
+                return None
+            if "{" in text:
+                try:
+                    text = fill(text, values)
+                except MissingInputError:  # the general path names the message
+                    return None
+            texts.append(text)
+        rendered.append(
+            {"role": role, "content": texts[0] if len(texts) == 1 else CONTENT_SEPARATOR.join(texts)}
+        )
+    if input_slots:
+        slots += input_slots
+    return Conversation([rendered], False, slots)
 
 
 def item_renderer(messages: Any, inputs: Any) -> Callable[[int], list[Message]]:

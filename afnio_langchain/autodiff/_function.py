@@ -470,6 +470,12 @@ def _collect(value: Any, found: list[Variable]) -> None:
                 part_kind = type(part)
                 if part_kind is Variable:
                     found.append(part)
+                elif part_kind is list:  # its content: walked here too, one call less
+                    for piece in part:
+                        if type(piece) is Variable:
+                            found.append(piece)
+                        elif type(piece) is not str:
+                            _collect(piece, found)
                 elif part_kind is not str and isinstance(part, (list, tuple, dict, Variable)):
                     _collect(part, found)
         elif isinstance(item, (list, tuple, dict, Variable)):

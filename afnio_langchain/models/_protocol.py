@@ -497,6 +497,7 @@ async def _aclose(stream: Any) -> None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ROLES = ("system", "user", "assistant")
 
 
 def clean_text(text: str) -> str:
@@ -545,11 +546,15 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
         )
     out = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        content = message.get("content") if isinstance(message, dict) else None
+        if type(content) is not str and not isinstance(content, str):
             raise TypeError(
                 f"message {i} must be a dict with a str 'content', got {message!r:.200}"
             )
-        if message.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i} has unknown role {message.get('role')!r}")
-        out.append({"role": message["role"], "content": clean_text(message["content"])})
+        role = message.get("role")
+        if role not in _ROLES:
+            raise ValueError(f"message {i} has unknown role {role!r}")
+        if not content.isascii() or "\x00" in content:  # plain text: no call to clean it
+            content = clean_text(content)
+        out.append({"role": role, "content": content})
     return out

@@ -84,6 +84,8 @@ def resolve_call_model(
         >>> client.model_name, args
         ('gpt-4o-mini', {'temperature': 0})
     """
+    if type(model) in _CLIENT_CLASSES:  # the usual model: a client already
+        return model, backward_model
     if not is_openai_client(model):
         return as_model_client(model), backward_model
     name = completion_args.pop("model", None)

@@ -216,13 +216,14 @@ class AttemptDeadline(Deadline):
     __slots__ = ("seconds", "what", "cancelling", "watchdog")
 
     def __init__(self, task: asyncio.Task[Any], seconds: float, what: str) -> None:
-        super().__init__(task)
+        self.task = task  # Deadline's fields set here: no super() call on the hot path
+        self.expired = False
         self.seconds = seconds
         self.what = what
 
     def __enter__(self) -> AttemptDeadline:
         self.cancelling = self.task.cancelling()
-        loop = asyncio.get_running_loop()
+        loop = self.task.get_loop()  # the running loop: no second lookup of it
         self.watchdog = watchdog(loop)
         self.watchdog.watch(self, loop.time() + self.seconds)
         return self
@@ -312,22 +313,37 @@ class RetryPolicy:
             timeout: The attempt's deadline; past it, a :class:`ReplyTimeoutError`.
             what: Who is called, for the timeout's message.
         """
-
-        bounded = timeout is not None and not math.isinf(timeout)
-
-        def attempt() -> Awaitable[T]:  # not a coroutine: one frame less per call
-            return within(func, timeout, what) if bounded else func()  # type: ignore[arg-type]
-
         try:  # the first attempt runs bare: most calls succeed, and tenacity costs CPU
-            task = asyncio.current_task() if bounded and _HAS_UNCANCEL else None
+            task = (
+                None
+                if timeout is None or timeout == math.inf or not _HAS_UNCANCEL
+                else asyncio.current_task(asyncio.get_running_loop())  # one loop lookup
+            )
             if task is None:
-                return await attempt()
+                return await func()
             with AttemptDeadline(task, timeout, what):  # type: ignore[arg-type]
                 return await func()
         except Exception as exc:
             if self.max_attempts <= 1 or not is_transient(exc):
                 raise
-            first_failure: list[BaseException] = [exc]
+            first = exc
+        return await self._retry(first, func, on_retry, timeout, what)
+
+    async def _retry(
+        self,
+        first: BaseException,
+        func: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException], Any] | None,
+        timeout: float | None,
+        what: str,
+    ) -> T:
+        """:meth:`call`'s retries after its first attempt failed with ``first`` (apart,
+        so that the first attempt's frame holds no closure cells)."""
+        first_failure: list[BaseException] = [first]
+        bounded = timeout is not None and not math.isinf(timeout)
+
+        def attempt() -> Awaitable[T]:  # not a coroutine: one frame less per call
+            return within(func, timeout, what) if bounded else func()  # type: ignore[arg-type]
 
         async def retried() -> T:
             if first_failure:  # tenacity's attempt 1 is the one that already failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import re
 import subprocess
 import sys
@@ -253,3 +254,64 @@ def test_a_client_collected_after_a_failed_call_closes_its_connection_pool():
         """
     )
     assert _run_in_dev_mode(script).split() == ["echo:", "hi", "InternalServerError", "echo:", "hi"]
+
+
+def test_the_first_step_of_a_sync_call_runs_as_asyncio_runs_a_task():
+    # The main thread's sync call runs the task's first step itself, without a loop
+    # iteration: what a model client's code reads there must be what a task running on
+    # a running loop reads (its own task, a running loop, the loop's async-generator
+    # hooks), and asyncio.timeout, which needs all of them, must work across a wait.
+    seen: dict[str, object] = {}
+
+    async def ticks():
+        yield 1
+
+    async def inspects() -> str:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        seen["running"] = loop.is_running()
+        seen["hooks"] = sys.get_asyncgen_hooks().firstiter is not None
+        generator = ticks()
+        seen["generator_item"] = await generator.__anext__()
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        seen["same_task"] = asyncio.current_task() is task
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(1)
+        return "done"
+
+    hooks_before = sys.get_asyncgen_hooks()
+    assert run_sync(inspects) == "done"
+    assert seen == {"running": True, "hooks": True, "generator_item": 1, "same_task": True}
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # the caller's thread has no running loop after it
+    assert sys.get_asyncgen_hooks() == hooks_before
+
+
+def test_sync_calls_work_on_a_loop_in_asyncio_debug_mode():
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from afnio_langchain._aio import run_sync
+
+        async def at_once():
+            return asyncio.get_running_loop().get_debug()
+
+        async def waits():
+            await asyncio.sleep(0.01)
+            return "waited"
+
+        print(run_sync(at_once), run_sync(waits))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONASYNCIODEBUG": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "waited"]
