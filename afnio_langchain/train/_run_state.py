@@ -65,6 +65,7 @@ def start_state(
     if trainer.resume and path is not None and path.exists():
         state = load_checkpoint(path)
         check_resumable(state, fingerprint, str(path))
+        _check_seeds(state, trainer, path)
         try:
             trainer.optimizer.load_state_dict(state.optimizer)
         except (TypeError, ValueError) as exc:
@@ -85,6 +86,30 @@ def start_state(
         best_values=list(values),
         info=trainer.config(),
     )
+
+
+def _check_seeds(state: TrainingState, trainer: Trainer, path: Path) -> None:
+    """Refuse a resume that would discard an edit: a parameter whose text now is none
+    of the checkpoint's run's texts for it (its seed, its last value, its best), as
+    when the prompt in the chain was changed between the two sessions. A run resumed in
+    the process that ran it holds one of them."""
+    known = zip(state.initial_values, state.values, state.best_values)  # one per role
+    for i, (p, texts) in enumerate(zip(trainer.params, known)):
+        now = p.data
+        if any(now == text for text in texts):
+            continue
+        raise CheckpointError(
+            f"{path}: parameter {i} ({p.role!r}) is now {_clip(now)!r}, but the run in this "
+            f"checkpoint started from {_clip(state.initial_values[i])!r}; resuming would "
+            "replace the new text with the checkpoint's. To train the new text, start afresh "
+            "(delete the checkpoint or use another folder); to continue the checkpoint's run, "
+            "restore the text it started from"
+        )
+
+
+def _clip(text: Any, limit: int = 60) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _occupied(path: Path) -> str:

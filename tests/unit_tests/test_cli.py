@@ -263,3 +263,24 @@ def test_demo_with_the_packaged_local_model(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--no-progress", "--epochs", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "finished" and report["usage"]["total"]["calls"] > 0
+
+
+def test_resume_refuses_a_chain_whose_prompt_was_edited_since(project, monkeypatch, capsys):
+    args = optimize_args(project, out="run")
+    args[args.index("--metric") + 1] = str(project / "qa_chain.py") + ":interrupting"
+    monkeypatch.setenv("AFNIO_TEST_INTERRUPT_AT", "3")
+    assert main(args) == 130
+    saved = (project / "run" / "checkpoint.json").read_bytes()
+    monkeypatch.delenv("AFNIO_TEST_INTERRUPT_AT")
+    chain = project / "qa_chain.py"
+    chain.write_text(chain.read_text().replace('"Answer the question."', '"Answer with a number."'))
+    capsys.readouterr()
+
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "parameter 0 ('system prompt') is now 'Answer with a number.'" in err
+    assert "started from 'Answer the question.'" in err
+    assert (project / "run" / "checkpoint.json").read_bytes() == saved  # nothing lost
+    assert main([*args, "--restart"]) == 0  # the edited prompt trains from scratch
+    report = json.loads((project / "run" / "report.json").read_text())
+    assert report["prompts"][0]["initial"] == "Answer with a number."

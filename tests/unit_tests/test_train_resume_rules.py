@@ -277,3 +277,43 @@ def test_the_command_line_refuses_an_earlier_run_with_what_it_holds(project, cap
     err = capsys.readouterr().err
     assert f"already holds a finished run ({state.steps_done} step(s) done" in err
     assert "pass --restart to overwrite it" in err
+
+
+# ------------------------------------------------ an edited prompt is never discarded
+
+
+def test_resume_refuses_a_prompt_edited_since_the_checkpoint_s_run_began(tmp_path):
+    path = tmp_path / "checkpoint.json"
+    first, _, _ = plan(path, epochs=1)
+    first.fit(TRAIN, VAL)
+    saved = path.read_bytes()
+
+    again, model, system = plan(path, epochs=2, resume=True)
+    system.data = "prompt v0. Answer in one word."  # the seed edited in the chain
+    with pytest.raises(CheckpointError) as info:
+        again.fit(TRAIN, VAL)
+    message = str(info.value)
+    assert "parameter 0 ('system prompt') is now 'prompt v0. Answer in one word.'" in message
+    assert "started from 'prompt v0'" in message and "To train the new text, start afresh" in message
+    assert model.calls == [] and system.data == "prompt v0. Answer in one word."
+    assert path.read_bytes() == saved
+
+
+def test_resume_in_the_same_process_or_from_the_seed_goes_on(tmp_path):
+    path = tmp_path / "checkpoint.json"
+    model = ScriptedChatModel(forward=versioned_forward, feedback="Answer exactly.",
+                              optimizer=next_version)
+    system = Variable("prompt v0", role="system prompt", requires_grad=True)
+    chain = ChatCompletionRunnable(model=model, messages=[("system", system), ("user", "{question}")])
+
+    def trainer(epochs):
+        return Trainer(chain, exact_match, optimizer_model=model, backward_model=model,
+                       checkpoint_path=path, epochs=epochs, batch_size=2, seed=3,
+                       progress=False, resume=True)
+
+    trainer(1).fit(TRAIN, VAL)
+    assert system.data != "prompt v0"  # what the run left in the prompt
+    assert trainer(2).fit(TRAIN, VAL).state.steps_done == 6  # the same process goes on
+    fresh, _, seed = plan(path, epochs=3, resume=True)  # a new session, from the seed
+    assert seed.data == "prompt v0"
+    assert fresh.fit(TRAIN, VAL).state.steps_done == 9
