@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
 import contextvars
 import inspect
@@ -133,14 +132,9 @@ def _run_ready_once(loop: asyncio.AbstractEventLoop) -> bool:
     (timers, I/O events) is done by the ``run_until_complete`` that follows whenever
     the task is not done after this pass.
     """
-    ready = getattr(loop, "_ready", None)
-    if (
-        type(ready) is not collections.deque
-        or not isinstance(loop, asyncio.BaseEventLoop)
-        or loop.get_debug()
-    ):
+    if not isinstance(loop, asyncio.BaseEventLoop) or loop.get_debug():
         return False
-    loop._check_closed()  # type: ignore[attr-defined]
+    ready = loop._ready  # type: ignore[attr-defined]
     hooks = sys.get_asyncgen_hooks()
     sys.set_asyncgen_hooks(
         firstiter=loop._asyncgen_firstiter_hook,  # type: ignore[attr-defined]

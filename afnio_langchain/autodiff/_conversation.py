@@ -231,9 +231,11 @@ def _single_conversation(messages: list, inputs: dict[str, Any] | None) -> Conve
     if inputs:
         for name, value in inputs.items():
             kind = type(value)
-            if kind is str and type(name) is str:
+            if type(name) is not str:
+                return None
+            if kind is str:
                 values[name] = value
-            elif kind is Variable and type(value._data) is str and type(name) is str:
+            elif kind is Variable and type(value._data) is str:
                 values[name] = value._data
                 input_slots.append(Slot(value))
             else:

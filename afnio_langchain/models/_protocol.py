@@ -547,7 +547,7 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
     out = []
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
-        if type(content) is not str and not isinstance(content, str):
+        if not isinstance(content, str):
             raise TypeError(
                 f"message {i} must be a dict with a str 'content', got {message!r:.200}"
             )

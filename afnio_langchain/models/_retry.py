@@ -252,6 +252,11 @@ async def within(func: Callable[[], Awaitable[T]], seconds: float, what: str) ->
         return await func()
 
 
+def _bounded(timeout: float | None) -> bool:
+    """Whether ``timeout`` sets a deadline (None and infinity set none)."""
+    return timeout is not None and not math.isinf(timeout)
+
+
 def _timed_out(what: str, seconds: float) -> ReplyTimeoutError:
     return ReplyTimeoutError(
         f"{what} gave no complete reply within {seconds:g} s (the deadline of one attempt, "
@@ -315,9 +320,9 @@ class RetryPolicy:
         """
         try:  # the first attempt runs bare: most calls succeed, and tenacity costs CPU
             task = (
-                None
-                if timeout is None or timeout == math.inf or not _HAS_UNCANCEL
-                else asyncio.current_task(asyncio.get_running_loop())  # one loop lookup
+                asyncio.current_task(asyncio.get_running_loop())  # one loop lookup
+                if _bounded(timeout) and _HAS_UNCANCEL
+                else None
             )
             if task is None:
                 return await func()
@@ -340,7 +345,7 @@ class RetryPolicy:
         """:meth:`call`'s retries after its first attempt failed with ``first`` (apart,
         so that the first attempt's frame holds no closure cells)."""
         first_failure: list[BaseException] = [first]
-        bounded = timeout is not None and not math.isinf(timeout)
+        bounded = _bounded(timeout)
 
         def attempt() -> Awaitable[T]:  # not a coroutine: one frame less per call
             return within(func, timeout, what) if bounded else func()  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from typing_extensions import Required, TypedDict
 from afnio_langchain.autodiff import Data, validate_data
 from afnio_langchain.train._accounting import BUDGET_STOP
 from afnio_langchain.train._files import LockHeldError, atomic_write_json, exclusive_lock
+from afnio_langchain.train._text import clipped
 
 CHECKPOINT_FORMAT = "afnio_langchain.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -328,5 +329,4 @@ def check_resumable(state: TrainingState, fingerprint: Mapping[str, Any], source
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clipped(json.dumps(value, ensure_ascii=False), 80)

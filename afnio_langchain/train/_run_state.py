@@ -27,6 +27,7 @@ from afnio_langchain.train._checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from afnio_langchain.train._text import clipped
 
 if TYPE_CHECKING:
     from afnio_langchain.train._trainer import Trainer
@@ -94,22 +95,16 @@ def _check_seeds(state: TrainingState, trainer: Trainer, path: Path) -> None:
     when the prompt in the chain was changed between the two sessions. A run resumed in
     the process that ran it holds one of them."""
     known = zip(state.initial_values, state.values, state.best_values)  # one per role
-    for i, (p, texts) in enumerate(zip(trainer.params, known)):
-        now = p.data
-        if any(now == text for text in texts):
+    for i, (p, (seed, last, best)) in enumerate(zip(trainer.params, known)):
+        if p.data in (seed, last, best):
             continue
         raise CheckpointError(
-            f"{path}: parameter {i} ({p.role!r}) is now {_clip(now)!r}, but the run in this "
-            f"checkpoint started from {_clip(state.initial_values[i])!r}; resuming would "
+            f"{path}: parameter {i} ({p.role!r}) is now {clipped(str(p.data), 60)!r}, but the "
+            f"run in this checkpoint started from {clipped(str(seed), 60)!r}; resuming would "
             "replace the new text with the checkpoint's. To train the new text, start afresh "
             "(delete the checkpoint or use another folder); to continue the checkpoint's run, "
             "restore the text it started from"
         )
-
-
-def _clip(text: Any, limit: int = 60) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _occupied(path: Path) -> str:

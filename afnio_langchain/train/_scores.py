@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from afnio_langchain.loop import Example, Metric, MetricResult, as_metric_result, metric_name
+from afnio_langchain.train._text import clipped
 
 _TOLERANCE = 1e-9
 """How far outside [0, 1] a score may stray by float rounding (a mean of fractions)."""
@@ -79,5 +80,4 @@ def checked_result(
 
 
 def _short(value: Any, limit: int = 160) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clipped(repr(value), limit)
